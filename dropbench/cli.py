@@ -1,0 +1,115 @@
+"""The ``dropbench`` command: ``schedule``, ``pretrain`` and ``demo``."""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from dropbench.errors import UserInputError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error and exit code 2."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        self.exit(2, f"error: {self.prog}: {message}\n")
+
+
+def _schedule(args: argparse.Namespace) -> None:
+    from pretrain.schedules import drop_schedule
+
+    rates = drop_schedule(args.rate, args.epochs, args.iters_per_epoch, args.cutoff_epoch, args.mode, args.shape)
+    if args.format == "json":
+        print(json.dumps([float(r) for r in rates]))
+        return
+    if not args.out:
+        raise UserInputError("--out", "--format png needs --out FILE.png")
+    from pretrain.plots import plot_schedules
+
+    label = f"{args.mode}/{args.shape} rate {args.rate}" + (
+        f", cutoff {args.cutoff_epoch}" if args.mode != "standard" else ""
+    )
+    plot_schedules({label: rates}, args.iters_per_epoch, args.out)
+    print(args.out)
+
+
+def _pretrain(args: argparse.Namespace) -> None:
+    from pretrain.config import BackboneConfig, Recipe, Regime, parse_overrides
+    from pretrain.train import pretrain
+
+    backbone = BackboneConfig.load(args.backbone)
+    regime = Regime.load(args.regime)
+    recipe = Recipe.load(args.recipe, parse_overrides(args.overrides))
+    summary = pretrain(
+        backbone,
+        regime,
+        recipe,
+        args.data,
+        args.out,
+        results_dir=args.results,
+        resume=args.resume,
+        device=args.device,
+    )
+    print(
+        f"{backbone.name} / {regime.name}: train_loss {summary.train_loss:.4f}, val_top1 {summary.val_top1:.2f}% "
+        f"→ {summary.run_dir / 'export'}"
+    )
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from pretrain.demo import run_demo
+
+    start = time.perf_counter()
+    run_demo(Path(args.out), Path(args.results))
+    print(f"demo wall time: {time.perf_counter() - start:.0f} s")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pretrain.schedules import MODES, SHAPES
+
+    parser = _Parser(prog="dropbench", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    schedule = commands.add_parser("schedule", help="print or plot a per-iteration drop-rate schedule")
+    schedule.add_argument("--mode", choices=MODES, default="standard")
+    schedule.add_argument("--shape", choices=SHAPES, default="constant")
+    schedule.add_argument("--rate", type=float, required=True)
+    schedule.add_argument("--epochs", type=int, required=True)
+    schedule.add_argument("--iters-per-epoch", type=int, required=True)
+    schedule.add_argument("--cutoff-epoch", type=int, default=0)
+    schedule.add_argument("--format", choices=("json", "png"), default="json")
+    schedule.add_argument("--out", help="PNG file for --format png")
+    schedule.set_defaults(run=_schedule)
+
+    pretrain = commands.add_parser("pretrain", help="train a backbone under one regime and export it")
+    pretrain.add_argument("--backbone", required=True, help="configs/backbones/<name>.yaml, its name, or a timm name")
+    pretrain.add_argument("--regime", required=True, help="configs/regimes/<name>.yaml or its name")
+    pretrain.add_argument("--recipe", required=True, help="configs/pretrain/<name>.yaml or its name")
+    pretrain.add_argument("--data", required=True, help="'mnist' or an ImageNet-layout folder (train/, val/)")
+    pretrain.add_argument("--out", required=True, help="the run folder")
+    pretrain.add_argument("--results", default="results", help="where the result record goes (default: results)")
+    pretrain.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    pretrain.add_argument("--device", help="cpu, cuda (default: cuda when available)")
+    pretrain.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides, e.g. epochs=10 lr=1e-3")
+    pretrain.set_defaults(run=_pretrain)
+
+    demo = commands.add_parser("demo", help="the embedded default: a micro ViT on MNIST under four regimes")
+    demo.add_argument("--out", default="runs/demo")
+    demo.add_argument("--results", default="results/demo")
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except UserInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

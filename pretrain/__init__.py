@@ -1,0 +1,1 @@
+"""Stage 1: train an image classifier under one dropout regime and export its backbone."""

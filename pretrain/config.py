@@ -1,0 +1,269 @@
+"""Backbones, regimes and recipes: YAML files under ``configs/``, validated into dataclasses."""
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import timm
+import yaml
+from torch import nn
+
+from dropbench import CONFIG_ROOT
+from dropbench.errors import UserInputError, did_you_mean
+from dropbench.io import load_yaml
+from pretrain.models import create_timm_model
+from pretrain.schedules import drop_schedule, validate_schedule
+
+# Constructor keywords that timm models use for plain dropout; a backbone file may list its own.
+DEFAULT_DROPOUT_KWARGS = ("drop_rate", "pos_drop_rate", "proj_drop_rate", "attn_drop_rate")
+
+
+def _resolve_file(value: str, folder: str, field_name: str) -> Path | None:
+    """A config given as a path (with or without ``.yaml``) or as a name under ``configs/<folder>/``."""
+    for candidate in (Path(value), Path(f"{value}.yaml"), CONFIG_ROOT / folder / f"{value}.yaml"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _known_names(folder: str) -> list[str]:
+    return [p.stem for p in (CONFIG_ROOT / folder).glob("*.yaml")]
+
+
+def _check_keys(data: dict, allowed: set[str], field_prefix: str) -> None:
+    for key in data:
+        if key not in allowed:
+            raise UserInputError(f"{field_prefix}{key}", f"unknown key{did_you_mean(key, allowed)}")
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """A timm model name plus constructor kwargs; any timm model works without code."""
+
+    name: str
+    model: str
+    kwargs: dict = field(default_factory=dict)
+    dropout_kwargs: tuple[str, ...] = DEFAULT_DROPOUT_KWARGS
+    drop_path_kwarg: str = "drop_path_rate"
+    drop_path_rule: str = "timm"  # or "linear": linspace(0, rate, blocks) whatever timm's own rule is
+    input_size: int = 224
+
+    @classmethod
+    def load(cls, value: str) -> "BackboneConfig":
+        path = _resolve_file(value, "backbones", "backbone")
+        if path is None:
+            if timm.is_model(value):
+                return cls(name=value, model=value)
+            raise UserInputError(
+                "backbone",
+                f"'{value}' is neither a backbone file nor a timm model{did_you_mean(value, _known_names('backbones'))}",
+            )
+        data = load_yaml(path, "backbone")
+        _check_keys(data, {f.name for f in dataclasses.fields(cls)}, "backbone.")
+        data.setdefault("name", path.stem)
+        if "model" not in data:
+            raise UserInputError("backbone.model", f"'{path}' must name a timm model")
+        if not timm.is_model(data["model"]):
+            raise UserInputError(
+                "backbone.model",
+                f"unknown timm model '{data['model']}'{did_you_mean(data['model'], timm.list_models())}",
+            )
+        kwargs = data.get("kwargs") or {}
+        data["kwargs"] = kwargs
+        data["dropout_kwargs"] = tuple(data.get("dropout_kwargs", DEFAULT_DROPOUT_KWARGS))
+        data.setdefault("input_size", kwargs.get("img_size", 224))
+        return cls(**data)
+
+    def create_model(self, num_classes: int, dropout: float = 0.0, drop_path: float = 0.0) -> nn.Module:
+        """Build the timm model with the given maximum rates (only non-zero rates are passed)."""
+        kwargs = dict(self.kwargs, num_classes=num_classes)
+        if drop_path > 0:
+            kwargs[self.drop_path_kwarg] = drop_path
+        # Not every model takes every dropout keyword: the ones its constructor rejects are dropped.
+        optional = {k: dropout for k in self.dropout_kwargs} if dropout > 0 else {}
+        return create_timm_model(self.model, kwargs, optional)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self) | {"dropout_kwargs": list(self.dropout_kwargs)}
+
+
+@dataclass(frozen=True)
+class DropSetting:
+    """One scheduled rate: the paper's settings, with the cutoff given for ``reference_epochs``."""
+
+    rate: float
+    mode: str = "standard"
+    shape: str = "constant"
+    cutoff_epoch: int = 0
+    reference_epochs: int | None = None
+
+    def cutoff_for(self, epochs: int) -> int:
+        """The cutoff scaled to a shorter run (never below epoch 1); longer runs keep the paper's cutoff."""
+        if self.mode == "standard" or not self.reference_epochs or epochs >= self.reference_epochs:
+            return self.cutoff_epoch
+        return max(1, round(self.cutoff_epoch * epochs / self.reference_epochs))
+
+    def schedule(self, epochs: int, iters_per_epoch: int):
+        return drop_schedule(self.rate, epochs, iters_per_epoch, self.cutoff_for(epochs), self.mode, self.shape)
+
+
+@dataclass(frozen=True)
+class Regime:
+    name: str
+    dropout: DropSetting | None = None
+    drop_path: DropSetting | None = None
+    description: str = ""
+
+    @classmethod
+    def load(cls, value: str) -> "Regime":
+        path = _resolve_file(value, "regimes", "regime")
+        if path is None:
+            raise UserInputError("regime", f"unknown regime '{value}'{did_you_mean(value, _known_names('regimes'))}")
+        data = load_yaml(path, "regime")
+        _check_keys(data, {"name", "dropout", "drop_path", "description"}, "regime.")
+        settings = {}
+        for kind in ("dropout", "drop_path"):
+            raw = data.get(kind)
+            if raw is None:
+                continue
+            if not isinstance(raw, dict):
+                raise UserInputError(f"regime.{kind}", "must be a mapping with rate, mode, shape, cutoff_epoch")
+            _check_keys(raw, {f.name for f in dataclasses.fields(DropSetting)}, f"regime.{kind}.")
+            setting = DropSetting(**raw)
+            epochs = setting.reference_epochs or max(setting.cutoff_epoch, 1)
+            validate_schedule(
+                setting.rate,
+                epochs,
+                1,
+                setting.cutoff_epoch,
+                setting.mode,
+                setting.shape,
+                prefix=f"regime.{kind}.",
+            )
+            if setting.rate > 0:
+                settings[kind] = setting
+        return cls(name=data.get("name", path.stem), description=data.get("description", ""), **settings)
+
+    def max_rates(self) -> dict[str, float]:
+        return {k: s.rate for k, s in (("dropout", self.dropout), ("drop_path", self.drop_path)) if s}
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Optimisation and augmentation settings (timm names where timm has one)."""
+
+    name: str = "custom"
+    epochs: int = 300
+    batch_size: int = 4096  # global batch per optimizer update
+    per_device_batch: int = 128  # gradient accumulation makes up the difference
+    opt: str = "adamw"
+    lr: float = 4e-3
+    weight_decay: float = 0.05
+    weight_decay_end: float | None = None  # cosine weight-decay schedule when set
+    momentum: float = 0.9
+    clip_grad: float | None = None
+    sched: str = "cosine"
+    warmup_epochs: int = 50
+    warmup_lr: float = 1e-6
+    min_lr: float = 1e-6
+    aa: str | None = "rand-m9-mstd0.5-inc1"
+    scale: tuple[float, float] = (0.08, 1.0)
+    hflip: float = 0.5
+    color_jitter: float | None = None
+    crop_pct: float = 0.875
+    interpolation: str = "bicubic"
+    smoothing: float = 0.1
+    reprob: float = 0.25
+    mixup: float = 0.8
+    cutmix: float = 1.0
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    model_ema: bool = False
+    model_ema_decay: float = 0.9999
+    amp: bool = True  # bf16 autocast where a GPU is used
+    workers: int = 8
+    train_subset: int | None = None
+    val_subset: int | None = None
+    seed: int = 0
+    log_every: int = 50
+
+    @classmethod
+    def load(cls, value: str, overrides: dict[str, Any] | None = None) -> "Recipe":
+        path = _resolve_file(value, "pretrain", "recipe")
+        if path is None:
+            raise UserInputError("recipe", f"unknown recipe '{value}'{did_you_mean(value, _known_names('pretrain'))}")
+        data = load_yaml(path, "recipe")
+        data.setdefault("name", path.stem)
+        allowed = {f.name for f in dataclasses.fields(cls)}
+        _check_keys(data, allowed, "recipe.")
+        for key, value_ in (overrides or {}).items():
+            if key not in allowed:
+                raise UserInputError(key, f"unknown override{did_you_mean(key, allowed)}")
+            data[key] = value_
+        for key in _FLOAT_FIELDS & data.keys():
+            data[key] = _as_float(data[key], f"recipe.{key}")
+        if "scale" in data:
+            data["scale"] = tuple(_as_float(v, "recipe.scale") for v in data["scale"])
+        recipe = cls(**data)
+        recipe.validate()
+        return recipe
+
+    def validate(self) -> None:
+        for name in ("epochs", "batch_size", "per_device_batch"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise UserInputError(f"recipe.{name}", f"{value!r} must be a positive integer")
+        if self.batch_size % self.per_device_batch:
+            raise UserInputError(
+                "recipe.per_device_batch",
+                f"{self.per_device_batch} must divide batch_size={self.batch_size} (accumulation fills the rest)",
+            )
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise UserInputError("recipe.warmup_epochs", f"{self.warmup_epochs} must be in [0, epochs={self.epochs})")
+        for name in ("lr", "weight_decay", "smoothing", "reprob", "mixup", "cutmix"):
+            if not isinstance(getattr(self, name), (int, float)) or getattr(self, name) < 0:
+                raise UserInputError(f"recipe.{name}", f"{getattr(self, name)!r} must be a number >= 0")
+        for name in ("train_subset", "val_subset"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise UserInputError(f"recipe.{name}", f"{value!r} must be a positive integer or null")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self) | {"scale": list(self.scale)}
+
+
+_FLOAT_FIELDS = {f.name for f in dataclasses.fields(Recipe) if f.type in (float, float | None)}
+
+
+def _as_float(value: Any, field_name: str) -> Any:
+    """YAML 1.1 reads ``4e-3`` as a string: accept it as the number it is meant to be."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            raise UserInputError(field_name, f"'{value}' is not a number") from None
+    return value
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``key=value`` pairs; values are parsed as YAML scalars (``lr=1e-3``, ``aa=null``, ``scale=[0.5,1]``)."""
+    overrides = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserInputError("overrides", f"'{item}' is not key=value")
+        try:
+            overrides[key] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise UserInputError(key, f"cannot parse value '{raw}'") from None
+    return overrides
+
+
+def config_hash(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,117 @@
+import numpy as np
+import pytest
+import torch
+
+from dropbench.errors import UserInputError
+from pretrain.config import BackboneConfig, Regime
+from pretrain.controller import DropController, drop_modules
+from pretrain.schedules import drop_schedule
+
+from .conftest import MICRO_BACKBONES
+
+
+def _build(name: str, **rates):
+    torch.manual_seed(0)
+    return BackboneConfig.load(name).create_model(num_classes=10, **rates)
+
+
+def _controlled(name: str, schedules: dict) -> tuple[torch.nn.Module, DropController]:
+    """The backbone built at the schedules' maximum rates, with its controller (and its drop-path rule)."""
+    backbone = BackboneConfig.load(name)
+    torch.manual_seed(0)
+    model = backbone.create_model(num_classes=10, **{kind: rate for kind, (_, rate) in schedules.items()})
+    return model, DropController(model, schedules, backbone.drop_path_rule)
+
+
+def _assert_scaled(controller: DropController, kind: str, rate: float, max_rate: float):
+    pairs = controller.module_rates()[kind]
+    assert pairs, f"no {kind} modules"
+    for base, current in pairs:
+        assert current == pytest.approx(base * rate / max_rate, abs=1e-12)
+
+
+@pytest.mark.parametrize("backbone", MICRO_BACKBONES)
+def test_stochastic_depth_of_every_block_follows_the_schedule_times_its_base(backbone):
+    rates = drop_schedule(0.5, epochs=4, iters_per_epoch=5, cutoff_epoch=2, mode="early", shape="linear")
+    _, controller = _controlled(backbone, {"drop_path": (rates, 0.5)})
+    bases = [base for base, _ in controller.module_rates()["drop_path"]]
+    assert len(set(np.round(bases, 9))) > 1, "timm's per-block rule gives blocks different bases"
+    for iteration in (0, 3, 9, 10, 19):
+        controller.step(iteration)
+        _assert_scaled(controller, "drop_path", rates[iteration], 0.5)
+
+
+def test_vit_stochastic_depth_keeps_timms_linear_per_block_rule():
+    model = _build("vit_micro", drop_path=0.4)
+    controller = DropController(model, {"drop_path": (np.full(3, 0.2), 0.4)})
+    controller.step(0)
+    depth = len(model.blocks)
+    expected = torch.linspace(0, 0.2, depth).tolist()
+    for i, block in enumerate(model.blocks):
+        actual = getattr(block.drop_path1, "drop_prob", 0.0)
+        assert actual == pytest.approx(expected[i], abs=1e-7)
+
+
+@pytest.mark.parametrize("backbone", ["vit_micro", "swin_micro", "mixer_micro"])
+def test_dropout_of_every_module_follows_the_schedule(backbone):
+    rates = drop_schedule(0.1, epochs=3, iters_per_epoch=4, cutoff_epoch=1, mode="early", shape="linear")
+    _, controller = _controlled(backbone, {"dropout": (rates, 0.1)})
+    assert len(controller.module_rates()["dropout"]) >= 4
+    for iteration in range(len(rates)):
+        controller.step(iteration)
+        _assert_scaled(controller, "dropout", rates[iteration], 0.1)
+
+
+@pytest.mark.parametrize("backbone", MICRO_BACKBONES)
+def test_late_stochastic_depth_starts_at_zero_with_the_modules_present(backbone):
+    regime = Regime.load("late_sd")
+    rates = regime.drop_path.schedule(epochs=6, iters_per_epoch=3)
+    _, controller = _controlled(backbone, {"drop_path": (rates, regime.drop_path.rate)})
+    controller.step(0)
+    pairs = controller.module_rates()["drop_path"]
+    assert pairs and all(current == 0 for _, current in pairs)
+    controller.step(len(rates) - 1)
+    assert all(current == pytest.approx(base) for base, current in controller.module_rates()["drop_path"])
+
+
+def test_the_linear_rule_rebases_mixer_blocks_to_the_papers_linspace():
+    model, controller = _controlled("mixer_micro", {"drop_path": (np.full(2, 0.4), 0.4)})
+    assert {m.drop_prob for m in (b.drop_path for b in model.blocks)} == {0.4}, "timm's Mixer rule is uniform"
+    controller.step(0)
+    expected = np.linspace(0, 0.4, len(model.blocks))
+    np.testing.assert_allclose([b.drop_path.drop_prob for b in model.blocks], expected)
+
+
+def test_a_model_without_dropout_in_its_blocks_is_refused_with_a_hint():
+    model = _build("convnext_micro", dropout=0.1)  # only the classifier head gets a dropout
+    with pytest.raises(UserInputError, match="stochastic depth"):
+        DropController(model, {"dropout": (np.full(4, 0.1), 0.1)})
+
+
+def test_dropout_and_stochastic_depth_are_scheduled_independently():
+    model = _build("vit_micro", dropout=0.1, drop_path=0.3)
+    dropout = drop_schedule(0.1, 4, 2, 2, "early", "linear")
+    drop_path = drop_schedule(0.3, 4, 2, 2, "late", "constant")
+    controller = DropController(model, {"dropout": (dropout, 0.1), "drop_path": (drop_path, 0.3)})
+    for iteration in range(8):
+        controller.step(iteration)
+        _assert_scaled(controller, "dropout", dropout[iteration], 0.1)
+        _assert_scaled(controller, "drop_path", drop_path[iteration], 0.3)
+
+
+@pytest.mark.parametrize("kind", ["dropout", "drop_path"])
+def test_the_rate_the_controller_sets_is_the_rate_the_forward_pass_uses(kind):
+    model = _build("vit_micro", **{kind: 0.3}).train()
+    controller = DropController(model, {kind: (np.array([0.3, 0.0]), 0.3)})
+    images = torch.randn(4, 3, 32, 32)
+    controller.step(0)
+    with torch.no_grad():
+        assert not torch.equal(model(images), model(images)), "active dropout makes passes differ"
+    controller.step(1)
+    with torch.no_grad():
+        assert torch.equal(model(images), model(images)), "rate 0 makes training passes deterministic"
+
+
+def test_modules_built_at_rate_zero_are_not_scheduled():
+    model = _build("vit_micro", drop_path=0.2)
+    assert drop_modules(model, "dropout") == []

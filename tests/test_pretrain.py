@@ -1,0 +1,156 @@
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dropbench.records import ResultRecord
+from pretrain.config import BackboneConfig, Recipe, Regime
+from pretrain.export import load_exported_model
+from pretrain.train import CHECKPOINT_FILE, load_checkpoint, pretrain
+
+pytestmark = pytest.mark.slow
+
+# About a second per epoch on 2 cores; mixup and EMA on, so their RNG and state must resume too.
+SMALL = dict(
+    epochs=4,
+    batch_size=64,
+    per_device_batch=32,
+    train_subset=3072,
+    val_subset=256,
+    warmup_epochs=1,
+    mixup=0.2,
+    model_ema=True,
+    model_ema_decay=0.9,
+    lr=3.0e-3,
+)
+SMALL_ARGS = [f"{k}={v}" for k, v in SMALL.items()]
+
+
+def _read_log(run_dir: Path) -> list[dict]:
+    with (run_dir / "log.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("pretrain")
+    pretrain(
+        BackboneConfig.load("vit_micro"),
+        Regime.load("early_dropout"),
+        Recipe.load("cpu", SMALL),
+        "mnist",
+        root / "run",
+        results_dir=root / "results",
+    )
+    return root / "run"
+
+
+def test_short_mnist_pretraining_lowers_the_loss_and_learns(finished_run):
+    rows = _read_log(finished_run)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    losses = [float(r["train_loss"]) for r in rows]
+    assert losses[-1] < losses[0]
+    assert float(rows[-1]["val_top1"]) > 30.0  # chance is 10 %
+    # early dropout 0.1 → 0 at epoch 50 of 300, scaled to epoch 1 of 4: on (mean 0.05) in epoch 1, then off
+    assert float(rows[0]["dropout"]) == pytest.approx(0.05)
+    assert all(float(r["dropout"]) == 0 for r in rows[1:])
+    assert list((finished_run / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_the_run_writes_one_pretraining_record(finished_run):
+    records = list((finished_run.parent / "results" / "records").glob("*.json"))
+    assert len(records) == 1
+    record = json.loads(records[0].read_text())
+    assert set(record) == set(ResultRecord.__dataclass_fields__)
+    assert record["regime"] == "early_dropout" and record["metric"] == "top1" and record["unit"] == "%"
+    assert record["value"] == pytest.approx(float(_read_log(finished_run)[-1]["val_top1"]))
+
+
+def test_export_reloads_in_timm_with_identical_outputs(finished_run):
+    checkpoint = load_checkpoint(finished_run / CHECKPOINT_FILE)
+    reference = BackboneConfig.load("vit_micro").create_model(num_classes=10).eval()
+    reference.load_state_dict(checkpoint["model"])
+    exported, sidecar = load_exported_model(finished_run / "export")
+    exported.eval()
+    assert sidecar["regime"] == "early_dropout" and sidecar["epochs"] == 4
+    assert all(
+        isinstance(v, torch.Tensor) for v in load_file(finished_run / "export" / "backbone.safetensors").values()
+    )
+    images = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(exported(images), reference(images))
+
+
+def test_resume_after_an_interruption_ends_with_the_weights_of_an_uninterrupted_run(finished_run, tmp_path):
+    run = tmp_path / "run"
+    command = [
+        sys.executable,
+        "-m",
+        "dropbench.cli",
+        "pretrain",
+        "--backbone",
+        "vit_micro",
+        "--regime",
+        "early_dropout",
+        "--recipe",
+        "cpu",
+        "--data",
+        "mnist",
+        "--out",
+        str(run),
+        "--results",
+        str(tmp_path / "results"),
+        *SMALL_ARGS,
+    ]
+    # The same thread count as this process, so that both runs reduce in the same order.
+    env = os.environ | {"OMP_NUM_THREADS": str(torch.get_num_threads())}
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    deadline = time.monotonic() + 300
+    while not (run / CHECKPOINT_FILE).exists():
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)  # mid-epoch 2: only the epoch-1 checkpoint survives
+    process.wait()
+    assert load_checkpoint(run / CHECKPOINT_FILE)["epoch"] == 1
+    assert not (run / "export").exists()
+
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=600, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    expected = load_file(finished_run / "export" / "backbone.safetensors")
+    actual = load_file(run / "export" / "backbone.safetensors")
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), name
+    assert [r["epoch"] for r in _read_log(run)] == ["1", "2", "3", "4"]
+
+
+def test_resuming_with_another_config_names_the_field(cli, finished_run, tmp_path):
+    code, _, err = cli(
+        "pretrain",
+        "--backbone",
+        "vit_micro",
+        "--regime",
+        "early_dropout",
+        "--recipe",
+        "cpu",
+        "--data",
+        "mnist",
+        "--out",
+        finished_run,
+        "--results",
+        tmp_path,
+        "--resume",
+        *SMALL_ARGS,
+        "lr=0.01",
+    )
+    assert code == 2
+    assert err.count("\n") == 1 and "recipe.lr" in err

@@ -1,0 +1,1 @@
+"""Stage 2: transfer exported backbones to detection, segmentation and classification."""
