@@ -36,11 +36,18 @@ def _schedule(args: argparse.Namespace) -> None:
 
 def _pretrain(args: argparse.Namespace) -> None:
     from pretrain.config import BackboneConfig, Recipe, Regime, parse_overrides
+    from pretrain.diagnostics import DiagnosticsConfig
     from pretrain.train import pretrain
 
     backbone = BackboneConfig.load(args.backbone)
     regime = Regime.load(args.regime)
-    recipe = Recipe.load(args.recipe, parse_overrides(args.overrides))
+    # `--diagnostics every=.. batches=..` takes the key=value items that name a diagnostics setting; the
+    # others are recipe overrides, wherever they stand on the line.
+    diagnostic_keys = DiagnosticsConfig.__dataclass_fields__
+    diagnostic_items = [i for i in args.diagnostics or [] if i.partition("=")[0] in diagnostic_keys]
+    override_items = args.overrides + [i for i in args.diagnostics or [] if i not in diagnostic_items]
+    diagnostics = DiagnosticsConfig.parse(diagnostic_items) if args.diagnostics is not None else None
+    recipe = Recipe.load(args.recipe, parse_overrides(override_items))
     summary = pretrain(
         backbone,
         regime,
@@ -50,11 +57,19 @@ def _pretrain(args: argparse.Namespace) -> None:
         results_dir=args.results,
         resume=args.resume,
         device=args.device,
+        diagnostics=diagnostics,
     )
     print(
         f"{backbone.name} / {regime.name}: train_loss {summary.train_loss:.4f}, val_top1 {summary.val_top1:.2f}% "
         f"→ {summary.run_dir / 'export'}"
     )
+
+
+def _plot_diagnostics(args: argparse.Namespace) -> None:
+    from pretrain.plots import plot_diagnostics
+
+    for path in plot_diagnostics(args.run_dirs, Path(args.out)):
+        print(path)
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -91,8 +106,22 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--results", default="results", help="where the result record goes (default: results)")
     pretrain.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     pretrain.add_argument("--device", help="cpu, cuda (default: cuda when available)")
+    pretrain.add_argument(
+        "--diagnostics",
+        nargs="*",
+        metavar="every=N batches=K",
+        help="measure gradient norm, model distance, GDV and GDE every N updates from K mini-batches "
+        "(defaults every=200 batches=8 full=1024: ĝ from 1024 training images)",
+    )
     pretrain.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides, e.g. epochs=10 lr=1e-3")
     pretrain.set_defaults(run=_pretrain)
+
+    plot = commands.add_parser("plot", help="figures (PNG) from finished runs")
+    plots = plot.add_subparsers(dest="figure", required=True, parser_class=_Parser)
+    plot_diagnostics = plots.add_parser("diagnostics", help="gradient norm, model distance, GDV and GDE per run")
+    plot_diagnostics.add_argument("run_dirs", nargs="+", help="pretraining run folders made with --diagnostics")
+    plot_diagnostics.add_argument("--out", default=".", help="folder for diagnostics_<metric>.png")
+    plot_diagnostics.set_defaults(run=_plot_diagnostics)
 
     demo = commands.add_parser("demo", help="the embedded default: a micro ViT on MNIST under four regimes")
     demo.add_argument("--out", default="runs/demo")

@@ -57,10 +57,8 @@ class BackboneConfig:
         if path is None:
             if timm.is_model(value):
                 return cls(name=value, model=value)
-            raise UserInputError(
-                "backbone",
-                f"'{value}' is neither a backbone file nor a timm model{did_you_mean(value, _known_names('backbones'))}",
-            )
+            hint = did_you_mean(value, _known_names("backbones"))
+            raise UserInputError("backbone", f"'{value}' is neither a backbone file nor a timm model{hint}")
         data = load_yaml(path, "backbone")
         _check_keys(data, {f.name for f in dataclasses.fields(cls)}, "backbone.")
         data.setdefault("name", path.stem)

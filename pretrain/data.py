@@ -103,6 +103,7 @@ class DataSplits:
     train: Dataset
     val: Dataset
     num_classes: int
+    train_plain: Dataset  # the training images through the evaluation transform (for measurements)
 
 
 def build_data(data: str, recipe, input_size: int, check_images: bool = True) -> DataSplits:
@@ -121,7 +122,9 @@ def build_data(data: str, recipe, input_size: int, check_images: bool = True) ->
         input_size=input_size, is_training=False, interpolation=recipe.interpolation, crop_pct=recipe.crop_pct
     )
     if data == MNIST:
-        train = ArrayImageDataset(*load_mnist("train"), transform=train_tf)
+        train_arrays = load_mnist("train")
+        train = ArrayImageDataset(*train_arrays, transform=train_tf)
+        train_plain = ArrayImageDataset(*train_arrays, transform=val_tf)
         val = ArrayImageDataset(*load_mnist("test"), transform=val_tf)
         name, num_classes = MNIST, 10
     else:
@@ -134,10 +137,12 @@ def build_data(data: str, recipe, input_size: int, check_images: bool = True) ->
             raise UserInputError("data", f"train/ and val/ class folders differ: {', '.join(only[:5])}")
         if check_images:
             _check_readable([p for p, _ in train.samples] + [p for p, _ in val.samples])
+        train_plain = ImageFolder(str(root / "train"), loader=_load_image, transform=val_tf)
         train.transform, val.transform = train_tf, val_tf
         name, num_classes = root.name, len(train.classes)
     if recipe.train_subset:
-        train = Subset(train, range(min(recipe.train_subset, len(train))))
+        keep = range(min(recipe.train_subset, len(train)))
+        train, train_plain = Subset(train, keep), Subset(train_plain, keep)
     if recipe.val_subset:
         val = Subset(val, range(min(recipe.val_subset, len(val))))
-    return DataSplits(name=name, train=train, val=val, num_classes=num_classes)
+    return DataSplits(name=name, train=train, val=val, num_classes=num_classes, train_plain=train_plain)

@@ -1,5 +1,7 @@
 """PNG figures for the pretraining stage."""
 
+import csv
+import json
 from pathlib import Path
 
 import matplotlib
@@ -8,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from dropbench.errors import UserInputError  # noqa: E402
 from dropbench.io import atomic_write  # noqa: E402
 
 
@@ -21,7 +24,56 @@ def plot_schedules(schedules: dict[str, np.ndarray], iters_per_epoch: int, out: 
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend(frameon=False)
+    return save_png(fig, out)
+
+
+def save_png(fig: plt.Figure, path: str | Path) -> Path:
+    """Write the figure atomically as a PNG and release it."""
     fig.tight_layout()
-    path = atomic_write(out, lambda tmp: fig.savefig(tmp, format="png"))
+    written = atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
-    return path
+    return written
+
+
+DIAGNOSTIC_TITLES = {
+    "grad_norm": "gradient norm",
+    "model_distance": "distance from initialisation",
+    "gdv": "gradient direction variance",
+    "gde": "gradient direction error",
+}
+
+
+def _run_label(run_dir: Path) -> str:
+    config_path = run_dir / "config.json"
+    if not config_path.is_file():
+        return run_dir.name
+    config = json.loads(config_path.read_text())
+    return f"{config['backbone']['name']} {config['regime']['name']} seed {config['recipe']['seed']}"
+
+
+def plot_diagnostics(run_dirs: list[Path], out_dir: Path) -> list[Path]:
+    """One PNG per metric (``diagnostics_<metric>.png``), one line per run, against training iterations."""
+    tables = {}
+    for run_dir in map(Path, run_dirs):
+        path = run_dir / "diagnostics.csv"
+        if not path.is_file():
+            raise UserInputError("run_dirs", f"'{run_dir}' has no diagnostics.csv; pretrain it with --diagnostics")
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        label = _run_label(run_dir)
+        while label in tables:
+            label += "'"
+        tables[label] = {column: np.array([float(r[column]) for r in rows]) for column in rows[0]} if rows else {}
+    written = []
+    for metric, title in DIAGNOSTIC_TITLES.items():
+        fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+        for label, columns in tables.items():
+            if columns:
+                ax.plot(columns["update"], columns[metric], label=label, linewidth=1.6)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel(title)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(frameon=False, fontsize=8)
+        written.append(save_png(fig, Path(out_dir) / f"diagnostics_{metric}.png"))
+    return written

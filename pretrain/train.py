@@ -40,10 +40,12 @@ from dropbench.records import PERCENT, ResultRecord
 from pretrain.config import BackboneConfig, Recipe, Regime, config_hash
 from pretrain.controller import DropController
 from pretrain.data import build_data
+from pretrain.diagnostics import DIAGNOSTIC_COLUMNS, DiagnosticsConfig, GradientDiagnostics, gradient_norm
 from pretrain.export import SIDECAR_FILE, export_backbone
 
 CHECKPOINT_FILE = "checkpoint.pt"
 LOG_FILE = "log.csv"
+DIAGNOSTICS_FILE = "diagnostics.csv"
 CONFIG_FILE = "config.json"
 EXPORT_DIR = "export"
 LOG_COLUMNS = [
@@ -195,16 +197,17 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, autocas
     return {"val_loss": loss / count, "val_top1": 100.0 * top1 / count, "val_top5": 100.0 * top5 / count}
 
 
-def _read_log(path: Path, upto_epoch: int) -> list[dict]:
+def _read_rows(path: Path, column: str, upto: int) -> list[dict]:
+    """The rows of a CSV log whose ``column`` is at most ``upto`` (what a checkpoint had seen)."""
     if not path.is_file():
         return []
     with path.open(newline="") as f:
-        return [row for row in csv.DictReader(f) if int(row["epoch"]) <= upto_epoch]
+        return [row for row in csv.DictReader(f) if int(row[column]) <= upto]
 
 
-def _write_log(path: Path, rows: list[dict]) -> None:
+def _write_rows(path: Path, columns: list[str], rows: list[dict]) -> None:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=LOG_COLUMNS)
+    writer = csv.DictWriter(buffer, fieldnames=columns)
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(path, buffer.getvalue())
@@ -229,8 +232,12 @@ def pretrain(
     results_dir: str | Path | None = "results",
     resume: bool = False,
     device: str | None = None,
+    diagnostics: DiagnosticsConfig | None = None,
 ) -> RunSummary:
-    """Train ``backbone`` under ``regime`` with ``recipe`` on ``data`` into the run folder ``out``."""
+    """Train ``backbone`` under ``regime`` with ``recipe`` on ``data`` into the run folder ``out``.
+
+    ``diagnostics`` adds the gradient analysis (``pretrain.diagnostics``) to ``diagnostics.csv`` and TensorBoard.
+    """
     out = Path(out)
     checkpoint_path = out / CHECKPOINT_FILE
     # Everything that can be wrong with the input is checked before the run folder is made.
@@ -357,7 +364,27 @@ def pretrain(
         pin_memory=use_cuda,
     )
 
-    log_rows = _read_log(out / LOG_FILE, start_epoch) if distributed.main else []
+    log_rows = _read_rows(out / LOG_FILE, "epoch", start_epoch) if distributed.main else []
+    probe, diagnostic_rows, measured = None, [], None
+    if diagnostics is not None and distributed.main:
+        probe = GradientDiagnostics(
+            diagnostics,
+            model,
+            splits.train_plain,
+            recipe.per_device_batch,
+            nn.CrossEntropyLoss(),
+            dev,
+            recipe.seed,
+            autocast,
+        )
+        if checkpoint:
+            if "initial_weights" not in checkpoint:
+                raise UserInputError(
+                    "--diagnostics",
+                    "this run was started without diagnostics; model distance needs its initial weights",
+                )
+            probe.initial = checkpoint["initial_weights"].to(dev)
+        diagnostic_rows = _read_rows(out / DIAGNOSTICS_FILE, "update", update - 1)
     writer = None
     if distributed.main:
         from torch.utils.tensorboard import SummaryWriter
@@ -389,6 +416,8 @@ def pretrain(
                 rates = controller.step(update)
                 for kind, rate in rates.items():
                     rate_sums[kind] += rate
+                if probe is not None and probe.due(update):
+                    measured = probe.measure()
                 lr_scheduler.step_update(num_updates=update)
                 if recipe.weight_decay_end is not None:
                     wd = _cosine(recipe.weight_decay, recipe.weight_decay_end, update, total_updates)
@@ -405,6 +434,14 @@ def pretrain(
             loss_sum += loss.detach().double()
             if not last_micro:
                 continue
+            if measured is not None:
+                row = {"update": update, "epoch": update / iters_per_epoch}
+                row |= {"grad_norm": gradient_norm(model), **measured}
+                row |= {"dropout": rates.get("dropout", 0.0), "drop_path": rates.get("drop_path", 0.0)}
+                diagnostic_rows.append(row)
+                for key in ("grad_norm", "model_distance", "gdv", "gde"):
+                    writer.add_scalar(f"diagnostics/{key}", row[key], update)
+                measured = None
             if recipe.clip_grad:
                 nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_grad)
             optimizer.step()
@@ -449,7 +486,9 @@ def pretrain(
             rng_states = [rng]
         if distributed.main:
             log_rows.append(row)
-            _write_log(out / LOG_FILE, log_rows)
+            _write_rows(out / LOG_FILE, LOG_COLUMNS, log_rows)
+            if probe is not None:
+                _write_rows(out / DIAGNOSTICS_FILE, DIAGNOSTIC_COLUMNS, diagnostic_rows)
             for key in ("train_loss", "val_loss", "val_top1", "val_top5", "dropout", "drop_path"):
                 writer.add_scalar(f"epoch/{key}", row[key], epoch + 1)
             writer.flush()
@@ -457,6 +496,7 @@ def pretrain(
                 f"epoch {epoch + 1}/{recipe.epochs}  train_loss {train_loss:.4f}  val_top1 {metrics['val_top1']:.2f}"
                 f"  dropout {row['dropout']:.4f}  drop_path {row['drop_path']:.4f}  {epoch_seconds:.1f}s"
             )
+            sys.stdout.flush()
             state = {
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
@@ -468,6 +508,8 @@ def pretrain(
             }
             if ema is not None:
                 state["ema"] = ema.state_dict()
+            if probe is not None:
+                state["initial_weights"] = probe.initial.cpu()
             _save_checkpoint(checkpoint_path, state)
         if distributed.world > 1:
             dist.barrier()

@@ -1,0 +1,126 @@
+import csv
+import itertools
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from dropbench.errors import UserInputError
+from pretrain.config import BackboneConfig, Recipe, Regime
+from pretrain.diagnostics import DiagnosticsConfig, DirectionStats, cosine_distance
+from pretrain.train import pretrain
+
+
+def _brute_force_gdv(gradients: list[torch.Tensor]) -> float:
+    pairs = list(itertools.combinations(gradients, 2))
+    return sum(cosine_distance(u, v) for u, v in pairs) / len(pairs)
+
+
+def test_gdv_of_identical_gradients_is_zero():
+    g = torch.randn(1000)
+    stats = DirectionStats()
+    for scale in (1.0, 2.0, 0.5, 7.0):
+        stats.add(g * scale)
+    assert stats.gdv == pytest.approx(0.0, abs=1e-12)
+
+
+def test_gdv_of_orthogonal_gradients_is_one_half():
+    stats = DirectionStats()
+    for i in range(5):
+        stats.add(torch.eye(5)[i] * (i + 1))
+    assert stats.gdv == pytest.approx(0.5)
+
+
+def test_streamed_gdv_equals_the_mean_over_all_pairs():
+    gradients = [torch.randn(300) + 0.5 for _ in range(9)]
+    stats = DirectionStats()
+    for g in gradients:
+        stats.add(g)
+    assert stats.gdv == pytest.approx(_brute_force_gdv(gradients), rel=1e-9)
+
+
+def test_gde_is_zero_when_every_gradient_is_parallel_to_the_full_gradient_and_grows_otherwise():
+    full = torch.randn(500)
+    parallel = DirectionStats(reference=full)
+    for scale in (0.1, 1.0, 3.0):
+        parallel.add(full * scale)
+    assert parallel.gde == pytest.approx(0.0, abs=1e-12)
+    noisy = DirectionStats(reference=full)
+    for _ in range(3):
+        noisy.add(full + torch.randn(500))
+    assert 0.0 < noisy.gde < 0.5
+    opposite = DirectionStats(reference=full)
+    opposite.add(-full)
+    assert opposite.gde == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("items", "field"),
+    [
+        (["every=0"], "--diagnostics"),
+        (["batches=1"], "batches"),
+        (["every=ten"], "every"),
+        (["often=3"], "--diagnostics"),
+    ],
+)
+def test_bad_diagnostics_settings_name_the_field(items, field):
+    with pytest.raises(UserInputError) as err:
+        DiagnosticsConfig.parse(items)
+    assert field in err.value.field
+
+
+# Two runs from the same seed, with and without measuring, must end with identical weights.
+TINY = dict(epochs=2, batch_size=64, per_device_batch=64, train_subset=1024, val_subset=128, warmup_epochs=0)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("diagnostics")
+    backbone, recipe = BackboneConfig.load("vit_micro"), Recipe.load("cpu", TINY)
+    made = {}
+    for regime in ("no_dropout", "standard_dropout"):
+        made[regime] = root / regime
+        pretrain(
+            backbone,
+            Regime.load(regime),
+            recipe,
+            "mnist",
+            made[regime],
+            results_dir=None,
+            diagnostics=DiagnosticsConfig(every=4, batches=3, full=128),
+        )
+    made["unmeasured"] = root / "unmeasured"
+    pretrain(backbone, Regime.load("standard_dropout"), recipe, "mnist", made["unmeasured"], results_dir=None)
+    return made
+
+
+@pytest.mark.slow
+def test_measuring_does_not_change_the_training_trajectory(runs):
+    measured = load_file(runs["standard_dropout"] / "export" / "backbone.safetensors")
+    unmeasured = load_file(runs["unmeasured"] / "export" / "backbone.safetensors")
+    for name, tensor in measured.items():
+        assert torch.equal(tensor, unmeasured[name]), name
+
+
+@pytest.mark.slow
+def test_diagnostics_are_logged_at_the_cadence_with_sane_values(runs):
+    with (runs["standard_dropout"] / "diagnostics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["update"]) for r in rows] == list(range(0, 32, 4))  # 16 updates per epoch, 2 epochs
+    first, last = rows[0], rows[-1]
+    assert float(first["model_distance"]) == 0.0 < float(last["model_distance"])
+    for row in rows:
+        assert 0.0 < float(row["gdv"]) < 1.0 and 0.0 < float(row["gde"]) < 1.0
+        assert float(row["grad_norm"]) > 0 and float(row["dropout"]) == pytest.approx(0.1)
+
+
+@pytest.mark.slow
+def test_the_plot_command_draws_one_png_per_metric_from_real_runs(cli, runs, tmp_path):
+    code, out, err = cli("plot", "diagnostics", runs["no_dropout"], runs["standard_dropout"], "--out", tmp_path)
+    assert code == 0, err
+    for metric in ("grad_norm", "model_distance", "gdv", "gde"):
+        with Image.open(tmp_path / f"diagnostics_{metric}.png") as image:
+            assert image.format == "PNG" and image.width >= 600
+    code, _, err = cli("plot", "diagnostics", runs["unmeasured"], "--out", tmp_path)
+    assert code == 2 and "diagnostics.csv" in err
