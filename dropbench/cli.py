@@ -72,6 +72,34 @@ def _plot_diagnostics(args: argparse.Namespace) -> None:
         print(path)
 
 
+def _transfer_cls(args: argparse.Namespace) -> None:
+    from pretrain.config import parse_overrides
+    from transfer.classification import transfer_classification
+
+    transfer_classification(
+        backbone=Path(args.backbone),
+        dataset=args.dataset,
+        protocol=args.protocol,
+        work_dir=Path(args.work_dir),
+        results_dir=Path(args.results) if args.results else None,
+        overrides=parse_overrides(args.overrides),
+        device=args.device,
+    )
+
+
+def _transfer_det(args: argparse.Namespace) -> None:
+    from transfer.detection import transfer_detection
+
+    transfer_detection(
+        backbone=Path(args.backbone),
+        config=Path(args.config),
+        work_dir=Path(args.work_dir),
+        results_dir=Path(args.results) if args.results else None,
+        cfg_options=args.cfg_options or [],
+        launcher=args.launcher,
+    )
+
+
 def _demo(args: argparse.Namespace) -> None:
     from pretrain.demo import run_demo
 
@@ -111,10 +139,32 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="*",
         metavar="every=N batches=K",
         help="measure gradient norm, model distance, GDV and GDE every N updates from K mini-batches "
-        "(defaults every=200 batches=8 full=1024: ĝ from 1024 training images)",
+        "(defaults every=400 batches=8 full=1024: ĝ from 1024 training images)",
     )
     pretrain.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides, e.g. epochs=10 lr=1e-3")
     pretrain.set_defaults(run=_pretrain)
+
+    transfer = commands.add_parser("transfer", help="fine-tune an exported backbone on a downstream task")
+    tasks = transfer.add_subparsers(dest="task", required=True, parser_class=_Parser)
+
+    cls = tasks.add_parser("cls", help="classification: fine-tuning or linear probing")
+    cls.add_argument("--backbone", required=True, help="a pretraining export folder (backbone.safetensors + .json)")
+    cls.add_argument("--dataset", required=True, help="configs/classification/<name>.yaml, its name, or a folder")
+    cls.add_argument("--protocol", choices=("finetune", "linear"), required=True)
+    cls.add_argument("--work-dir", required=True)
+    cls.add_argument("--results", default="results", help="where result records go (default: results)")
+    cls.add_argument("--device", help="cpu, cuda (default: cuda when available)")
+    cls.add_argument("overrides", nargs="*", metavar="key=value", help="dataset-config overrides, e.g. epochs=5")
+    cls.set_defaults(run=_transfer_cls)
+
+    det = tasks.add_parser("det", help="COCO detection + instance segmentation with Mask R-CNN (mmdet)")
+    det.add_argument("--backbone", required=True, help="a pretraining export folder (backbone.safetensors + .json)")
+    det.add_argument("--config", required=True, help="an mmdet config, e.g. configs/detection/mask_rcnn_cpu.py")
+    det.add_argument("--work-dir", required=True)
+    det.add_argument("--results", default="results", help="where result records go (default: results)")
+    det.add_argument("--cfg-options", nargs="+", metavar="key=value", help="mmengine config overrides")
+    det.add_argument("--launcher", choices=("none", "pytorch", "slurm"), default="none")
+    det.set_defaults(run=_transfer_det)
 
     plot = commands.add_parser("plot", help="figures (PNG) from finished runs")
     plots = plot.add_subparsers(dest="figure", required=True, parser_class=_Parser)

@@ -32,7 +32,7 @@ DIAGNOSTIC_COLUMNS = ["update", "epoch", "grad_norm", "model_distance", "gdv", "
 
 @dataclass(frozen=True)
 class DiagnosticsConfig:
-    every: int = 200  # optimizer updates between measurements
+    every: int = 400  # optimizer updates between measurements
     batches: int = 8  # K mini-batch gradients for GDV and GDE
     full: int = 1024  # training images in the fixed subset whose gradient is ĝ
 
