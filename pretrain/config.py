@@ -78,10 +78,13 @@ class BackboneConfig:
     def create_model(self, num_classes: int, dropout: float = 0.0, drop_path: float = 0.0) -> nn.Module:
         """Build the timm model with the given maximum rates (only non-zero rates are passed)."""
         kwargs = dict(self.kwargs, num_classes=num_classes)
+        # Rates are always passed, 0 included: some models default to a non-zero rate (timm's Swin has
+        # drop_path_rate=0.1). A keyword the model's constructor rejects is dropped, unless its rate is needed.
+        optional = {k: dropout for k in self.dropout_kwargs}
         if drop_path > 0:
             kwargs[self.drop_path_kwarg] = drop_path
-        # Not every model takes every dropout keyword: the ones its constructor rejects are dropped.
-        optional = {k: dropout for k in self.dropout_kwargs} if dropout > 0 else {}
+        else:
+            optional[self.drop_path_kwarg] = 0.0
         return create_timm_model(self.model, kwargs, optional)
 
     def to_dict(self) -> dict:

@@ -115,3 +115,9 @@ def test_the_rate_the_controller_sets_is_the_rate_the_forward_pass_uses(kind):
 def test_modules_built_at_rate_zero_are_not_scheduled():
     model = _build("vit_micro", drop_path=0.2)
     assert drop_modules(model, "dropout") == []
+
+
+@pytest.mark.parametrize("backbone", MICRO_BACKBONES)
+def test_no_dropout_builds_no_active_drop_module_even_where_timm_defaults_to_one(backbone):
+    model = _build(backbone)  # timm's Swin defaults to drop_path_rate=0.1
+    assert drop_modules(model, "dropout") == [] and drop_modules(model, "drop_path") == []

@@ -1,0 +1,275 @@
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pycocotools.coco import COCO
+from safetensors.torch import load_file, save_file
+
+from dropbench.errors import UserInputError
+from pretrain.config import BackboneConfig, Recipe, Regime
+from pretrain.train import pretrain
+
+from .conftest import MICRO_BACKBONES
+
+mmdet = pytest.importorskip("mmdet")
+from transfer.backbone import TimmBackbone  # noqa: E402
+from transfer.detection import validate_coco  # noqa: E402
+from transfer.embedded_data import CanvasSpec, make_coco_digits  # noqa: E402
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "detection"
+TINY = dict(epochs=1, train_subset=256, val_subset=64, batch_size=64, per_device_batch=64, warmup_epochs=0)
+
+
+@pytest.fixture(scope="session")
+def exports(tmp_path_factory) -> dict[str, Path]:
+    """A real (one-epoch) pretraining export per micro family."""
+    root = tmp_path_factory.mktemp("exports")
+    made = {}
+    for name in MICRO_BACKBONES:
+        pretrain(
+            BackboneConfig.load(name),
+            Regime.load("no_dropout"),
+            Recipe.load("cpu", TINY),
+            "mnist",
+            root / name,
+            results_dir=None,
+        )
+        made[name] = root / name / "export"
+    return made
+
+
+@pytest.fixture(scope="session")
+def coco_digits(tmp_path_factory) -> Path:
+    return make_coco_digits(tmp_path_factory.mktemp("data") / "coco_digits", num_train=16, num_val=8)
+
+
+@pytest.mark.parametrize("family", MICRO_BACKBONES)
+def test_the_adapter_gives_fpn_strides_and_its_declared_channels_for_every_family(exports, family):
+    adapter = TimmBackbone(str(exports[family]), img_size=128)
+    features = adapter(torch.randn(2, 3, 128, 128))
+    assert [f.shape[-1] for f in features] == [128 // s for s in (4, 8, 16, 32)]
+    assert [f.shape[1] for f in features] == adapter.out_channels
+    assert all(torch.isfinite(f).all() for f in features)
+
+
+def test_plain_vits_share_one_native_stride_and_get_a_simple_pyramid(exports):
+    adapter = TimmBackbone(str(exports["vit_micro"]), img_size=128)
+    assert set(adapter.native_strides) == {8.0}
+    assert set(adapter.levels) == {len(adapter.native_strides) - 1}, "all outputs come from the last block"
+
+
+@pytest.mark.parametrize("family", ["vit_micro", "swin_micro", "convnext_micro", "mixer_micro"])
+def test_every_exported_tensor_is_loaded(exports, family):
+    adapter = TimmBackbone(str(exports[family]), img_size=32)  # the pretraining size: no resampling
+    exported = load_file(exports[family] / "backbone.safetensors")
+    loaded = adapter.model.state_dict()
+    assert loaded, "the adapter keeps the backbone's tensors"
+    for name, tensor in loaded.items():
+        assert torch.equal(tensor, exported[name]), name
+
+
+def test_mixer_token_mixing_is_resampled_to_a_new_input_size(exports):
+    adapter = TimmBackbone(str(exports["mixer_micro"]), img_size=64)
+    exported = load_file(exports["mixer_micro"] / "backbone.safetensors")
+    weight = adapter.model.state_dict()["blocks.0.mlp_tokens.fc1.weight"]
+    assert weight.shape[1] == 16 * 16 and exported["blocks.0.mlp_tokens.fc1.weight"].shape[1] == 8 * 8
+    assert adapter(torch.randn(1, 3, 64, 64))[0].shape[-1] == 16
+
+
+def test_an_export_missing_a_tensor_fails_loudly(exports, tmp_path):
+    broken = tmp_path / "export"
+    shutil.copytree(exports["vit_micro"], broken)
+    tensors = load_file(broken / "backbone.safetensors")
+    del tensors["blocks.1.attn.qkv.weight"]
+    save_file(tensors, broken / "backbone.safetensors")
+    with pytest.raises(UserInputError, match="not loaded"):
+        TimmBackbone(str(broken))
+
+
+def test_layer_decay_gives_earlier_layers_smaller_learning_rates(exports):
+    from mmdet.registry import OPTIM_WRAPPER_CONSTRUCTORS
+    from torch import nn
+
+    model = nn.Module()
+    model.backbone = TimmBackbone(str(exports["vit_micro"]), img_size=64)
+    model.head = nn.Linear(4, 2)
+    constructor = OPTIM_WRAPPER_CONSTRUCTORS.build(
+        dict(
+            type="TimmLayerDecayOptimizerConstructor",
+            optim_wrapper_cfg=dict(type="OptimWrapper", optimizer=dict(type="AdamW", lr=1e-3, weight_decay=0.05)),
+            paramwise_cfg=dict(layer_decay_rate=0.5),
+        )
+    )
+    optimizer = constructor(model).optimizer
+    lr_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    assert len(lr_of) == sum(1 for _ in model.parameters()), "every parameter in exactly one group"
+    vit = model.backbone.model
+    first, last = vit.blocks[0].attn.qkv.weight, vit.blocks[-1].attn.qkv.weight
+    assert lr_of[id(first)] < lr_of[id(last)] <= 1e-3
+    assert lr_of[id(vit.blocks[-2].attn.qkv.weight)] == pytest.approx(lr_of[id(last)] * 0.5)
+    assert lr_of[id(model.head.weight)] == pytest.approx(1e-3)
+
+
+def test_the_generated_coco_json_round_trips_through_pycocotools(coco_digits):
+    ann_file = coco_digits / "annotations" / "instances_train2017.json"
+    coco = COCO(str(ann_file))
+    assert sorted(c["name"] for c in coco.loadCats(coco.getCatIds())) == [str(d) for d in range(10)]
+    assert len(coco.getImgIds()) == 16 and len(coco.getAnnIds()) >= 16
+    for ann in coco.loadAnns(coco.getAnnIds()):
+        mask = coco.annToMask(ann)
+        assert mask.sum() == pytest.approx(ann["area"])
+        ys, xs = np.nonzero(mask)
+        assert ann["bbox"] == pytest.approx([xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1])
+    validate_coco(ann_file, coco_digits / "train2017", tuple(str(d) for d in range(10)), "ann_file")
+
+
+def test_train_and_val_canvases_use_disjoint_mnist_test_digits_deterministically(tmp_path):
+    first = make_coco_digits(tmp_path / "a", 3, 2, CanvasSpec(seed=5))
+    second = make_coco_digits(tmp_path / "b", 3, 2, CanvasSpec(seed=5))
+    for split in ("train", "val"):
+        name = f"annotations/instances_{split}2017.json"
+        assert (first / name).read_text() == (second / name).read_text()
+
+
+def test_mmdets_coco_dataset_loads_the_generated_data_unchanged(coco_digits):
+    from mmdet.datasets import CocoDataset
+
+    dataset = CocoDataset(
+        data_root=str(coco_digits),
+        ann_file="annotations/instances_val2017.json",
+        data_prefix=dict(img="val2017/"),
+        metainfo=dict(classes=tuple(str(d) for d in range(10))),
+        pipeline=[],
+        test_mode=True,
+    )
+    assert len(dataset) == 8
+    sample = dataset[0]
+    assert sample["instances"] and all(0 <= i["bbox_label"] < 10 for i in sample["instances"])
+    assert all(isinstance(i["mask"], dict) for i in sample["instances"])  # RLE, as in real COCO
+
+
+def _write_coco(tmp_path: Path, source: Path, edit) -> Path:
+    root = tmp_path / "coco"
+    shutil.copytree(source, root)
+    ann_file = root / "annotations" / "instances_val2017.json"
+    coco = json.loads(ann_file.read_text())
+    edit(coco)
+    ann_file.write_text(json.dumps(coco))
+    return root
+
+
+@pytest.mark.parametrize(
+    ("edit", "words"),
+    [
+        (lambda c: c["annotations"][0].update(image_id=999), "unknown image 999"),
+        (lambda c: c["annotations"][0].update(bbox=[3, 4, -2, 5]), "negative"),
+        (lambda c: c["annotations"][0].update(category_id=77), "category_id 77"),
+        (lambda c: c["categories"][0].update(name="zero"), "not categories"),
+    ],
+)
+def test_bad_coco_files_are_named(cli, exports, coco_digits, tmp_path, edit, words, monkeypatch):
+    root = _write_coco(tmp_path, coco_digits, edit)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "coco_digits").symlink_to(root)
+    work = tmp_path / "work"
+    code, _, err = cli(
+        "transfer",
+        "det",
+        "--backbone",
+        exports["vit_micro"],
+        "--config",
+        CONFIGS / "mask_rcnn_cpu.py",
+        "--work-dir",
+        work,
+        "--results",
+        tmp_path / "results",
+    )
+    assert code == 2 and err.count("\n") == 1 and words in err, err
+    assert not work.exists()
+
+
+def test_a_config_key_typo_is_named(cli, exports, tmp_path):
+    code, _, err = cli(
+        "transfer",
+        "det",
+        "--backbone",
+        exports["vit_micro"],
+        "--config",
+        CONFIGS / "mask_rcnn_cpu.py",
+        "--work-dir",
+        tmp_path / "w",
+        "--cfg-options",
+        "train_cfg.max_iter=5",
+    )
+    assert code == 2 and err.count("\n") == 1 and "max_iter" in err and "did you mean 'max_iters'" in err
+
+
+def test_a_sidecar_naming_an_unknown_model_is_refused(cli, exports, tmp_path):
+    export = tmp_path / "export"
+    shutil.copytree(exports["vit_micro"], export)
+    sidecar = json.loads((export / "backbone.json").read_text())
+    (export / "backbone.json").write_text(json.dumps(sidecar | {"model": "vit_teeny_patch16_224"}))
+    code, _, err = cli(
+        "transfer", "det", "--backbone", export, "--config", CONFIGS / "mask_rcnn_cpu.py", "--work-dir", tmp_path / "w"
+    )
+    assert code == 2 and "vit_teeny_patch16_224" in err and err.count("\n") == 1
+
+
+def test_weights_that_do_not_match_the_sidecar_are_refused(cli, exports, tmp_path):
+    export = tmp_path / "export"
+    shutil.copytree(exports["vit_micro"], export)
+    shutil.copy(exports["convnext_micro"] / "backbone.safetensors", export / "backbone.safetensors")
+    code, _, err = cli(
+        "transfer", "det", "--backbone", export, "--config", CONFIGS / "mask_rcnn_cpu.py", "--work-dir", tmp_path / "w"
+    )
+    assert code == 2 and "do not fit" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("config", ["mask_rcnn_1x_coco.py", "mask_rcnn_3x_coco.py"])
+def test_the_paper_scale_configs_build_mask_rcnn_on_an_export(exports, config):
+    from mmdet.registry import MODELS
+
+    from transfer.mm_runner import load_config
+
+    cfg = load_config(CONFIGS / config, [])
+    cfg.model.backbone.export = str(exports["convnext_micro"])
+    cfg.model.neck.in_channels = TimmBackbone(str(exports["convnext_micro"])).out_channels
+    model = MODELS.build(cfg.model)
+    assert type(model).__name__ == "MaskRCNN" and cfg.optim_wrapper.type == "AmpOptimWrapper"
+    assert cfg.train_cfg.max_epochs == (12 if "1x" in config else 36)
+
+
+@pytest.mark.slow
+def test_a_short_cpu_fine_tune_writes_finite_box_and_mask_ap_records(cli, exports, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the embedded config makes data/coco_digits under the working folder
+    code, _, err = cli(
+        "transfer",
+        "det",
+        "--backbone",
+        exports["vit_micro"],
+        "--config",
+        CONFIGS / "mask_rcnn_cpu.py",
+        "--work-dir",
+        tmp_path / "work",
+        "--results",
+        tmp_path / "results",
+        "--cfg-options",
+        "train_cfg.max_iters=4",
+        "embedded_data.num_train=8",
+        "embedded_data.num_val=4",
+    )
+    assert code == 0, err
+    records = {
+        json.loads(p.read_text())["metric"]: json.loads(p.read_text())
+        for p in (tmp_path / "results" / "records").glob("*.json")
+    }
+    assert set(records) == {"box_AP", "box_AP50", "box_AP75", "mask_AP", "mask_AP50", "mask_AP75"}
+    for record in records.values():
+        assert math.isfinite(record["value"]) and 0 <= record["value"] <= 100 and record["unit"] == "%"
+        assert record["task"] == "detection" and record["dataset"] == "coco_digits"
+        assert record["regime"] == "no_dropout" and record["stage"] == "transfer"

@@ -1,0 +1,146 @@
+"""What detection and segmentation transfer share: an mm* config → mmengine Runner → result records.
+
+The config is mm*-native; this module fills in the export (``model.backbone.export``) and the channels the
+neck receives from the adapter (``TimmBackbone.out_channels``), checks ``--cfg-options`` keys against the config
+(a typo is an error, not a silently added key), trains, evaluates once, and writes one record per metric.
+"""
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from mmengine.config import Config, ConfigDict, DictAction
+from mmengine.dist import is_main_process
+from mmengine.hooks import Hook
+
+from dropbench import code_version
+from dropbench.errors import UserInputError, did_you_mean
+from dropbench.records import PERCENT, ResultRecord
+from pretrain.export import read_sidecar
+from transfer.backbone import TimmBackbone
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    task: str  # "detection" or "segmentation"
+    metrics: dict[str, tuple[str, float]]  # mm* metric key → (record metric name, factor to percent)
+
+
+def _check_key(cfg: Config, dotted: str) -> None:
+    node = cfg._cfg_dict
+    walked = []
+    for part in dotted.split("."):
+        if isinstance(node, (dict, ConfigDict)) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            choices = list(node.keys()) if isinstance(node, (dict, ConfigDict)) else []
+            where = ".".join(walked) or "the config"
+            raise UserInputError(
+                f"--cfg-options {dotted}", f"'{part}' is not a key of {where}{did_you_mean(part, choices)}"
+            )
+        walked.append(part)
+
+
+def load_config(config: Path, cfg_options: Sequence[str]) -> Config:
+    """Load an mm* config and apply ``key=value`` options whose keys must already exist in it."""
+    if not Path(config).is_file():
+        raise UserInputError("--config", f"no such config '{config}'")
+    try:
+        cfg = Config.fromfile(str(config))
+    except Exception as err:  # noqa: BLE001 - a broken config file, whatever mmengine raises
+        raise UserInputError("--config", f"cannot load '{config}': {str(err).splitlines()[0]}") from None
+    options = {}
+    for item in cfg_options:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise UserInputError("--cfg-options", f"'{item}' is not key=value")
+        _check_key(cfg, key)
+        options[key] = DictAction._parse_iterable(raw)
+    cfg.merge_from_dict(options)
+    return cfg
+
+
+class _KeepLastMetrics(Hook):
+    priority = "LOWEST"
+
+    def __init__(self):
+        self.metrics: dict | None = None
+
+    def after_val_epoch(self, runner, metrics=None) -> None:
+        self.metrics = dict(metrics or {})
+
+
+def run_transfer(
+    spec: TaskSpec,
+    backbone: Path,
+    config: Path,
+    work_dir: Path,
+    results_dir: Path | None,
+    cfg_options: Sequence[str],
+    launcher: str,
+    prepare: Callable[[Config], None],
+) -> list[Path]:
+    """Train and evaluate ``config`` on the export ``backbone``; returns the record files written."""
+    from mmengine.runner import Runner
+
+    sidecar = read_sidecar(backbone)
+    cfg = load_config(config, cfg_options)
+    dataset_name = cfg.pop("dataset_name", Path(config).stem)
+    backbone_cfg = cfg.model.backbone
+    if backbone_cfg.get("type") != "TimmBackbone":
+        raise UserInputError("model.backbone.type", "must be 'TimmBackbone' to transfer a dropbench export")
+    backbone_cfg.export = str(backbone)
+    adapter_args = {k: v for k, v in backbone_cfg.items() if k not in ("type", "init_cfg")}
+    try:
+        adapter = TimmBackbone(**adapter_args)
+    except TypeError as err:
+        raise UserInputError("model.backbone", str(err)) from None
+    neck = cfg.model.get("neck")
+    if neck is not None and "in_channels" in neck:
+        neck.in_channels = adapter.out_channels
+    del adapter
+    prepare(cfg)  # the task's data checks (and embedded data), before anything is written
+    cfg.work_dir = str(work_dir)
+    cfg.launcher = launcher
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    try:
+        runner = Runner.from_cfg(cfg)
+    except (TypeError, KeyError) as err:
+        raise UserInputError("--config", f"cannot build the runner: {str(err).splitlines()[0]}") from None
+    keeper = _KeepLastMetrics()
+    runner.register_hook(keeper)
+    runner.train()
+    metrics = keeper.metrics if keeper.metrics else runner.val()
+    if results_dir is None or not is_main_process():
+        return []
+    digest = hashlib.sha256((cfg.pretty_text + sidecar.get("config_hash", "")).encode()).hexdigest()[:16]
+    finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    written = []
+    for key, (name, factor) in spec.metrics.items():
+        if key not in metrics:
+            continue
+        record = ResultRecord(
+            backbone=sidecar.get("backbone", sidecar["model"]),
+            model=sidecar["model"],
+            regime=sidecar.get("regime", "unknown"),
+            recipe=sidecar.get("recipe", "unknown"),
+            seed=int(sidecar.get("seed", 0)),
+            stage="transfer",
+            task=spec.task,
+            dataset=dataset_name,
+            protocol=Path(config).stem,
+            metric=name,
+            value=float(metrics[key]) * factor,
+            unit=PERCENT,
+            config_hash=digest,
+            code_version=code_version(),
+            started=started,
+            finished=finished,
+            run_dir=str(Path(work_dir).resolve()),
+        )
+        written.append(record.write(results_dir))
+    return written
