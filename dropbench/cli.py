@@ -100,6 +100,19 @@ def _transfer_det(args: argparse.Namespace) -> None:
     )
 
 
+def _transfer_seg(args: argparse.Namespace) -> None:
+    from transfer.segmentation import transfer_segmentation
+
+    transfer_segmentation(
+        backbone=Path(args.backbone),
+        config=Path(args.config),
+        work_dir=Path(args.work_dir),
+        results_dir=Path(args.results) if args.results else None,
+        cfg_options=args.cfg_options or [],
+        launcher=args.launcher,
+    )
+
+
 def _demo(args: argparse.Namespace) -> None:
     from pretrain.demo import run_demo
 
@@ -157,14 +170,25 @@ def build_parser() -> argparse.ArgumentParser:
     cls.add_argument("overrides", nargs="*", metavar="key=value", help="dataset-config overrides, e.g. epochs=5")
     cls.set_defaults(run=_transfer_cls)
 
-    det = tasks.add_parser("det", help="COCO detection + instance segmentation with Mask R-CNN (mmdet)")
-    det.add_argument("--backbone", required=True, help="a pretraining export folder (backbone.safetensors + .json)")
-    det.add_argument("--config", required=True, help="an mmdet config, e.g. configs/detection/mask_rcnn_cpu.py")
-    det.add_argument("--work-dir", required=True)
-    det.add_argument("--results", default="results", help="where result records go (default: results)")
-    det.add_argument("--cfg-options", nargs="+", metavar="key=value", help="mmengine config overrides")
-    det.add_argument("--launcher", choices=("none", "pytorch", "slurm"), default="none")
-    det.set_defaults(run=_transfer_det)
+    for name, help_text, example, run in (
+        (
+            "det",
+            "COCO detection + instance segmentation with Mask R-CNN (mmdet)",
+            "detection/mask_rcnn_cpu.py",
+            _transfer_det,
+        ),
+        ("seg", "ADE20K semantic segmentation with UperNet (mmseg)", "segmentation/upernet_cpu.py", _transfer_seg),
+    ):
+        dense = tasks.add_parser(name, help=help_text)
+        dense.add_argument(
+            "--backbone", required=True, help="a pretraining export folder (backbone.safetensors + .json)"
+        )
+        dense.add_argument("--config", required=True, help=f"an mm* config, e.g. configs/{example}")
+        dense.add_argument("--work-dir", required=True)
+        dense.add_argument("--results", default="results", help="where result records go (default: results)")
+        dense.add_argument("--cfg-options", nargs="+", metavar="key=value", help="mmengine config overrides")
+        dense.add_argument("--launcher", choices=("none", "pytorch", "slurm"), default="none")
+        dense.set_defaults(run=run)
 
     plot = commands.add_parser("plot", help="figures (PNG) from finished runs")
     plots = plot.add_subparsers(dest="figure", required=True, parser_class=_Parser)

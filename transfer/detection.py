@@ -72,7 +72,8 @@ def validate_coco(ann_file: Path, image_dir: Path, classes: tuple[str, ...] | No
             )
 
 
-def _prepare(cfg: Config) -> None:
+def _prepare(cfg: Config, out_channels: list[int]) -> None:
+    cfg.model.neck.in_channels = out_channels
     embedded = cfg.pop("embedded_data", None)
     if embedded is not None:
         if embedded.get("type") != "coco_digits":

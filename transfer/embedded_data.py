@@ -1,5 +1,7 @@
 """Embedded dense-prediction data: real MNIST test-split digits composed onto canvases.
 
+``make_ade_digits`` writes the same kind of canvases as semantic segmentation in the ADE20K layout.
+
 ``make_coco_digits`` writes the COCO 2017 layout — ``train2017/``, ``val2017/`` and
 ``annotations/instances_{train,val}2017.json`` with boxes, RLE masks, areas and ten categories ('0'..'9') —
 so mmdet's ``CocoDataset`` reads it exactly as it reads real COCO. Digits come from MNIST's *test* split, which
@@ -22,6 +24,9 @@ from pycocotools import mask as mask_utils
 from pretrain.data import load_mnist
 
 DIGIT_CLASSES = tuple(str(d) for d in range(10))
+# Semantic classes after mmseg's reduce_zero_label (as for ADE20K): 0 background, 1..10 the digits.
+SEGMENTATION_CLASSES = ("background", *DIGIT_CLASSES)
+IGNORE_INDEX = 255
 
 
 @dataclass(frozen=True)
@@ -45,8 +50,12 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
 
 def compose_canvas(
     rng: np.random.Generator, digits: np.ndarray, labels: np.ndarray, spec: CanvasSpec
-) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
-    """One RGB canvas and its instances as (label, binary mask) pairs."""
+) -> tuple[np.ndarray, list[tuple[int, np.ndarray, np.ndarray]]]:
+    """One RGB canvas and its instances as (label, binary mask, anti-aliased fringe) triples.
+
+    A digit's mask is where its (resized) stroke intensity exceeds 0.5; its fringe is the faint rim around it
+    (intensity in (0.1, 0.5]), neither clearly digit nor background.
+    """
     size = spec.canvas
     image = _background(rng, size)
     taken = np.zeros((size, size), dtype=bool)
@@ -63,6 +72,8 @@ def compose_canvas(
             continue
         mask = np.zeros((size, size), dtype=bool)
         mask[y : y + side, x : x + side] = digit > 0.5
+        fringe = np.zeros((size, size), dtype=bool)
+        fringe[y : y + side, x : x + side] = (digit > 0.1) & (digit <= 0.5)
         if mask.sum() < 12:
             continue
         colour = rng.uniform(150, 255, size=3)  # brighter than the background's 0..150
@@ -70,7 +81,7 @@ def compose_canvas(
         alpha[y : y + side, x : x + side, 0] = digit
         image = image * (1 - alpha) + colour * alpha
         taken[y : y + side, x : x + side] = True
-        instances.append((int(labels[index]), mask))
+        instances.append((int(labels[index]), mask, fringe))
     return image.astype(np.uint8), instances
 
 
@@ -98,7 +109,7 @@ def _write_split(root: Path, split: str, count: int, digits, labels, spec: Canva
         file_name = f"{image_id:012d}.png"
         Image.fromarray(canvas).save(folder / file_name)
         images.append({"id": image_id, "file_name": file_name, "height": spec.canvas, "width": spec.canvas})
-        for label, mask in instances:
+        for label, mask, _fringe in instances:
             annotations.append(_annotation(len(annotations) + 1, image_id, label, mask))
     categories = [{"id": i + 1, "name": name, "supercategory": "digit"} for i, name in enumerate(DIGIT_CLASSES)]
     coco = {
@@ -115,18 +126,54 @@ def make_coco_digits(
     root: str | Path, num_train: int = 200, num_val: int = 50, spec: CanvasSpec = CanvasSpec()
 ) -> Path:
     """Write the dataset to ``root`` unless it is already there; built in a temp folder, then renamed."""
+    return _build_once(
+        root, "annotations/instances_val2017.json", _write_split, ("train", "val"), num_train, num_val, spec
+    )
+
+
+def _build_once(root, marker: str, write_split, splits: tuple[str, str], num_train: int, num_val: int, spec) -> Path:
+    """Write both splits into a temp folder beside ``root`` and rename it into place (skipped if there)."""
     root = Path(root)
-    if (root / "annotations" / "instances_val2017.json").is_file():
+    if (root / marker).exists():
         return root
     digits, labels = load_mnist("test")
-    half = len(digits) // 2
+    half = len(digits) // 2  # train canvases use the first half of the test digits, val the second
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     try:
-        _write_split(tmp, "train", num_train, digits[:half], labels[:half], spec, spec.seed)
-        _write_split(tmp, "val", num_val, digits[half:], labels[half:], spec, spec.seed + 1)
+        write_split(tmp, splits[0], num_train, digits[:half], labels[:half], spec, spec.seed)
+        write_split(tmp, splits[1], num_val, digits[half:], labels[half:], spec, spec.seed + 1)
         os.replace(tmp, root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return root
+
+
+def _write_segmentation_split(root: Path, split: str, count: int, digits, labels, spec: CanvasSpec, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    images, annotations = root / "images" / split, root / "annotations" / split
+    images.mkdir(parents=True)
+    annotations.mkdir(parents=True)
+    for index in range(1, count + 1):
+        canvas, instances = compose_canvas(rng, digits, labels, spec)
+        # ADE20K's encoding: 0 = unlabelled (ignored through reduce_zero_label), 1 = background, 2..11 = digits.
+        label_map = np.ones(canvas.shape[:2], dtype=np.uint8)
+        for label, mask, fringe in instances:
+            label_map[fringe] = 0
+            label_map[mask] = label + 2
+        name = f"ADE_{split}_{index:08d}"
+        Image.fromarray(canvas).save(images / f"{name}.jpg", quality=95)
+        Image.fromarray(label_map).save(annotations / f"{name}.png")
+
+
+def make_ade_digits(root: str | Path, num_train: int = 200, num_val: int = 50, spec: CanvasSpec = CanvasSpec()) -> Path:
+    """The same canvases as semantic segmentation in the ADE20K layout (``images/`` + ``annotations/``).
+
+    Annotation PNGs use ADE20K's encoding, so mmseg's ``ADE20KDataset`` with ``reduce_zero_label=True`` reads
+    them with ADE20K's own pipeline: the digits' anti-aliased fringe is 0 and becomes the ignore index 255;
+    background becomes class 0 and digit d class d + 1 (``SEGMENTATION_CLASSES``).
+    """
+    return _build_once(
+        root, "annotations/validation", _write_segmentation_split, ("training", "validation"), num_train, num_val, spec
+    )

@@ -1,8 +1,9 @@
 """What detection and segmentation transfer share: an mm* config → mmengine Runner → result records.
 
-The config is mm*-native; this module fills in the export (``model.backbone.export``) and the channels the
-neck receives from the adapter (``TimmBackbone.out_channels``), checks ``--cfg-options`` keys against the config
-(a typo is an error, not a silently added key), trains, evaluates once, and writes one record per metric.
+The config is mm*-native; this module fills in the export (``model.backbone.export``), hands the adapter's
+channels (``TimmBackbone.out_channels``) to the task, which puts them into its neck or heads, checks
+``--cfg-options`` keys against the config (a typo is an error, not a silently added key), trains, evaluates
+once (plus the task's extra evaluation), and writes one record per metric.
 """
 
 import hashlib
@@ -82,7 +83,8 @@ def run_transfer(
     results_dir: Path | None,
     cfg_options: Sequence[str],
     launcher: str,
-    prepare: Callable[[Config], None],
+    prepare: Callable[[Config, list[int]], None],
+    extra_evaluation: Callable | None = None,
 ) -> list[Path]:
     """Train and evaluate ``config`` on the export ``backbone``; returns the record files written."""
     from mmengine.runner import Runner
@@ -99,11 +101,9 @@ def run_transfer(
         adapter = TimmBackbone(**adapter_args)
     except TypeError as err:
         raise UserInputError("model.backbone", str(err)) from None
-    neck = cfg.model.get("neck")
-    if neck is not None and "in_channels" in neck:
-        neck.in_channels = adapter.out_channels
+    out_channels = list(adapter.out_channels)
     del adapter
-    prepare(cfg)  # the task's data checks (and embedded data), before anything is written
+    prepare(cfg, out_channels)  # channels into the neck or heads; data checks (and embedded data)
     cfg.work_dir = str(work_dir)
     cfg.launcher = launcher
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -115,6 +115,8 @@ def run_transfer(
     runner.register_hook(keeper)
     runner.train()
     metrics = keeper.metrics if keeper.metrics else runner.val()
+    if extra_evaluation is not None:
+        metrics.update(extra_evaluation(runner, cfg))
     if results_dir is None or not is_main_process():
         return []
     digest = hashlib.sha256((cfg.pretty_text + sidecar.get("config_hash", "")).encode()).hexdigest()[:16]

@@ -1,0 +1,91 @@
+# The embedded CPU config: MNIST test-split digits on 128 px canvases in the ADE20K layout (made on first use
+# under data/ade_digits), 11 classes (background + 10 digits), a few minutes on 2 cores.
+_base_ = ["_base_/upernet_timm.py", "_base_/ade20k.py", "_base_/default_runtime.py"]
+
+dataset_name = "ade_digits"
+embedded_data = dict(type="ade_digits", num_train=200, num_val=50, canvas=128)
+data_root = "data/ade_digits"
+classes = ("background", "0", "1", "2", "3", "4", "5", "6", "7", "8", "9")
+palette = [[0, 0, 0]] + [[25 * i, 255 - 25 * i, (80 * i) % 256] for i in range(10)]
+image_size = 128
+norm_cfg = dict(type="BN", requires_grad=True)
+
+model = dict(
+    data_preprocessor=dict(size=(image_size, image_size)),
+    backbone=dict(img_size=image_size, drop_path_rate=0.0),
+    decode_head=dict(num_classes=11, channels=128, norm_cfg=norm_cfg),
+    auxiliary_head=dict(num_classes=11, channels=64, norm_cfg=norm_cfg),
+)
+train_pipeline = [
+    dict(type="LoadImageFromFile"),
+    dict(type="LoadAnnotations", reduce_zero_label=True),
+    dict(type="RandomResize", scale=(image_size, image_size), ratio_range=(0.75, 1.5), keep_ratio=True),
+    dict(type="RandomCrop", crop_size=(image_size, image_size), cat_max_ratio=0.9),
+    dict(type="PhotoMetricDistortion"),
+    dict(type="PackSegInputs"),
+]
+test_pipeline = [
+    dict(type="LoadImageFromFile"),
+    dict(type="Resize", scale=(image_size, image_size), keep_ratio=True),
+    dict(type="LoadAnnotations", reduce_zero_label=True),
+    dict(type="PackSegInputs"),
+]
+tta_pipeline = [
+    dict(type="LoadImageFromFile", backend_args=None),
+    dict(
+        type="TestTimeAug",
+        transforms=[
+            [dict(type="Resize", scale_factor=r, keep_ratio=True) for r in (0.75, 1.0, 1.25)],
+            [
+                dict(type="RandomFlip", prob=0.0, direction="horizontal"),
+                dict(type="RandomFlip", prob=1.0, direction="horizontal"),
+            ],
+            [dict(type="LoadAnnotations")],
+            [dict(type="PackSegInputs")],
+        ],
+    ),
+]
+# ADE20KDataset fixes ADE20K's 150 class names; its base class takes ours, with ADE20K's suffixes and encoding.
+dataset = dict(
+    type="BaseSegDataset",
+    data_root=data_root,
+    metainfo=dict(classes=classes, palette=palette),
+    img_suffix=".jpg",
+    seg_map_suffix=".png",
+    reduce_zero_label=True,
+)
+train_dataloader = dict(
+    batch_size=4,
+    num_workers=0,
+    persistent_workers=False,
+    dataset=dict(dataset, pipeline=train_pipeline),
+)
+val_dataloader = dict(
+    batch_size=1,
+    num_workers=0,
+    persistent_workers=False,
+    dataset=dict(dataset, pipeline=test_pipeline),
+)
+test_dataloader = val_dataloader
+
+max_iters = 150
+train_cfg = dict(type="IterBasedTrainLoop", max_iters=max_iters, val_interval=max_iters)
+val_cfg = dict(type="ValLoop")
+test_cfg = dict(type="TestLoop")
+optim_wrapper = dict(
+    type="OptimWrapper",
+    constructor="TimmLayerDecayOptimizerConstructor",
+    optimizer=dict(type="AdamW", lr=4e-4, betas=(0.9, 0.999), weight_decay=0.05),
+    paramwise_cfg=dict(layer_decay_rate=0.9),
+)
+param_scheduler = [
+    dict(type="LinearLR", start_factor=0.01, by_epoch=False, begin=0, end=20),
+    dict(type="PolyLR", power=1.0, eta_min=0.0, by_epoch=False, begin=20, end=max_iters),
+]
+default_hooks = dict(
+    logger=dict(type="LoggerHook", interval=10, log_metric_by_epoch=False),
+    checkpoint=None,
+    visualization=dict(type="SegVisualizationHook", draw=False),
+)
+env_cfg = dict(dist_cfg=dict(backend="gloo"))
+evaluate_tta = False

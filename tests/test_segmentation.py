@@ -1,0 +1,144 @@
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from .test_detection import exports  # noqa: F401 - the session-wide micro exports
+
+mmseg = pytest.importorskip("mmseg")
+from transfer.embedded_data import SEGMENTATION_CLASSES, make_ade_digits  # noqa: E402
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "segmentation"
+
+
+@pytest.fixture(scope="session")
+def ade_digits(tmp_path_factory) -> Path:
+    return make_ade_digits(tmp_path_factory.mktemp("data") / "ade_digits", num_train=8, num_val=4)
+
+
+def test_mmsegs_dataset_reads_the_ade20k_layout_with_background_and_ignore_as_documented(ade_digits):
+    from mmseg.datasets import BaseSegDataset
+    from mmseg.datasets.transforms import LoadAnnotations
+
+    dataset = BaseSegDataset(
+        data_root=str(ade_digits),
+        data_prefix=dict(img_path="images/validation", seg_map_path="annotations/validation"),
+        img_suffix=".jpg",
+        seg_map_suffix=".png",
+        reduce_zero_label=True,
+        metainfo=dict(classes=SEGMENTATION_CLASSES),
+        pipeline=[LoadAnnotations()],
+    )
+    assert len(dataset) == 4
+    sample = dataset[0]
+    raw = np.asarray(Image.open(sample["seg_map_path"]))
+    loaded = sample["gt_seg_map"]
+    # ADE20K's encoding: 0 (the digits' fringe) → ignore 255; 1 (background) → class 0; 2..11 → digits 0..9
+    assert np.all(loaded[raw == 0] == 255)
+    assert np.all(loaded[raw == 1] == 0)
+    digits = raw >= 2
+    assert digits.any() and np.all(loaded[digits] == raw[digits] - 1)
+    assert set(np.unique(loaded)) <= set(range(11)) | {255}
+
+
+def _run_seg(cli, export, tmp_path, *options):
+    return cli(
+        "transfer",
+        "seg",
+        "--backbone",
+        export,
+        "--config",
+        CONFIGS / "upernet_cpu.py",
+        "--work-dir",
+        tmp_path / "work",
+        "--results",
+        tmp_path / "results",
+        "--cfg-options",
+        *options,
+    )
+
+
+def _with_data(tmp_path: Path, source: Path, monkeypatch) -> Path:
+    root = tmp_path / "data" / "ade_digits"
+    shutil.copytree(source, root)
+    monkeypatch.chdir(tmp_path)
+    return root
+
+
+def test_an_image_without_its_annotation_is_named(cli, exports, ade_digits, tmp_path, monkeypatch):  # noqa: F811
+    root = _with_data(tmp_path, ade_digits, monkeypatch)
+    victim = sorted((root / "annotations" / "training").glob("*.png"))[0]
+    victim.unlink()
+    code, _, err = _run_seg(cli, exports["vit_micro"], tmp_path, "train_cfg.max_iters=1")
+    assert code == 2 and err.count("\n") == 1 and victim.name in err
+    assert not (tmp_path / "work").exists()
+
+
+def test_an_annotation_of_another_size_is_named(cli, exports, ade_digits, tmp_path, monkeypatch):  # noqa: F811
+    root = _with_data(tmp_path, ade_digits, monkeypatch)
+    victim = sorted((root / "annotations" / "validation").glob("*.png"))[1]
+    Image.fromarray(np.ones((64, 64), dtype=np.uint8)).save(victim)
+    code, _, err = _run_seg(cli, exports["vit_micro"], tmp_path, "train_cfg.max_iters=1")
+    assert code == 2 and victim.name in err and "64x64" in err
+
+
+def test_a_label_outside_the_class_range_is_named(cli, exports, ade_digits, tmp_path, monkeypatch):  # noqa: F811
+    root = _with_data(tmp_path, ade_digits, monkeypatch)
+    victim = sorted((root / "annotations" / "training").glob("*.png"))[0]
+    label = np.asarray(Image.open(victim)).copy()
+    label[0, 0] = 40
+    Image.fromarray(label).save(victim)
+    code, _, err = _run_seg(cli, exports["vit_micro"], tmp_path, "train_cfg.max_iters=1")
+    assert code == 2 and "label 40" in err and victim.name in err
+
+
+def test_a_wrong_num_classes_is_named(cli, exports, ade_digits, tmp_path, monkeypatch):  # noqa: F811
+    _with_data(tmp_path, ade_digits, monkeypatch)
+    code, _, err = _run_seg(
+        cli, exports["vit_micro"], tmp_path, "model.decode_head.num_classes=12", "model.auxiliary_head.num_classes=12"
+    )
+    assert code == 2 and "num_classes" in err and err.count("\n") == 1
+
+
+def test_the_paper_scale_config_builds_upernet_on_an_export(exports):  # noqa: F811
+    from mmseg.registry import MODELS
+
+    from transfer.backbone import TimmBackbone
+    from transfer.mm_runner import load_config
+
+    cfg = load_config(CONFIGS / "upernet_160k_ade20k.py", [])
+    cfg.model.backbone.export = str(exports["swin_micro"])
+    channels = TimmBackbone(str(exports["swin_micro"])).out_channels
+    cfg.model.decode_head.in_channels = channels
+    cfg.model.auxiliary_head.in_channels = channels[2]
+    model = MODELS.build(cfg.model)
+    assert type(model).__name__ == "EncoderDecoder" and cfg.model.test_cfg.mode == "slide"
+    assert cfg.train_cfg.max_iters == 160000 and cfg.evaluate_tta and cfg.model.decode_head.num_classes == 150
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["vit_micro", "convnext_micro"])
+def test_a_short_cpu_fine_tune_writes_finite_miou_records(cli, exports, tmp_path, monkeypatch, family):  # noqa: F811
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _run_seg(
+        cli,
+        exports[family],
+        tmp_path,
+        "train_cfg.max_iters=3",
+        "embedded_data.num_train=8",
+        "embedded_data.num_val=3",
+        "evaluate_tta=True",
+    )
+    assert code == 0, err
+    records = {
+        json.loads(p.read_text())["metric"]: json.loads(p.read_text())
+        for p in (tmp_path / "results" / "records").glob("*.json")
+    }
+    assert set(records) == {"mIoU", "mAcc", "aAcc", "mIoU_ms_flip"}
+    for record in records.values():
+        assert math.isfinite(record["value"]) and 0 <= record["value"] <= 100
+        assert record["task"] == "segmentation" and record["dataset"] == "ade_digits"

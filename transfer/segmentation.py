@@ -1,0 +1,130 @@
+"""ADE20K semantic segmentation with UperNet (mmseg 1.x) on an exported backbone."""
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import torch
+from mmengine.config import Config
+from mmseg.registry import MODELS, OPTIM_WRAPPER_CONSTRUCTORS
+from PIL import Image
+
+from dropbench.errors import UserInputError
+from transfer import backbone as backbone_module
+from transfer import optim
+from transfer.embedded_data import IGNORE_INDEX, CanvasSpec, make_ade_digits
+from transfer.mm_runner import TaskSpec, run_transfer
+
+backbone_module.register(MODELS)
+optim.register(OPTIM_WRAPPER_CONSTRUCTORS)
+
+# mmseg's IoUMetric already reports percent.
+SEGMENTATION = TaskSpec(
+    task="segmentation",
+    metrics={
+        "mIoU": ("mIoU", 1.0),
+        "mAcc": ("mAcc", 1.0),
+        "aAcc": ("aAcc", 1.0),
+        "tta/mIoU": ("mIoU_ms_flip", 1.0),
+    },
+)
+LABEL_SPOT_CHECK = 200  # annotation maps per split whose label values are read before training
+
+
+def _check_split(dataset: Config, num_classes: int, field: str) -> None:
+    root = Path(dataset.get("data_root", ""))
+    images = root / dataset.data_prefix.img_path
+    labels = root / dataset.data_prefix.seg_map_path
+    for folder in (images, labels):
+        if not folder.is_dir():
+            raise UserInputError(field, f"no such folder '{folder}'")
+    img_suffix, seg_suffix = dataset.get("img_suffix", ".jpg"), dataset.get("seg_map_suffix", ".png")
+    image_files = sorted(images.glob(f"*{img_suffix}"))
+    if not image_files:
+        raise UserInputError(field, f"'{images}' holds no '*{img_suffix}' images")
+    reduce_zero_label = dataset.get("reduce_zero_label", True)
+    highest = num_classes if reduce_zero_label else num_classes - 1
+    for index, image_file in enumerate(image_files):
+        label_file = labels / f"{image_file.stem}{seg_suffix}"
+        if not label_file.is_file():
+            raise UserInputError(field, f"image '{image_file.name}' has no annotation '{label_file}'")
+        with Image.open(image_file) as image, Image.open(label_file) as label:
+            if image.size != label.size:
+                sizes = f"{label.size[0]}x{label.size[1]}, its image {image.size[0]}x{image.size[1]}"
+                raise UserInputError(field, f"annotation '{label_file.name}' is {sizes}")
+            if index < LABEL_SPOT_CHECK:
+                values = np.unique(np.asarray(label))
+                bad = values[(values > highest) & (values != IGNORE_INDEX)]
+                if bad.size:
+                    raise UserInputError(
+                        field, f"label {int(bad[0])} in '{label_file.name}' is outside the {num_classes} classes"
+                    )
+
+
+def _prepare(cfg: Config, out_channels: list[int]) -> None:
+    cfg.model.decode_head.in_channels = out_channels
+    auxiliary = cfg.model.get("auxiliary_head")
+    if auxiliary is not None:
+        auxiliary.in_channels = out_channels[auxiliary.in_index]
+    embedded = cfg.pop("embedded_data", None)
+    if embedded is not None:
+        if embedded.get("type") != "ade_digits":
+            raise UserInputError("embedded_data.type", f"'{embedded.get('type')}' is not 'ade_digits'")
+        spec = CanvasSpec(canvas=int(embedded.get("canvas", 128)))
+        make_ade_digits(cfg.data_root, int(embedded.get("num_train", 200)), int(embedded.get("num_val", 50)), spec)
+    num_classes = cfg.model.decode_head.num_classes
+    for head in ("decode_head", "auxiliary_head"):
+        if cfg.model.get(head) is not None and cfg.model[head].num_classes != num_classes:
+            raise UserInputError(
+                f"model.{head}.num_classes", f"{cfg.model[head].num_classes} differs from {num_classes}"
+            )
+    for split in ("train_dataloader", "val_dataloader"):
+        dataset = cfg[split].dataset
+        classes = dataset.get("metainfo", {}).get("classes")
+        if classes is not None and len(classes) != num_classes:
+            raise UserInputError(
+                "model.decode_head.num_classes", f"{num_classes}, but {split} names {len(classes)} classes"
+            )
+        _check_split(dataset, num_classes, f"{split}.dataset")
+
+
+def _evaluate_multi_scale_flip(runner, cfg: Config) -> dict[str, float]:
+    """mIoU with the config's ``tta_pipeline`` (scales × flips), when ``evaluate_tta = True``."""
+    if not cfg.get("evaluate_tta", False):
+        return {}
+    from mmseg.models import SegTTAModel
+
+    model = getattr(runner.model, "module", runner.model)
+    tta = SegTTAModel(module=model).eval()
+    loader_cfg = copy.deepcopy(cfg.val_dataloader)
+    loader_cfg.batch_size = 1
+    loader_cfg.dataset.pipeline = cfg.tta_pipeline
+    loader = runner.build_dataloader(loader_cfg)
+    evaluator = runner.build_evaluator(cfg.val_evaluator)
+    evaluator.dataset_meta = loader.dataset.metainfo
+    with torch.no_grad():
+        for batch in loader:
+            evaluator.process(data_samples=tta.test_step(batch), data_batch=batch)
+    return {f"tta/{key}": value for key, value in evaluator.evaluate(len(loader.dataset)).items()}
+
+
+def transfer_segmentation(
+    backbone: Path,
+    config: Path,
+    work_dir: Path,
+    results_dir: Path | None = Path("results"),
+    cfg_options: list[str] | None = None,
+    launcher: str = "none",
+) -> list[Path]:
+    """Fine-tune UperNet on ``backbone`` with ``config``; records mIoU, mAcc, aAcc (and multi-scale+flip mIoU)."""
+    return run_transfer(
+        SEGMENTATION,
+        backbone,
+        config,
+        work_dir,
+        results_dir,
+        cfg_options or [],
+        launcher,
+        _prepare,
+        _evaluate_multi_scale_flip,
+    )
