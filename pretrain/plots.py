@@ -43,16 +43,17 @@ DIAGNOSTIC_TITLES = {
 }
 
 
-def _run_label(run_dir: Path) -> str:
+def _run_identity(run_dir: Path) -> tuple[str, str]:
+    """(backbone and regime, seed) of a run folder, from its config.json."""
     config_path = run_dir / "config.json"
     if not config_path.is_file():
-        return run_dir.name
+        return run_dir.name, ""
     config = json.loads(config_path.read_text())
-    return f"{config['backbone']['name']} {config['regime']['name']} seed {config['recipe']['seed']}"
+    return f"{config['backbone']['name']} {config['regime']['name']}", f"seed {config['recipe']['seed']}"
 
 
 def plot_diagnostics(run_dirs: list[Path], out_dir: Path) -> list[Path]:
-    """One PNG per metric (``diagnostics_<metric>.png``), one line per run, against training iterations."""
+    """One PNG per metric (``diagnostics_<metric>.png``), one line per run (a colour per regime), by iteration."""
     tables = {}
     for run_dir in map(Path, run_dirs):
         path = run_dir / "diagnostics.csv"
@@ -60,16 +61,23 @@ def plot_diagnostics(run_dirs: list[Path], out_dir: Path) -> list[Path]:
             raise UserInputError("run_dirs", f"'{run_dir}' has no diagnostics.csv; pretrain it with --diagnostics")
         with path.open(newline="") as f:
             rows = list(csv.DictReader(f))
-        label = _run_label(run_dir)
+        group, seed = _run_identity(run_dir)
+        label = f"{group} {seed}".strip()
         while label in tables:
             label += "'"
-        tables[label] = {column: np.array([float(r[column]) for r in rows]) for column in rows[0]} if rows else {}
+        columns = {column: np.array([float(r[column]) for r in rows]) for column in rows[0]} if rows else {}
+        tables[label] = (group, columns)
+    # one colour per backbone + regime; its seeds share it
+    groups = list(dict.fromkeys(group for group, _ in tables.values()))
+    colours = {group: plt.get_cmap("tab10")(i % 10) for i, group in enumerate(groups)}
     written = []
     for metric, title in DIAGNOSTIC_TITLES.items():
         fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
-        for label, columns in tables.items():
+        for label, (group, columns) in tables.items():
             if columns:
-                ax.plot(columns["update"], columns[metric], label=label, linewidth=1.6)
+                ax.plot(
+                    columns["update"], columns[metric], label=label, color=colours[group], linewidth=1.4, alpha=0.85
+                )
         ax.set_xlabel("iteration")
         ax.set_ylabel(title)
         ax.set_title(title)
