@@ -113,6 +113,19 @@ def _transfer_seg(args: argparse.Namespace) -> None:
     )
 
 
+def _compare(args: argparse.Namespace) -> None:
+    from dropbench.compare import read_records, render, summarise
+    from dropbench.io import atomic_write_text
+
+    records, skipped = read_records(args.results, include_paper=args.include_paper)
+    for message in skipped:
+        print(f"warning: {message}", file=sys.stderr)
+    text = render(summarise(records, baseline=args.baseline), args.format)
+    if args.out:
+        atomic_write_text(args.out, text)
+    print(text, end="")
+
+
 def _demo(args: argparse.Namespace) -> None:
     from pretrain.demo import run_demo
 
@@ -189,6 +202,14 @@ def build_parser() -> argparse.ArgumentParser:
         dense.add_argument("--cfg-options", nargs="+", metavar="key=value", help="mmengine config overrides")
         dense.add_argument("--launcher", choices=("none", "pytorch", "slurm"), default="none")
         dense.set_defaults(run=run)
+
+    compare = commands.add_parser("compare", help="the comparison table from result records")
+    compare.add_argument("--results", default="results", help="folder of records, searched recursively")
+    compare.add_argument("--format", choices=("md", "csv", "latex", "html"), default="md")
+    compare.add_argument("--baseline", default="no_dropout", help="the regime Δ is measured against")
+    compare.add_argument("--include-paper", action="store_true", help="add the paper's numbers (results/paper/)")
+    compare.add_argument("--out", help="also write the table to this file")
+    compare.set_defaults(run=_compare)
 
     plot = commands.add_parser("plot", help="figures (PNG) from finished runs")
     plots = plot.add_subparsers(dest="figure", required=True, parser_class=_Parser)
