@@ -144,3 +144,34 @@ def render(stats: pd.DataFrame, fmt: str) -> str:
         table = table.rename(index=lambda name: name.replace("_", r"\_"), columns=lambda name: name.replace("_", r"\_"))
         return table.to_latex(escape=False).replace("±", "$\\pm$").replace("Δ", "$\\Delta$")
     return table.to_html(escape=False)
+
+
+def plot_deltas(stats: pd.DataFrame, out: str | Path) -> Path:
+    """Δ against the baseline per task/dataset/metric column (groups) and regime (bars), as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dropbench.io import atomic_write
+
+    deltas = stats.dropna(subset=["delta"]).copy()
+    deltas["column"] = deltas[COLUMN].astype(str).agg("/".join, axis=1)
+    deltas["row"] = deltas["backbone"] + " " + deltas["regime"]
+    table = deltas.pivot_table(index="column", columns="row", values="delta")
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(table) + 2), 4.0), dpi=120)
+    if table.empty:
+        ax.text(0.5, 0.5, "no Δ to show (no baseline runs)", ha="center", va="center")
+    else:
+        width = 0.8 / len(table.columns)
+        for i, row in enumerate(table.columns):
+            ax.bar(np.arange(len(table)) + i * width, table[row].to_numpy(), width=width, label=row)
+        ax.set_xticks(np.arange(len(table)) + 0.4 - width / 2, table.index, rotation=20, ha="right", fontsize=8)
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.legend(frameon=False, fontsize=8)
+    ax.set_ylabel("Δ vs baseline (points)")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    written = atomic_write(out, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+    return written

@@ -85,3 +85,20 @@ def plot_diagnostics(run_dirs: list[Path], out_dir: Path) -> list[Path]:
         ax.legend(frameon=False, fontsize=8)
         written.append(save_png(fig, Path(out_dir) / f"diagnostics_{metric}.png"))
     return written
+
+
+def plot_curves(logs: dict[str, list[dict]], out: str | Path, title: str = "") -> Path:
+    """Train loss and val top-1 per epoch, one line per run (``logs``: label → rows of a run's log.csv)."""
+    fig, (loss_ax, top1_ax) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=120)
+    for label, rows in logs.items():
+        epochs = [int(r["epoch"]) for r in rows]
+        loss_ax.plot(epochs, [float(r["train_loss"]) for r in rows], marker="o", markersize=3, label=label)
+        top1_ax.plot(epochs, [float(r["val_top1"]) for r in rows], marker="o", markersize=3, label=label)
+    for ax, name in ((loss_ax, "train loss"), (top1_ax, "val top-1 (%)")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+    top1_ax.legend(frameon=False, fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return save_png(fig, out)

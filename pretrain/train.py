@@ -71,6 +71,7 @@ class RunSummary:
     train_loss: float
     val_top1: float
     epochs: int
+    iters_per_epoch: int
     record: Path | None
 
 
@@ -522,6 +523,7 @@ def pretrain(
         train_loss=float(final.get("train_loss", "nan")),
         val_top1=float(final.get("val_top1", "nan")),
         epochs=recipe.epochs,
+        iters_per_epoch=iters_per_epoch,
         record=None,
     )
     if not distributed.main:

@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,3 +24,25 @@ def cli(capsys):
         return code, captured.out, captured.err
 
     return run
+
+
+@pytest.fixture(scope="session")
+def exports(tmp_path_factory) -> dict[str, Path]:
+    """A real (one-epoch, small) pretraining export per micro family, shared by the transfer tests."""
+    from pretrain.config import BackboneConfig, Recipe, Regime
+    from pretrain.train import pretrain
+
+    tiny = dict(epochs=1, train_subset=256, val_subset=64, batch_size=64, per_device_batch=64, warmup_epochs=0)
+    root = tmp_path_factory.mktemp("exports")
+    made = {}
+    for name in MICRO_BACKBONES:
+        pretrain(
+            BackboneConfig.load(name),
+            Regime.load("no_dropout"),
+            Recipe.load("cpu", tiny),
+            "mnist",
+            root / name,
+            results_dir=None,
+        )
+        made[name] = root / name / "export"
+    return made

@@ -10,8 +10,6 @@ from pycocotools.coco import COCO
 from safetensors.torch import load_file, save_file
 
 from dropbench.errors import UserInputError
-from pretrain.config import BackboneConfig, Recipe, Regime
-from pretrain.train import pretrain
 
 from .conftest import MICRO_BACKBONES
 
@@ -21,25 +19,6 @@ from transfer.detection import validate_coco  # noqa: E402
 from transfer.embedded_data import CanvasSpec, make_coco_digits  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "detection"
-TINY = dict(epochs=1, train_subset=256, val_subset=64, batch_size=64, per_device_batch=64, warmup_epochs=0)
-
-
-@pytest.fixture(scope="session")
-def exports(tmp_path_factory) -> dict[str, Path]:
-    """A real (one-epoch) pretraining export per micro family."""
-    root = tmp_path_factory.mktemp("exports")
-    made = {}
-    for name in MICRO_BACKBONES:
-        pretrain(
-            BackboneConfig.load(name),
-            Regime.load("no_dropout"),
-            Recipe.load("cpu", TINY),
-            "mnist",
-            root / name,
-            results_dir=None,
-        )
-        made[name] = root / name / "export"
-    return made
 
 
 @pytest.fixture(scope="session")

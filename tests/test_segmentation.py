@@ -7,8 +7,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .test_detection import exports  # noqa: F401 - the session-wide micro exports
-
 mmseg = pytest.importorskip("mmseg")
 from transfer.embedded_data import SEGMENTATION_CLASSES, make_ade_digits  # noqa: E402
 
@@ -69,7 +67,7 @@ def _with_data(tmp_path: Path, source: Path, monkeypatch) -> Path:
     return root
 
 
-def test_an_image_without_its_annotation_is_named(cli, exports, ade_digits, tmp_path, monkeypatch):  # noqa: F811
+def test_an_image_without_its_annotation_is_named(cli, exports, ade_digits, tmp_path, monkeypatch):
     root = _with_data(tmp_path, ade_digits, monkeypatch)
     victim = sorted((root / "annotations" / "training").glob("*.png"))[0]
     victim.unlink()
@@ -78,7 +76,7 @@ def test_an_image_without_its_annotation_is_named(cli, exports, ade_digits, tmp_
     assert not (tmp_path / "work").exists()
 
 
-def test_an_annotation_of_another_size_is_named(cli, exports, ade_digits, tmp_path, monkeypatch):  # noqa: F811
+def test_an_annotation_of_another_size_is_named(cli, exports, ade_digits, tmp_path, monkeypatch):
     root = _with_data(tmp_path, ade_digits, monkeypatch)
     victim = sorted((root / "annotations" / "validation").glob("*.png"))[1]
     Image.fromarray(np.ones((64, 64), dtype=np.uint8)).save(victim)
@@ -86,7 +84,7 @@ def test_an_annotation_of_another_size_is_named(cli, exports, ade_digits, tmp_pa
     assert code == 2 and victim.name in err and "64x64" in err
 
 
-def test_a_label_outside_the_class_range_is_named(cli, exports, ade_digits, tmp_path, monkeypatch):  # noqa: F811
+def test_a_label_outside_the_class_range_is_named(cli, exports, ade_digits, tmp_path, monkeypatch):
     root = _with_data(tmp_path, ade_digits, monkeypatch)
     victim = sorted((root / "annotations" / "training").glob("*.png"))[0]
     label = np.asarray(Image.open(victim)).copy()
@@ -96,7 +94,7 @@ def test_a_label_outside_the_class_range_is_named(cli, exports, ade_digits, tmp_
     assert code == 2 and "label 40" in err and victim.name in err
 
 
-def test_a_wrong_num_classes_is_named(cli, exports, ade_digits, tmp_path, monkeypatch):  # noqa: F811
+def test_a_wrong_num_classes_is_named(cli, exports, ade_digits, tmp_path, monkeypatch):
     _with_data(tmp_path, ade_digits, monkeypatch)
     code, _, err = _run_seg(
         cli, exports["vit_micro"], tmp_path, "model.decode_head.num_classes=12", "model.auxiliary_head.num_classes=12"
@@ -104,7 +102,7 @@ def test_a_wrong_num_classes_is_named(cli, exports, ade_digits, tmp_path, monkey
     assert code == 2 and "num_classes" in err and err.count("\n") == 1
 
 
-def test_the_paper_scale_config_builds_upernet_on_an_export(exports):  # noqa: F811
+def test_the_paper_scale_config_builds_upernet_on_an_export(exports):
     from mmseg.registry import MODELS
 
     from transfer.backbone import TimmBackbone
@@ -122,7 +120,7 @@ def test_the_paper_scale_config_builds_upernet_on_an_export(exports):  # noqa: F
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["vit_micro", "convnext_micro"])
-def test_a_short_cpu_fine_tune_writes_finite_miou_records(cli, exports, tmp_path, monkeypatch, family):  # noqa: F811
+def test_a_short_cpu_fine_tune_writes_finite_miou_records(cli, exports, tmp_path, monkeypatch, family):
     monkeypatch.chdir(tmp_path)
     code, _, err = _run_seg(
         cli,
