@@ -1,0 +1,371 @@
+"""Classification transfer: fine-tuning and linear probing of a real export, through the ``dropbench`` CLI."""
+
+import contextlib
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from dropbench.cli import main
+from dropbench.records import ResultRecord
+from pretrain.config import BackboneConfig, Recipe, Regime
+from pretrain.data import load_mnist
+from pretrain.export import export_backbone
+from pretrain.train import pretrain
+from transfer.classification import accuracy_metrics, fit_linear_probe
+from transfer.cls_data import load_cls_config, load_cls_data
+
+try:
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits
+except ImportError:
+    load_digits = None
+needs_sklearn = pytest.mark.skipif(
+    load_digits is None, reason="needs scikit-learn (the dev extra: pip install -e '.[dev]')"
+)
+
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.fixture(scope="module")
+def pretrained_export(tmp_path_factory) -> Path:
+    """A real (short) MNIST pretraining of the micro ViT; its export is what gets transferred."""
+    root = tmp_path_factory.mktemp("pretrained")
+    recipe = Recipe.load(
+        "cpu",
+        dict(epochs=1, train_subset=1024, val_subset=128, batch_size=64, per_device_batch=64, warmup_epochs=0),
+    )
+    pretrain(
+        BackboneConfig.load("vit_micro"), Regime.load("no_dropout"), recipe, "mnist", root / "run", results_dir=None
+    )
+    return root / "run" / "export"
+
+
+def _untrained_export(name: str, folder: Path) -> Path:
+    """A freshly initialised micro backbone in the export format."""
+    backbone = BackboneConfig.load(name)
+    sidecar = dict(model=backbone.model, kwargs=backbone.kwargs, num_classes=10, input_size=backbone.input_size)
+    sidecar |= dict(backbone=name, regime="no_dropout", recipe="cpu", seed=0, config_hash="0" * 16)
+    torch.manual_seed(0)
+    return export_backbone(backbone.create_model(10), folder, sidecar)
+
+
+@pytest.fixture(scope="module")
+def untrained_export(tmp_path_factory) -> Path:
+    """An untrained micro ViT export: enough for the checks that refuse bad input."""
+    return _untrained_export("vit_micro", tmp_path_factory.mktemp("untrained") / "export")
+
+
+def _transfer_args(backbone: Path, dataset, protocol: str, work_dir: Path, results: Path, *overrides) -> list:
+    return [
+        "transfer",
+        "cls",
+        "--backbone",
+        backbone,
+        "--dataset",
+        dataset,
+        "--protocol",
+        protocol,
+        "--work-dir",
+        work_dir,
+        "--results",
+        results,
+        "--device",
+        "cpu",
+        *overrides,
+    ]
+
+
+def _records(results: Path) -> dict[str, dict]:
+    return {r["metric"]: r for r in (json.loads(p.read_text()) for p in (results / "records").glob("*.json"))}
+
+
+def _image_folder(root: Path, counts: dict[str, int], test_counts: dict[str, int] | None = None) -> Path:
+    """Real MNIST digits as PNG files in ``train/<digit>/`` and ``test/<digit>/`` (different images in each)."""
+    images, labels = load_mnist("test")
+    for split, split_counts in (("train", counts), ("test", test_counts or counts)):
+        for name, count in split_counts.items():
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            of_digit = np.flatnonzero(labels == int(name))
+            picks = of_digit[:count] if split == "train" else of_digit[-count:]
+            for i, index in enumerate(picks):
+                Image.fromarray(images[index]).save(folder / f"{i}.png")
+    return root
+
+
+# ---------------------------------------------------------------------------------------------------- linear probe
+
+LINEAR_OVERRIDES = ["train_subset=2000", "test_subset=1000", "linear_c_grid=[0.01,0.1,1.0]"]
+
+
+@pytest.fixture(scope="module")
+def linear_run(pretrained_export, tmp_path_factory) -> tuple[int, str, Path, Path]:
+    """The linear probe on UCI optdigits through ``dropbench transfer cls``, run once for the tests below."""
+    root = tmp_path_factory.mktemp("linear")
+    work_dir, results = root / "work", root / "results"
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = main(
+            [str(a) for a in _transfer_args(pretrained_export, "optdigits", "linear", work_dir, results)]
+            + LINEAR_OVERRIDES
+        )
+    return code, stdout.getvalue(), work_dir, results
+
+
+@pytest.mark.slow
+def test_linear_probe_on_optdigits_writes_a_record_and_caches_features(linear_run):
+    code, stdout, work_dir, results = linear_run
+    assert code == 0
+    records = _records(results)
+    assert set(records) == {"top1"}  # optdigits is balanced: no mean per-class record
+    record = records["top1"]
+    assert set(record) == set(ResultRecord.__dataclass_fields__)
+    assert (record["backbone"], record["model"], record["regime"], record["recipe"], record["seed"]) == (
+        "vit_micro",
+        "vit_tiny_patch16_224",
+        "no_dropout",
+        "cpu",
+        0,
+    )
+    assert (record["stage"], record["task"], record["dataset"], record["protocol"], record["unit"]) == (
+        "transfer",
+        "classification",
+        "optdigits",
+        "linear",
+        "%",
+    )
+    assert record["run_dir"] == str(work_dir.resolve())
+    assert math.isfinite(record["value"]) and 20.0 < record["value"] <= 100.0  # chance is 10 %
+    assert f"top1 {record['value']:.2f}%" in stdout
+
+    features = load_file(work_dir / "features.safetensors")
+    assert features["train_features"].shape == (2000, 64) and features["test_features"].shape == (1000, 64)
+    assert torch.isfinite(features["train_features"]).all()
+    report = json.loads((work_dir / "linear_probe.json").read_text())
+    assert report["chosen_c"] in (0.01, 0.1, 1.0) and len(report["holdout_scores"]) == 3
+    assert report["test"]["top1"] == pytest.approx(record["value"])
+
+
+@pytest.mark.slow
+@needs_sklearn
+def test_the_probe_agrees_with_scikit_learn_on_the_cached_features(linear_run):
+    _, _, work_dir, results = linear_run
+    features = load_file(work_dir / "features.safetensors")
+    chosen_c = json.loads((work_dir / "linear_probe.json").read_text())["chosen_c"]
+    scaler = StandardScaler().fit(features["train_features"].numpy())
+    with threadpool_limits(1):  # a few thousand rows: threads only contend on a busy 2-core machine
+        reference = LogisticRegression(C=chosen_c, max_iter=5000, tol=1e-6).fit(
+            scaler.transform(features["train_features"].numpy()), features["train_labels"].numpy()
+        )
+    predictions = reference.predict(scaler.transform(features["test_features"].numpy()))
+    sklearn_top1 = 100.0 * float(np.mean(predictions == features["test_labels"].numpy()))
+    assert _records(results)["top1"]["value"] == pytest.approx(sklearn_top1, abs=1.0)
+
+
+@pytest.mark.slow
+def test_a_second_probe_in_the_same_work_dir_reuses_the_cached_features(cli, linear_run, pretrained_export, tmp_path):
+    _, _, work_dir, results = linear_run
+    code, _, err = cli(*_transfer_args(pretrained_export, "optdigits", "linear", work_dir, tmp_path), *LINEAR_OVERRIDES)
+    assert code == 0, err
+    assert json.loads((work_dir / "linear_probe.json").read_text())["feature_extraction"]["cached"] is True
+    assert _records(tmp_path)["top1"]["value"] == pytest.approx(_records(results)["top1"]["value"])
+
+
+@needs_sklearn
+def test_the_torch_probe_solves_scikit_learns_problem_on_digit_pixels():
+    digits = load_digits()
+    x, y = digits.data[:1200], digits.target[:1200]
+    x_test, y_test = digits.data[1200:], digits.target[1200:]
+    probe = fit_linear_probe(torch.from_numpy(x), torch.from_numpy(y), 10, c=0.05, max_iter=2000)
+    scaler = StandardScaler().fit(x)
+    with threadpool_limits(1):
+        reference = LogisticRegression(C=0.05, max_iter=5000, tol=1e-8).fit(scaler.transform(x), y)
+    # The same strictly convex objective: the same weights, up to the solvers' tolerances.
+    np.testing.assert_allclose(probe.weight.numpy(), reference.coef_.T, atol=2e-3)
+    # sklearn leaves the intercepts free up to a shared constant; softmax ignores it.
+    np.testing.assert_allclose(
+        probe.bias.numpy() - probe.bias.numpy().mean(), reference.intercept_ - reference.intercept_.mean(), atol=2e-3
+    )
+    predictions = probe.predict(torch.from_numpy(x_test)).numpy()
+    assert np.mean(predictions == reference.predict(scaler.transform(x_test))) > 0.99
+    assert np.mean(predictions == y_test) > 0.85
+
+
+def test_accuracy_metrics_average_the_recall_of_each_class():
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 2])
+    predictions = torch.tensor([0, 0, 0, 0, 0, 1, 0])
+    metrics = accuracy_metrics(predictions, labels, num_classes=4)  # class 3 has no test image: not counted
+    assert metrics["top1"] == pytest.approx(100 * 5 / 7)
+    assert metrics["mean_per_class_accuracy"] == pytest.approx(100 * (1 + 0.5 + 0) / 3)
+
+
+# ---------------------------------------------------------------------------------------------------- fine-tuning
+
+
+@pytest.mark.slow
+def test_finetuning_on_optdigits_logs_each_epoch_and_writes_a_record(cli, pretrained_export, tmp_path):
+    work_dir, results = tmp_path / "work", tmp_path / "results"
+    # A backbone pretrained for 16 updates learns slowly: 3 short epochs lift it clear of chance.
+    overrides = ["epochs=3", "warmup_epochs=0", "train_subset=1024", "test_subset=600", "batch_size=32", "lr=2e-3"]
+    code, stdout, err = cli(*_transfer_args(pretrained_export, "optdigits", "finetune", work_dir, results), *overrides)
+    assert code == 0, err
+    with (work_dir / "log.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert all(math.isfinite(float(r[k])) for r in rows for k in ("train_loss", "test_loss", "test_top1", "lr"))
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    record = _records(results)["top1"]
+    assert (record["stage"], record["protocol"], record["dataset"]) == ("transfer", "finetune", "optdigits")
+    assert record["value"] == pytest.approx(float(rows[-1]["test_top1"]))
+    assert record["value"] > 15.0  # chance is 10 %
+    config = json.loads((work_dir / "config.json").read_text())
+    assert config["config_hash"] == record["config_hash"] and config["dataset"]["epochs"] == 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["swin_micro", "convnext_micro", "mixer_micro"])
+def test_both_protocols_run_on_the_other_micro_families(cli, tmp_path, name):
+    """Layer decay (timm's group_matcher), a new head, drop path and pooled pre-logits on every family."""
+    export = _untrained_export(name, tmp_path / "export")
+    tiny = ["train_subset=64", "test_subset=32", "batch_size=32", "epochs=1", "warmup_epochs=0", "drop_path=0.1"]
+    for protocol in ("finetune", "linear"):
+        results = tmp_path / f"results-{protocol}"
+        code, _, err = cli(*_transfer_args(export, "sklearn_digits", protocol, tmp_path / protocol, results), *tiny)
+        assert code == 0, err
+        record = _records(results)["top1"]
+        assert record["backbone"] == name and math.isfinite(record["value"])
+
+
+# ---------------------------------------------------------------------------------------------------- other data
+
+
+@pytest.mark.slow
+def test_an_imbalanced_image_folder_also_gets_mean_per_class_accuracy(cli, pretrained_export, tmp_path):
+    data = _image_folder(tmp_path / "digits", {"0": 30, "1": 10, "7": 10}, {"0": 12, "1": 4, "7": 4})
+    results = tmp_path / "results"
+    code, _, err = cli(*_transfer_args(pretrained_export, data, "linear", tmp_path / "work", results))
+    assert code == 0, err
+    records = _records(results)
+    assert set(records) == {"top1", "mean_per_class_accuracy"}
+    assert all(r["dataset"] == "digits" and math.isfinite(r["value"]) for r in records.values())
+    report = json.loads((tmp_path / "work" / "linear_probe.json").read_text())
+    assert report["selection_metric"] == "mean_per_class_accuracy"
+    assert report["test_images"] == 20 and report["train_images"] == 50
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not (FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file(),
+    reason=f"Fashion-MNIST is not in {FASHION_MNIST} (Debian: apt-get install dataset-fashion-mnist)",
+)
+def test_a_linear_probe_on_debians_fashion_mnist(cli, pretrained_export, tmp_path):
+    overrides = ["train_subset=1500", "test_subset=500", "linear_c_grid=[0.1]"]
+    code, _, err = cli(
+        *_transfer_args(pretrained_export, "fashion_mnist", "linear", tmp_path / "work", tmp_path), *overrides
+    )
+    assert code == 0, err
+    assert 20.0 < _records(tmp_path)["top1"]["value"] <= 100.0
+
+
+@needs_sklearn
+def test_the_embedded_digit_sets_load_with_their_real_sizes():
+    optdigits = load_cls_data(load_cls_config("optdigits"))
+    assert (len(optdigits.train), len(optdigits.test), optdigits.num_classes) == (3823, 1797, 10)
+    digits = load_cls_data(load_cls_config("sklearn_digits"))
+    assert (len(digits.train) + len(digits.test), digits.num_classes) == (1797, 10)
+    assert abs(len(digits.test) - 0.2 * 1797) < 5
+    assert np.bincount(digits.test_labels).min() >= 35  # stratified: every class in the test split
+    again = load_cls_data(load_cls_config("sklearn_digits", {"seed": 3}))  # the split does not move with the seed
+    assert np.array_equal(again.test_labels, digits.test_labels)
+    assert not optdigits.imbalanced and not digits.imbalanced
+    image, label = digits.train[0]
+    assert image.mode == "RGB" and image.size == (8, 8) and 0 <= label < 10
+
+
+# ---------------------------------------------------------------------------------------------------- bad input
+
+
+def _assert_refused(result, field: str, work_dir: Path) -> str:
+    code, _, stderr = result
+    assert code == 2, stderr
+    assert stderr.startswith("error: ") and stderr.count("\n") == 1, stderr
+    assert field in stderr, stderr
+    assert not work_dir.exists(), "a refused run must not leave a work folder"
+    return stderr
+
+
+def test_an_unknown_dataset_name_suggests_a_close_one(cli, untrained_export, tmp_path):
+    work_dir = tmp_path / "work"
+    err = _assert_refused(
+        cli(*_transfer_args(untrained_export, "optdigit", "linear", work_dir, tmp_path)), "dataset", work_dir
+    )
+    assert "did you mean 'optdigits'" in err
+
+
+@pytest.mark.parametrize("path_kind", ["missing", "empty"])
+def test_a_torchvision_dataset_that_is_not_on_disk(cli, untrained_export, tmp_path, path_kind):
+    root = tmp_path / "cifar"
+    if path_kind == "empty":
+        root.mkdir()
+    work_dir = tmp_path / "work"
+    result = cli(*_transfer_args(untrained_export, "cifar10", "finetune", work_dir, tmp_path), f"path={root}")
+    assert "download=True" in _assert_refused(result, "dataset", work_dir)  # the config's install hint
+
+
+def test_a_missing_fashion_mnist_folder_names_the_debian_package(cli, untrained_export, tmp_path):
+    work_dir = tmp_path / "work"
+    result = cli(*_transfer_args(untrained_export, "fashion_mnist", "linear", work_dir, tmp_path), f"path={tmp_path}")
+    assert "dataset-fashion-mnist" in _assert_refused(result, "dataset", work_dir)
+
+
+def test_class_folders_that_differ_between_train_and_test(cli, untrained_export, tmp_path):
+    data = _image_folder(tmp_path / "data", {"0": 2, "1": 2}, {"0": 2, "2": 2})
+    work_dir = tmp_path / "work"
+    err = _assert_refused(
+        cli(*_transfer_args(untrained_export, data, "linear", work_dir, tmp_path)), "dataset", work_dir
+    )
+    assert "differ" in err
+
+
+def test_a_num_classes_that_does_not_match_the_data(cli, untrained_export, tmp_path):
+    work_dir = tmp_path / "work"
+    result = cli(*_transfer_args(untrained_export, "optdigits", "finetune", work_dir, tmp_path), "num_classes=7")
+    assert "10 classes" in _assert_refused(result, "dataset.num_classes", work_dir)
+
+
+def test_a_backbone_folder_without_an_export(cli, tmp_path):
+    (tmp_path / "not_an_export").mkdir()
+    work_dir = tmp_path / "work"
+    result = cli(*_transfer_args(tmp_path / "not_an_export", "optdigits", "linear", work_dir, tmp_path))
+    _assert_refused(result, "backbone", work_dir)
+
+
+def test_a_typo_in_an_override_suggests_the_key(cli, untrained_export, tmp_path):
+    work_dir = tmp_path / "work"
+    result = cli(*_transfer_args(untrained_export, "optdigits", "finetune", work_dir, tmp_path), "epoch=3")
+    assert "did you mean 'epochs'" in _assert_refused(result, "epoch", work_dir)
+
+
+def test_a_run_whose_record_exists_is_not_redone(cli, untrained_export, tmp_path):
+    existing = (
+        tmp_path
+        / "records"
+        / "vit_micro__no_dropout__cpu__seed0__transfer__classification__optdigits__linear__top1.json"
+    )
+    existing.parent.mkdir()
+    existing.write_text("{}\n")
+    work_dir = tmp_path / "work"
+    _assert_refused(
+        cli(*_transfer_args(untrained_export, "optdigits", "linear", work_dir, tmp_path)), "results", work_dir
+    )
+    assert existing.read_text() == "{}\n"

@@ -1,0 +1,629 @@
+"""Classification transfer of an exported backbone: full fine-tuning or a linear probe on frozen features.
+
+``dropbench transfer cls --backbone runs/x/export --dataset optdigits --protocol linear --work-dir runs/x-optdigits``
+
+- ``finetune``: the exported classifier with a new head, timm transforms (and optional mixup), AdamW with layer-wise
+  lr decay, a cosine schedule and label smoothing; evaluated on the test split each epoch (``log.csv``).
+- ``linear``: pooled pre-logit features extracted once in eval mode (no augmentation) and cached as safetensors; a
+  multinomial logistic regression on standardised features, fitted full-batch with L-BFGS, its L2 strength ``C``
+  chosen on a held-out part of train, then refitted on all of train and evaluated on the test split.
+
+Each metric goes to a result record (``dropbench.records``) in percent.
+"""
+
+import csv
+import hashlib
+import io
+import os
+import random
+import sys
+import time
+from collections.abc import Callable
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+from timm.data import Mixup, create_transform
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from dropbench import code_version
+from dropbench.errors import UserInputError
+from dropbench.io import atomic_write, atomic_write_json, atomic_write_text
+from dropbench.records import PERCENT, ResultRecord
+from pretrain.config import config_hash
+from pretrain.export import WEIGHTS_FILE, load_exported_model, read_sidecar
+from transfer.cls_data import ClsConfig, ClsData, TransformedDataset, load_cls_config, load_cls_data, stratified_split
+
+PROTOCOLS = ("finetune", "linear")
+CONFIG_FILE = "config.json"
+LOG_FILE = "log.csv"
+FEATURES_FILE = "features.safetensors"
+PROBE_FILE = "linear_probe.json"
+SMALL_PROBLEM_ELEMENTS = 1 << 22  # features × images below which the probe is fitted on one thread
+LOG_COLUMNS = [
+    "epoch",
+    "update",
+    "train_loss",
+    "test_loss",
+    "test_top1",
+    "test_mean_per_class_accuracy",
+    "lr",
+    "epoch_seconds",
+    "train_images_per_s",
+]  # lr: the largest group's (the head's, under layer decay) at the epoch's end
+
+
+@dataclass
+class ClsSummary:
+    work_dir: Path
+    protocol: str
+    metrics: dict[str, float]  # the recorded metrics, in percent
+    records: list[Path] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------------- metrics
+
+
+def accuracy_metrics(predictions: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict[str, float]:
+    """Top-1 and mean per-class accuracy (the mean of per-class recalls over the classes present), in percent."""
+    predictions, labels = predictions.cpu().long(), labels.cpu().long()
+    correct = predictions.eq(labels)
+    per_class_total = torch.bincount(labels, minlength=num_classes).double()
+    per_class_correct = torch.bincount(labels[correct], minlength=num_classes).double()
+    present = per_class_total > 0
+    return {
+        "top1": 100.0 * correct.double().mean().item(),
+        "mean_per_class_accuracy": 100.0 * (per_class_correct[present] / per_class_total[present]).mean().item(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------- linear probe
+
+
+@dataclass
+class LinearProbe:
+    """A multinomial logistic regression on features standardised with its training set's mean and std."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    weight: torch.Tensor  # (features, classes)
+    bias: torch.Tensor
+    iterations: int = 0
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        x = (features.to(self.weight) - self.mean) / self.std
+        return x @ self.weight + self.bias
+
+    def predict(self, features: torch.Tensor) -> torch.Tensor:
+        return self.logits(features).argmax(dim=1)
+
+
+def fit_linear_probe(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    c: float,
+    max_iter: int = 1000,
+    init: LinearProbe | None = None,
+) -> LinearProbe:
+    """L2-regularised multinomial logistic regression, full-batch L-BFGS.
+
+    Minimises ``mean cross-entropy + ||W||² / (2·C·n)`` (the bias is not penalised): scikit-learn's
+    ``LogisticRegression(C=c)`` objective divided by ``C·n``, so the same ``C`` gives the same solution.
+    Computes in float64 on CPU, float32 elsewhere. ``init`` warm-starts from another probe's weights.
+    """
+    dtype = torch.float64 if features.device.type == "cpu" else torch.float32
+    x = features.to(dtype)
+    mean = x.mean(dim=0)
+    std = x.std(dim=0, unbiased=False)
+    std = torch.where(std > 0, std, torch.ones_like(std))  # constant features stay 0, as in StandardScaler
+    x = (x - mean) / std
+    y = labels.to(features.device).long()
+    if init is not None:
+        weight, bias = init.weight.detach().clone().to(x), init.bias.detach().clone().to(x)
+    else:
+        weight = torch.zeros(x.shape[1], num_classes, dtype=dtype, device=x.device)
+        bias = torch.zeros(num_classes, dtype=dtype, device=x.device)
+    weight.requires_grad_(True)
+    bias.requires_grad_(True)
+    penalty = 1.0 / (2.0 * c * len(x))
+    optimizer = torch.optim.LBFGS(
+        [weight, bias],
+        lr=1.0,
+        max_iter=max_iter,
+        history_size=20,
+        tolerance_grad=1e-5,
+        tolerance_change=1e-12,
+        line_search_fn="strong_wolfe",
+    )
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(x @ weight + bias, y) + penalty * weight.square().sum()
+        loss.backward()
+        return loss
+
+    with _few_threads(x):
+        optimizer.step(closure)
+    iterations = optimizer.state[weight].get("n_iter", 0)
+    return LinearProbe(mean, std, weight.detach(), bias.detach(), iterations)
+
+
+@contextmanager
+def _few_threads(x: torch.Tensor):
+    """One CPU thread for small problems: L-BFGS steps on a few thousand rows are too small to share out, and
+    with every core busy (a shared machine) the threads mostly wait on each other — 10× slower on 2 cores."""
+    previous = torch.get_num_threads()
+    single = x.device.type == "cpu" and x.numel() < SMALL_PROBLEM_ELEMENTS and previous > 1
+    if single:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if single:
+            torch.set_num_threads(previous)
+
+
+@torch.no_grad()
+def extract_features(
+    model: nn.Module, dataset: Dataset, batch_size: int, workers: int, device: torch.device, autocast: Callable
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Pooled pre-logit features of every image in eval mode: ``(features, labels, images per second)``."""
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    features, labels = [], []
+    start = time.perf_counter()
+    for images, targets in tqdm(loader, desc="features", unit="batch", leave=False, disable=not sys.stderr.isatty()):
+        with autocast():
+            pooled = model.forward_head(model.forward_features(images.to(device)), pre_logits=True)
+        features.append(pooled.float().cpu())
+        labels.append(targets)
+    seconds = time.perf_counter() - start
+    return torch.cat(features), torch.cat(labels).long(), len(dataset) / max(seconds, 1e-9)
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _features_key(backbone: Path, config: ClsConfig, input_size: int) -> str:
+    """What the cached features depend on: the weights, the images and the evaluation transform."""
+    data_fields = ("name", "source", "path", "torchvision", "train_subset", "test_subset", "interpolation", "crop_pct")
+    return config_hash(
+        {
+            "weights_sha256": _file_digest(backbone / WEIGHTS_FILE),
+            "input_size": input_size,
+            **{key: getattr(config, key) for key in data_fields},
+        }
+    )
+
+
+def _cached_features(path: Path, key: str, data: ClsData) -> dict[str, torch.Tensor] | None:
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            if (f.metadata() or {}).get("key") != key:
+                return None
+        cached = load_file(str(path))
+    except (SafetensorError, OSError):
+        return None
+    for split, labels in (("train", data.train_labels), ("test", data.test_labels)):
+        if f"{split}_labels" not in cached or not np.array_equal(cached[f"{split}_labels"].numpy(), labels):
+            return None  # the images changed since (e.g. a folder was edited)
+    return cached
+
+
+def _workers(config: ClsConfig) -> int:
+    """The config's loader processes, at most one per CPU (the GPU-sized configs ask for 8)."""
+    return min(config.workers, os.cpu_count() or 1)
+
+
+def _linear_probe(
+    model: nn.Module,
+    data: ClsData,
+    config: ClsConfig,
+    backbone: Path,
+    input_size: int,
+    work_dir: Path,
+    device,
+    autocast,
+) -> tuple[dict[str, float], dict]:
+    eval_tf = create_transform(
+        input_size=input_size, is_training=False, interpolation=config.interpolation, crop_pct=config.crop_pct
+    )
+    key = _features_key(backbone, config, input_size)
+    cache_path = work_dir / FEATURES_FILE
+    cached = _cached_features(cache_path, key, data)
+    extraction: dict[str, Any] = {"cached": cached is not None}
+    if cached is None:
+        model.to(device)
+        cached = {}
+        for split, dataset in (("train", data.train), ("test", data.test)):
+            features, labels, images_per_s = extract_features(
+                model,
+                TransformedDataset(dataset, eval_tf),
+                config.feature_batch_size,
+                _workers(config),
+                device,
+                autocast,
+            )
+            cached |= {f"{split}_features": features.contiguous(), f"{split}_labels": labels.contiguous()}
+            extraction[f"{split}_images_per_s"] = images_per_s
+        atomic_write(cache_path, lambda tmp: save_file(cached, tmp, metadata={"key": key}))
+    train_x, train_y = cached["train_features"].to(device), cached["train_labels"].to(device)
+    test_x, test_y = cached["test_features"].to(device), cached["test_labels"]
+
+    selection = _selection_metric(config, data)
+    grid = sorted(config.linear_c_grid)
+    scores: list[dict] = []
+    start = time.perf_counter()
+    if len(grid) > 1:
+        fit_idx, held_idx = (
+            torch.from_numpy(i).to(device)
+            for i in stratified_split(data.train_labels, config.holdout_fraction, config.seed)
+        )
+        probe = None
+        for c in grid:  # from strong to weak regularisation, each fit warm-started from the last
+            probe = fit_linear_probe(
+                train_x[fit_idx], train_y[fit_idx], data.num_classes, c, config.linear_max_iter, probe
+            )
+            held = accuracy_metrics(probe.predict(train_x[held_idx]), train_y[held_idx], data.num_classes)
+            scores.append({"c": c, **held, "iterations": probe.iterations})
+        best_c = max(scores, key=lambda s: s[selection])["c"]  # ties: the first, i.e. the stronger regularisation
+    else:
+        best_c = grid[0]
+    probe = fit_linear_probe(train_x, train_y, data.num_classes, best_c, config.linear_max_iter)
+    metrics = accuracy_metrics(probe.predict(test_x.to(device)), test_y, data.num_classes)
+    report = {
+        "selection_metric": selection,
+        "holdout_fraction": config.holdout_fraction,
+        "holdout_scores": scores,
+        "chosen_c": best_c,
+        "chosen_at_grid_edge": len(grid) > 1 and best_c in (grid[0], grid[-1]),  # widen linear_c_grid if so
+        "final_iterations": probe.iterations,
+        "test": metrics,
+        "train_images": len(train_y),
+        "test_images": len(test_y),
+        "feature_dim": int(train_x.shape[1]),
+        "fit_seconds": time.perf_counter() - start,
+        "feature_extraction": extraction,
+        "features_file": FEATURES_FILE,
+    }
+    atomic_write_json(work_dir / PROBE_FILE, report)
+    how = f"chosen on {config.holdout_fraction:.0%} of train by {selection}" if scores else "the only one given"
+    tqdm.write(
+        f"linear probe: C={best_c:g} ({how}{', at the edge of the grid' if report['chosen_at_grid_edge'] else ''}), "
+        f"test top1 {metrics['top1']:.2f}%  mean per-class {metrics['mean_per_class_accuracy']:.2f}%"
+    )
+    return metrics, report
+
+
+# ---------------------------------------------------------------------------------------------------- fine-tuning
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, num_classes: int, device: torch.device, autocast) -> dict:
+    """Mean cross-entropy, top-1 and mean per-class accuracy (percent) over the loader."""
+    model.eval()
+    loss_sum, predictions, labels = 0.0, [], []
+    for images, targets in loader:
+        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        with autocast():
+            logits = model(images)
+        logits = logits.float()
+        loss_sum += nn.functional.cross_entropy(logits, targets, reduction="sum").item()
+        predictions.append(logits.argmax(dim=1).cpu())
+        labels.append(targets.cpu())
+    predictions, labels = torch.cat(predictions), torch.cat(labels)
+    return {"loss": loss_sum / max(len(labels), 1), **accuracy_metrics(predictions, labels, num_classes)}
+
+
+def _write_log(path: Path, rows: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=LOG_COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
+
+
+@dataclass
+class _FineTuning:
+    """Everything a fine-tuning run needs, built (and so checked) before the work folder is made."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    criterion: nn.Module
+    mixup: Mixup | None
+    train_loader: DataLoader
+    test_loader: DataLoader
+    loader_generator: torch.Generator
+    iters_per_epoch: int
+
+
+def _prepare_finetune(backbone: Path, data: ClsData, config: ClsConfig, input_size: int, device) -> _FineTuning:
+    if len(data.train) < config.batch_size:
+        raise UserInputError(
+            "dataset.batch_size", f"{config.batch_size} exceeds the {len(data.train)} training images; lower it"
+        )
+    # The rate is always passed: some timm models default to a non-zero drop path (Swin: 0.1).
+    model, _ = load_exported_model(backbone, drop_path_rate=config.drop_path)
+    torch.manual_seed(config.seed)
+    model.reset_classifier(data.num_classes)
+    model.to(device)
+    try:
+        train_tf = create_transform(
+            input_size=input_size,
+            is_training=True,
+            scale=config.scale,
+            hflip=config.hflip,
+            color_jitter=config.color_jitter,
+            auto_augment=config.aa,
+            interpolation=config.interpolation,
+            re_prob=config.reprob,
+        )
+        eval_tf = create_transform(
+            input_size=input_size, is_training=False, interpolation=config.interpolation, crop_pct=config.crop_pct
+        )
+    except (AssertionError, KeyError, ValueError) as err:
+        raise UserInputError("dataset", f"bad transform settings (interpolation, aa, scale, ...): {err}") from None
+    try:
+        optimizer = create_optimizer_v2(
+            model, opt=config.opt, lr=config.lr, weight_decay=config.weight_decay, layer_decay=config.layer_decay
+        )
+    except (AssertionError, ValueError) as err:
+        raise UserInputError("dataset.opt", f"timm cannot build optimizer '{config.opt}' ({err})") from None
+    iters_per_epoch = len(data.train) // config.batch_size
+    try:
+        scheduler, _ = create_scheduler_v2(
+            optimizer,
+            sched=config.sched,
+            num_epochs=config.epochs,
+            warmup_epochs=config.warmup_epochs,
+            warmup_lr=config.warmup_lr,
+            min_lr=config.min_lr,
+            step_on_epochs=False,
+            updates_per_epoch=iters_per_epoch,
+        )
+    except (AssertionError, ValueError) as err:
+        raise UserInputError("dataset.sched", f"timm cannot build scheduler '{config.sched}' ({err})") from None
+    if scheduler is None:
+        raise UserInputError("dataset.sched", f"timm has no scheduler '{config.sched}'")
+    mixup = None
+    if config.mixup > 0 or config.cutmix > 0:
+        mixup = Mixup(
+            mixup_alpha=config.mixup,
+            cutmix_alpha=config.cutmix,
+            label_smoothing=config.smoothing,
+            num_classes=data.num_classes,
+        )
+        criterion: nn.Module = SoftTargetCrossEntropy()
+    elif config.smoothing > 0:
+        criterion = LabelSmoothingCrossEntropy(smoothing=config.smoothing)
+    else:
+        criterion = nn.CrossEntropyLoss()
+    use_cuda = device.type == "cuda"
+    loader_generator = torch.Generator()
+    train_loader = DataLoader(
+        TransformedDataset(data.train, train_tf),
+        batch_size=config.batch_size,
+        shuffle=True,
+        drop_last=True,  # a constant batch (mixup needs an even one)
+        num_workers=_workers(config),
+        pin_memory=use_cuda,
+        generator=loader_generator,
+    )
+    test_loader = DataLoader(
+        TransformedDataset(data.test, eval_tf),
+        batch_size=config.feature_batch_size,
+        shuffle=False,
+        num_workers=_workers(config),
+        pin_memory=use_cuda,
+    )
+    return _FineTuning(
+        model, optimizer, scheduler, criterion, mixup, train_loader, test_loader, loader_generator, iters_per_epoch
+    )
+
+
+def _finetune(run: _FineTuning, data: ClsData, config: ClsConfig, work_dir: Path, device, autocast) -> dict:
+    random.seed(config.seed)
+    np.random.seed(config.seed)  # timm's Mixup draws from numpy's global RNG
+    torch.manual_seed(config.seed)
+    model, optimizer = run.model, run.optimizer
+    rows: list[dict] = []
+    update = 0
+    metrics: dict = {}
+    for epoch in range(config.epochs):
+        run.loader_generator.manual_seed(config.seed * 100_003 + epoch)
+        model.train()
+        start = time.perf_counter()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        bar = tqdm(
+            total=run.iters_per_epoch,
+            desc=f"epoch {epoch + 1}/{config.epochs}",
+            unit="it",
+            disable=not sys.stderr.isatty(),
+            leave=False,
+            dynamic_ncols=True,
+        )
+        for images, targets in run.train_loader:
+            run.scheduler.step_update(num_updates=update)
+            images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+            if run.mixup is not None:
+                images, targets = run.mixup(images, targets)
+            with autocast():
+                loss = run.criterion(model(images), targets)
+            loss.backward()
+            if config.clip_grad:
+                nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum += loss.detach().double()
+            update += 1
+            bar.update(1)
+        bar.close()
+        epoch_seconds = time.perf_counter() - start
+        metrics = evaluate(model, run.test_loader, data.num_classes, device, autocast)
+        rows.append(
+            {
+                "epoch": epoch + 1,
+                "update": update,
+                "train_loss": loss_sum.item() / run.iters_per_epoch,
+                "test_loss": metrics["loss"],
+                "test_top1": metrics["top1"],
+                "test_mean_per_class_accuracy": metrics["mean_per_class_accuracy"],
+                "lr": max(group["lr"] for group in optimizer.param_groups),
+                "epoch_seconds": epoch_seconds,
+                "train_images_per_s": run.iters_per_epoch * config.batch_size / epoch_seconds,
+            }
+        )
+        _write_log(work_dir / LOG_FILE, rows)
+        tqdm.write(
+            f"epoch {epoch + 1}/{config.epochs}  train_loss {rows[-1]['train_loss']:.4f}  "
+            f"test_top1 {metrics['top1']:.2f}  mean per-class {metrics['mean_per_class_accuracy']:.2f}  "
+            f"{epoch_seconds:.1f}s"
+        )
+        sys.stdout.flush()
+    return {key: metrics[key] for key in ("top1", "mean_per_class_accuracy")}
+
+
+# ---------------------------------------------------------------------------------------------------- the command
+
+
+def _selection_metric(config: ClsConfig, data: ClsData) -> str:
+    if config.metric == "mean_per_class_accuracy" or (config.metric == "auto" and data.imbalanced):
+        return "mean_per_class_accuracy"
+    return "top1"
+
+
+def _resolve_device(device: str | None) -> torch.device:
+    try:
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as err:
+        raise UserInputError("--device", f"'{device}' is not a device ({err})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserInputError("--device", "CUDA is not available on this machine; use --device cpu")
+    return dev
+
+
+def transfer_classification(
+    backbone: Path,
+    dataset: str,
+    protocol: str,
+    work_dir: Path,
+    results_dir: Path | None,
+    overrides: dict,
+    device: str | None,
+) -> ClsSummary:
+    """Fine-tune (``protocol="finetune"``) or linearly probe (``"linear"``) the export in ``backbone``.
+
+    ``dataset``: an ImageFolder tree, a dataset YAML or a name in ``configs/classification/``; ``overrides``
+    change its fields. Writes ``config.json`` and the protocol's log into ``work_dir`` and one result record
+    per metric under ``results_dir`` (none when it is None). Bad input raises ``UserInputError`` before
+    ``work_dir`` is made.
+    """
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    if protocol not in PROTOCOLS:
+        raise UserInputError("protocol", f"unknown protocol '{protocol}' (choose from: {', '.join(PROTOCOLS)})")
+    backbone, work_dir = Path(backbone), Path(work_dir)
+    sidecar = read_sidecar(backbone)
+    config = load_cls_config(dataset, overrides)
+    dev = _resolve_device(device)
+    data = load_cls_data(config)
+    input_size = int(sidecar.get("input_size") or sidecar["kwargs"].get("img_size", 224))
+    selection = _selection_metric(config, data)
+    metric_names = ["top1"] + (["mean_per_class_accuracy"] if selection == "mean_per_class_accuracy" else [])
+    digest = config_hash(
+        {"dataset": config.to_dict(), "protocol": protocol, "backbone_config_hash": sidecar.get("config_hash")}
+    )
+
+    def record(metric: str, value: float, finished: str) -> ResultRecord:
+        return ResultRecord(
+            backbone=sidecar.get("backbone", sidecar["model"]),
+            model=sidecar["model"],
+            regime=sidecar.get("regime", "unknown"),
+            recipe=sidecar.get("recipe", "unknown"),
+            seed=int(sidecar.get("seed", 0)),
+            stage="transfer",
+            task="classification",
+            dataset=config.name,
+            protocol=protocol,
+            metric=metric,
+            value=float(value),
+            unit=PERCENT,
+            config_hash=digest,
+            code_version=code_version(),
+            started=started,
+            finished=finished,
+            run_dir=str(work_dir.resolve()),
+        )
+
+    if results_dir is not None:  # a record is written once and never edited: a finished run is not redone
+        for metric in metric_names:
+            existing = Path(results_dir) / "records" / record(metric, 0.0, started).filename()
+            if existing.is_file():
+                raise UserInputError(
+                    "results", f"'{existing}' already records this run; delete it or pass another --results"
+                )
+    if protocol == "linear" and len(config.linear_c_grid) > 1:
+        if len(stratified_split(data.train_labels, config.holdout_fraction, config.seed)[1]) == 0:
+            raise UserInputError(
+                "dataset.holdout_fraction",
+                f"{config.holdout_fraction} of {len(data.train_labels)} training images holds none out; raise it",
+            )
+    amp_enabled = config.amp and dev.type == "cuda"
+
+    def autocast():
+        return torch.autocast("cuda", dtype=torch.bfloat16) if amp_enabled else nullcontext()
+
+    if protocol == "finetune":
+        run = _prepare_finetune(backbone, data, config, input_size, dev)
+    else:
+        model, _ = load_exported_model(backbone)
+
+    # Everything is checked: from here on the work folder is written.
+    work_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(
+        work_dir / CONFIG_FILE,
+        {
+            "backbone": str(backbone.resolve()),
+            "protocol": protocol,
+            "dataset": config.to_dict(),
+            "input_size": input_size,
+            "num_classes": data.num_classes,
+            "train_images": len(data.train_labels),
+            "test_images": len(data.test_labels),
+            "imbalanced": data.imbalanced,
+            "backbone_config_hash": sidecar.get("config_hash"),
+            "config_hash": digest,
+        },
+    )
+    if protocol == "finetune":
+        metrics = _finetune(run, data, config, work_dir, dev, autocast)
+    else:
+        metrics, _ = _linear_probe(model, data, config, backbone, input_size, work_dir, dev, autocast)
+
+    summary = ClsSummary(work_dir=work_dir, protocol=protocol, metrics={m: metrics[m] for m in metric_names})
+    finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    if results_dir is not None:
+        summary.records = [record(m, v, finished).write(results_dir) for m, v in summary.metrics.items()]
+    shown = "  ".join(f"{m} {v:.2f}%" for m, v in summary.metrics.items())
+    name = sidecar.get("backbone", sidecar["model"])
+    print(f"{name} / {sidecar.get('regime', '?')} → {config.name} {protocol}: {shown}")
+    return summary
