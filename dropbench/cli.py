@@ -126,12 +126,21 @@ def _compare(args: argparse.Namespace) -> None:
     print(text, end="")
 
 
+def _suite(args: argparse.Namespace) -> None:
+    from dropbench.suite import run_suite
+
+    code = run_suite(args.suite, executor=args.executor, dry_run=args.dry_run)
+    if code:
+        raise SystemExit(code)  # some run failed: the summary above lists them with their logs
+
+
 def _demo(args: argparse.Namespace) -> None:
-    from pretrain.demo import run_demo
+    from dropbench.demo import run_demo
 
     start = time.perf_counter()
-    run_demo(Path(args.out), Path(args.results))
-    print(f"demo wall time: {time.perf_counter() - start:.0f} s")
+    stages = run_demo(Path(args.out), Path(args.results), transfers=not args.pretrain_only)
+    split = ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in stages.items())
+    print(f"demo wall time: {time.perf_counter() - start:.0f} s ({split})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -218,7 +227,23 @@ def build_parser() -> argparse.ArgumentParser:
     plot_diagnostics.add_argument("--out", default=".", help="folder for diagnostics_<metric>.png")
     plot_diagnostics.set_defaults(run=_plot_diagnostics)
 
-    demo = commands.add_parser("demo", help="the embedded default: a micro ViT on MNIST under four regimes")
+    suite = commands.add_parser(
+        "suite", help="run a suite: backbones × regimes × seeds pretrained, then transferred (finished runs skipped)"
+    )
+    suite.add_argument("suite", help="a suite file, e.g. configs/suites/embedded.yaml")
+    suite.add_argument("--dry-run", action="store_true", help="print the plan (finished runs marked), run nothing")
+    suite.add_argument(
+        "--executor",
+        choices=("local", "slurm"),
+        default="local",
+        help="local: one subprocess after another; slurm: submitit jobs with pretrain → transfer dependencies",
+    )
+    suite.set_defaults(run=_suite)
+
+    demo = commands.add_parser(
+        "demo", help="the embedded default: a micro ViT on MNIST under four regimes → detection, segmentation → table"
+    )
+    demo.add_argument("--pretrain-only", action="store_true", help="stop after the four pretraining runs")
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--results", default="results/demo")
     demo.set_defaults(run=_demo)

@@ -1,0 +1,496 @@
+"""The suite runner: plan expansion, validation, and real runs (local subprocesses and a real one-node Slurm)."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dropbench.records import ResultRecord
+from dropbench.suite import SlurmResources, load_suite, queued_jobs
+
+pytest.importorskip("mmdet")
+
+TINY_PRETRAIN = dict(epochs=1, train_subset=256, val_subset=64, batch_size=64, per_device_batch=64, warmup_epochs=0)
+TINY_DENSE = {"train_cfg.max_iters": 2, "embedded_data.num_train": 4, "embedded_data.num_val": 2}
+DET = {"kind": "det", "config": "configs/detection/mask_rcnn_cpu.py", "cfg_options": TINY_DENSE}
+SEG = {"kind": "seg", "config": "configs/segmentation/upernet_cpu.py", "cfg_options": TINY_DENSE}
+# Valid for the plan (the key exists), wrong when the run reads it: the transfer fails at run time.
+BROKEN_DET = dict(DET, name="det-bad", cfg_options=TINY_DENSE | {"embedded_data.type": "not_coco"})
+BROKEN_SEG = dict(SEG, name="seg-bad", cfg_options=TINY_DENSE | {"embedded_data.type": "not_ade"})
+CLS = {"kind": "cls", "dataset": "optdigits", "protocol": "linear", "overrides": {"linear_c_grid": [1.0]}}
+
+
+def _suite(folder: Path, name: str = "tiny", **changes) -> Path:
+    suite = {
+        "backbones": ["vit_micro"],
+        "regimes": ["no_dropout"],
+        "seeds": [0],
+        "pretrain": {"recipe": "cpu", "data": "mnist", "overrides": TINY_PRETRAIN},
+        "transfers": [DET],
+        "output": {"runs": str(folder / "runs"), "results": str(folder / "results")},
+    } | changes
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(suite, sort_keys=False))
+    return path
+
+
+def _broken_backbone(folder: Path) -> Path:
+    """A backbone file the plan accepts (a timm name) whose model cannot be built: its pretraining fails."""
+    path = folder / "broken_vit.yaml"
+    path.write_text(yaml.safe_dump({"model": "vit_tiny_patch16_224", "kwargs": {"img_size": 32, "no_such_kwarg": 1}}))
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ the plan
+
+
+def test_the_grid_expands_to_one_pretraining_per_point_each_followed_by_its_transfers(tmp_path):
+    suite = load_suite(
+        _suite(
+            tmp_path,
+            backbones=["vit_micro", "configs/backbones/swin_micro.yaml"],
+            regimes=["no_dropout", "early_dropout"],
+            seeds=[0, 1],
+            transfers=[DET, SEG, CLS],
+        )
+    )
+    assert suite.grid == (2, 2, 2, 3)
+    assert len(suite.runs) == 2 * 2 * 2 * (1 + 3)
+    names = [run.name for run in suite.runs]
+    assert len(set(names)) == len(names)
+    assert names[:4] == [
+        "vit_micro-no_dropout-seed0/pretrain",
+        "vit_micro-no_dropout-seed0/det-mask_rcnn_cpu",
+        "vit_micro-no_dropout-seed0/seg-upernet_cpu",
+        "vit_micro-no_dropout-seed0/cls-optdigits-linear",
+    ]
+    points = {
+        f"{b}-{r}-seed{s}" for b in ("vit_micro", "swin_micro") for r in ("no_dropout", "early_dropout") for s in (0, 1)
+    }
+    assert {run.name.split("/")[0] for run in suite.runs} == points
+    for index, run in enumerate(suite.runs):
+        if run.stage == "pretrain":
+            assert run.after is None
+            seed = run.name.split("/")[0].rsplit("-seed", 1)[1]
+            assert f"seed={seed}" in run.command and run.record_stem.split("__")[3] == f"seed{seed}"
+            continue
+        pretraining = suite.run(run.after)
+        assert names.index(run.after) < index, "a transfer comes after the pretraining it needs"
+        assert pretraining.stage == "pretrain" and run.name.split("/")[0] == pretraining.name.split("/")[0]
+        export = run.command[run.command.index("--backbone") + 1]
+        assert Path(export) == pretraining.work_dir / "export"
+        assert run.log.parent == pretraining.log.parent == run.work_dir.parent
+    det = suite.run("swin_micro-early_dropout-seed1/det-mask_rcnn_cpu")
+    assert det.command[:2] == ("transfer", "det")
+    assert det.command[det.command.index("--cfg-options") + 1 :] == (
+        "train_cfg.max_iters=2",
+        "embedded_data.num_train=4",
+        "embedded_data.num_val=2",
+    )
+    assert det.record_stem == "swin_micro__early_dropout__cpu__seed1__transfer__detection__coco_digits__mask_rcnn_cpu__"
+    cls = suite.run("vit_micro-no_dropout-seed1/cls-optdigits-linear")
+    assert cls.command[-1] == "linear_c_grid=[1.0]"
+    assert cls.record_stem.endswith("__transfer__classification__optdigits__linear__")
+
+
+def test_a_plan_marks_the_runs_whose_records_exist_and_dry_run_runs_nothing(cli, tmp_path):
+    path = _suite(tmp_path, regimes=["no_dropout", "late_dropout"], transfers=[DET, SEG])
+    suite = load_suite(path)
+    finished = suite.run("vit_micro-late_dropout-seed0/pretrain")
+    record = ResultRecord(
+        **{
+            **{name: "" for name in ResultRecord.__dataclass_fields__},
+            **dict(backbone="vit_micro", model="vit_tiny_patch16_224", regime="late_dropout", recipe="cpu", seed=0),
+            **dict(stage="pretrain", task="classification", dataset="mnist", protocol="from_scratch", metric="top1"),
+            "value": 50.0,
+        }
+    )
+    record.write(tmp_path / "results")
+    assert finished.finished() and finished.records() == [tmp_path / "results" / "records" / record.filename()]
+    assert not suite.run("vit_micro-no_dropout-seed0/pretrain").finished()
+
+    code, out, err = cli("suite", path, "--dry-run")
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert "6 runs, 1 finished, 5 to run" in lines[0]
+    assert len(lines) == 1 + 6
+    status = {line.split()[1]: line.split()[0] for line in lines[1:]}
+    assert status["vit_micro-late_dropout-seed0/pretrain"] == "finished"
+    assert {s for n, s in status.items() if n != "vit_micro-late_dropout-seed0/pretrain"} == {"run"}
+    assert "$ dropbench pretrain --backbone vit_micro --regime late_dropout" in lines[4]
+    assert not (tmp_path / "runs").exists(), "a dry run writes nothing"
+
+
+def test_the_shipped_suites_are_valid_plans():
+    root = Path(__file__).resolve().parents[1] / "configs" / "suites"
+    embedded, paper = load_suite(root / "embedded.yaml"), load_suite(root / "paper.yaml")
+    assert embedded.grid == (1, 4, 1, 2)
+    assert {run.stage for run in embedded.runs} == {"pretrain", "det", "seg"}
+    assert paper.grid[0] == 3 and paper.grid[3] >= 3
+    assert {run.stage for run in paper.runs} == {"pretrain", "det", "seg", "cls"}
+    assert paper.slurm["pretrain"].gpus > 1 and paper.slurm["cls"].gpus == 1
+
+
+def test_slurm_resources_take_defaults_then_per_stage_values_and_slurm_times(tmp_path):
+    slurm = {"partition": "gpu", "cpus": 4, "time": "1-02:30:00", "cls": {"gpus": 1, "time": "45"}, "seg": {"time": 90}}
+    suite = load_suite(_suite(tmp_path, slurm=slurm))
+    assert suite.slurm["pretrain"] == SlurmResources(partition="gpu", cpus=4, time=24 * 60 + 150)
+    assert suite.slurm["cls"] == SlurmResources(partition="gpu", cpus=4, gpus=1, time=45)
+    assert suite.slurm["seg"].time == 90 and suite.slurm["det"].time == 24 * 60 + 150
+    assert load_suite(_suite(tmp_path)).slurm["det"] == SlurmResources()
+
+
+def test_on_several_gpus_pretraining_and_dense_transfers_go_under_torchrun_and_parse(tmp_path):
+    from dropbench.cli import build_parser
+    from dropbench.suite import _command_line
+
+    suite = load_suite(_suite(tmp_path, transfers=[DET, CLS]))
+    pretraining, det, cls = suite.runs
+    for run in (pretraining, det):
+        line = _command_line(run, gpus=8)
+        assert line[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=8", "-m"]
+        args = build_parser().parse_args(line[7:])
+        assert args.command == run.stage or args.task == run.stage
+    assert build_parser().parse_args(_command_line(det, gpus=8)[7:]).launcher == "pytorch"
+    assert build_parser().parse_args(_command_line(det, gpus=8)[7:]).cfg_options == [
+        "train_cfg.max_iters=2",
+        "embedded_data.num_train=4",
+        "embedded_data.num_val=2",
+    ]
+    assert _command_line(cls, gpus=8)[1:3] == ["-m", "dropbench.cli"], "classification runs in one process"
+    assert _command_line(det, gpus=1)[1:3] == ["-m", "dropbench.cli"]
+
+
+def _pretrain(**overrides) -> dict:
+    return {"pretrain": {"recipe": "cpu", "data": "mnist", "overrides": overrides}}
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "words"),
+    [
+        (dict(backbones=["vit_mikro"]), "backbones[0]", "vit_micro"),
+        (dict(backbones=[]), "backbones", "empty"),
+        (dict(backbones=["vit_micro", "configs/backbones/vit_micro.yaml"]), "backbones[1]", "again"),
+        (dict(regimes=["no_dropout", "erly_dropout"]), "regimes[1]", "early_dropout"),
+        (dict(regimes=["no_dropout", "no_dropout"]), "regimes", "twice"),
+        (dict(regime=["no_dropout"]), "regime", "regimes"),
+        (dict(seeds=[0, "one"]), "seeds[1]", "seeds"),
+        (dict(pretrain={"recipe": "cpuu", "data": "mnist"}), "pretrain.recipe", "cpu"),
+        (dict(pretrain={"recipe": "cpu"}), "pretrain.data", "missing"),
+        (_pretrain(epcohs=1), "pretrain.overrides.epcohs", "epochs"),
+        (_pretrain(epochs=0), "pretrain.overrides.epochs", "positive"),
+        (_pretrain(seed=3), "pretrain.overrides.seed", "seeds"),
+        (dict(transfers=[{"kind": "detection", "config": "x"}]), "transfers[0].kind", "det"),
+        (dict(transfers=[{"kind": "det"}]), "transfers[0].config", "missing"),
+        (dict(transfers=[{"kind": "det", "config": "mask_rcnn_cpuu"}]), "transfers[0].config", "mask_rcnn_cpu"),
+        (
+            dict(transfers=[dict(DET, cfg_options={"train_cfg.max_iter": 2})]),
+            "transfers[0].cfg_options.train_cfg.max_iter",
+            "max_iters",
+        ),
+        (dict(transfers=[dict(DET, **{"cfg-options": {}})]), "transfers[0].cfg-options", "cfg_options"),
+        (dict(transfers=[dict(CLS, protocol="linaer")]), "transfers[0].protocol", "linear"),
+        (dict(transfers=[dict(CLS, dataset="optdigit")]), "transfers[0].dataset", "optdigits"),
+        (dict(transfers=[dict(CLS, overrides={"epoch": 2})]), "transfers[0].overrides.epoch", "epochs"),
+        (dict(transfers=[DET, dict(DET, cfg_options={})]), "transfers[1]", "records"),
+        (dict(output={"run": "x"}), "output.run", "runs"),
+        (dict(slurm={"gpu": 1}), "slurm.gpu", "gpus"),
+        (dict(slurm={"time": "soon"}), "slurm.time", "time"),
+        (dict(slurm={"det": {"cpus": 0}}), "slurm.det.cpus", "positive"),
+    ],
+)
+def test_a_bad_suite_file_is_one_line_naming_the_field(cli, tmp_path, changes, field, words):
+    code, out, err = cli("suite", _suite(tmp_path, **changes), "--dry-run")
+    assert code == 2, out + err
+    assert err.startswith(f"error: {field}: ") and err.count("\n") == 1, err
+    assert words in err, err
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [("backbones: [vit_micro\n", "not valid YAML"), ("- a list\n", "mapping"), (None, "no such file")],
+)
+def test_a_suite_file_that_is_not_a_yaml_mapping_is_named(cli, tmp_path, text, words):
+    path = tmp_path / "suite.yaml"
+    if text is not None:
+        path.write_text(text)
+    code, _, err = cli("suite", path)
+    assert code == 2 and err.startswith("error: suite: ") and words in err, err
+
+
+# ------------------------------------------------------------------------------------------------ real runs
+
+
+def _outcome_lines(out: str) -> dict[str, str]:
+    """The runner's last progress line per run: name → status text."""
+    lines = {}
+    for line in out.splitlines():
+        head, sep, status = line.partition(": ")
+        if sep and "/" in head:
+            lines[head.split("] ", 1)[-1]] = status
+    return lines
+
+
+@pytest.mark.slow
+def test_a_suite_runs_once_and_a_failed_run_costs_only_itself_and_its_transfers(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the embedded det/seg configs make data/ under the working folder
+    broken = _broken_backbone(tmp_path)
+    path = _suite(tmp_path, backbones=["vit_micro", str(broken)], transfers=[DET, BROKEN_SEG])
+    started = time.perf_counter()
+    code, out, err = cli("suite", path)
+    assert code == 1, out + err
+    outcomes = _outcome_lines(out)
+    assert outcomes["vit_micro-no_dropout-seed0/pretrain"].startswith("done")
+    assert outcomes["vit_micro-no_dropout-seed0/det-mask_rcnn_cpu"].startswith("done")
+    assert outcomes["vit_micro-no_dropout-seed0/seg-bad"].startswith("failed")
+    assert outcomes["broken_vit-no_dropout-seed0/pretrain"].startswith("failed")
+    assert outcomes["broken_vit-no_dropout-seed0/det-mask_rcnn_cpu"].startswith("skipped")
+    assert outcomes["broken_vit-no_dropout-seed0/seg-bad"].startswith("skipped")
+
+    summary = out[out.index("suite 'tiny': ") :]
+    assert summary.splitlines()[0] == "suite 'tiny': 2 done, 0 finished earlier, 2 failed, 2 skipped"
+    runs = tmp_path / "runs"
+    bad_log = runs / "vit_micro-no_dropout-seed0" / "seg-bad.log"
+    assert f"log: {bad_log}" in summary and f"log: {runs / 'broken_vit-no_dropout-seed0' / 'pretrain.log'}" in summary
+    assert "embedded_data.type: 'not_ade' is not 'ade_digits'" in bad_log.read_text()
+    assert "embedded_data.type" in summary, "the failure's last log line is shown"
+    assert "no_such_kwarg" in (runs / "broken_vit-no_dropout-seed0" / "pretrain.log").read_text()
+    assert not (runs / "broken_vit-no_dropout-seed0" / "det-mask_rcnn_cpu.log").exists()
+
+    records = sorted(p.name for p in (tmp_path / "results" / "records").glob("*.json"))
+    assert "vit_micro__no_dropout__cpu__seed0__pretrain__classification__mnist__from_scratch__top1.json" in records
+    assert "vit_micro__no_dropout__cpu__seed0__transfer__detection__coco_digits__mask_rcnn_cpu__box_AP.json" in records
+    assert all(p.startswith("vit_micro__") for p in records)
+    suite = load_suite(path)
+    for name in ("vit_micro-no_dropout-seed0/pretrain", "vit_micro-no_dropout-seed0/det-mask_rcnn_cpu"):
+        assert suite.run(name).finished(), "the plan's record names are those the runs wrote"
+        assert json.loads(suite.run(name).records()[0].read_text())["run_dir"] == str(
+            suite.run(name).work_dir.resolve()
+        )
+
+    # The same suite without its failing parts: everything is finished, nothing runs, nothing is written.
+    logs = {p: p.stat().st_mtime_ns for p in runs.rglob("*.log")}
+    path = _suite(tmp_path, transfers=[DET])
+    code, out, err = cli("suite", path)
+    assert code == 0, out + err
+    assert "suite 'tiny': 0 done, 2 finished earlier, 0 failed, 0 skipped" in out
+    assert {p: p.stat().st_mtime_ns for p in runs.rglob("*.log")} == logs
+    assert "running" not in out
+    print(f"local suite: {time.perf_counter() - started:.0f} s")
+
+
+@pytest.mark.slow
+def test_an_interrupted_pretraining_is_resumed_and_a_stale_start_is_cleared(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = _suite(tmp_path, transfers=[])
+    run = load_suite(path).runs[0]
+    run.work_dir.mkdir(parents=True)
+    (run.work_dir / "config.json").write_text("{}")  # an attempt that died before its first checkpoint
+    code, out, err = cli("suite", path)
+    assert code == 0, out + err
+    assert (run.work_dir / "export" / "backbone.json").is_file()
+    # Records gone but the run is there: the runner resumes it (nothing to train) and the record is written again.
+    shutil.rmtree(tmp_path / "results")
+    code, out, err = cli("suite", path)
+    assert code == 0, out + err
+    assert run.finished()
+    assert "--resume" in run.log.read_text().split("=====")[-1].splitlines()[0]
+
+
+# ------------------------------------------------------------------------------------------------ a real Slurm
+
+
+def _sh(*command: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
+def _memory_mb() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) // 1024
+    return 4000
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A one-node Slurm on loopback (STACK.md's recipe): munge, slurmctld and slurmd, stopped at the end."""
+    if os.geteuid() != 0:
+        pytest.skip("a real Slurm needs root (to install slurm-wlm and munge and run their daemons)")
+    if not (shutil.which("slurmctld") and shutil.which("slurmd") and shutil.which("munged")):
+        if not shutil.which("apt-get"):
+            pytest.skip("Slurm is not installed and there is no apt-get to install slurm-wlm and munge")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "slurm-wlm", "munge"]):
+            result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+            if result.returncode != 0:
+                pytest.skip(f"cannot install Slurm: {' '.join(command)}: {result.stderr.strip()[-300:]}")
+    root = tmp_path_factory.mktemp("slurm")
+    started: list[subprocess.Popen] = []
+    monkeypatch = pytest.MonkeyPatch()
+
+    def stop() -> None:
+        for process in reversed(started):
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        monkeypatch.undo()
+
+    try:
+        if _sh("sh", "-c", "munge -n | unmunge").returncode != 0:
+            key = Path("/etc/munge/munge.key")
+            if not key.is_file():
+                key.parent.mkdir(parents=True, exist_ok=True)
+                key.write_bytes(os.urandom(1024))
+                shutil.chown(key, "munge", "munge")
+                key.chmod(0o400)
+            Path("/run/munge").mkdir(exist_ok=True)
+            shutil.chown("/run/munge", "munge", "munge")
+            started.append(
+                subprocess.Popen(
+                    ["munged", "--foreground"],
+                    user="munge",
+                    group="munge",
+                    stdout=(root / "munged.log").open("w"),
+                    stderr=subprocess.STDOUT,
+                )
+            )
+            for _ in range(50):
+                if _sh("sh", "-c", "munge -n | unmunge").returncode == 0:
+                    break
+                time.sleep(0.2)
+            else:
+                pytest.skip(f"munged did not start: {(root / 'munged.log').read_text()[-300:]}")
+        host = socket.gethostname().split(".")[0]
+        cpus, memory = os.cpu_count() or 1, int(_memory_mb() * 0.8)
+        conf = root / "slurm.conf"
+        conf.write_text(
+            "\n".join(
+                [
+                    "ClusterName=dropbench-test",
+                    f"SlurmctldHost={host}(127.0.0.1)",
+                    "AuthType=auth/munge",
+                    "CredType=cred/munge",
+                    "ProctrackType=proctrack/linuxproc",
+                    "TaskPlugin=task/none",
+                    "SelectType=select/cons_tres",
+                    "SelectTypeParameters=CR_Core_Memory",
+                    "SlurmUser=root",
+                    "SlurmdUser=root",
+                    "ReturnToService=2",
+                    "MpiDefault=none",
+                    "JobAcctGatherType=jobacct_gather/none",
+                    "AccountingStorageType=accounting_storage/none",
+                    f"StateSaveLocation={root / 'state'}",
+                    f"SlurmdSpoolDir={root / 'spool'}",
+                    f"SlurmctldPidFile={root / 'slurmctld.pid'}",
+                    f"SlurmdPidFile={root / 'slurmd.pid'}",
+                    f"SlurmctldLogFile={root / 'slurmctld.log'}",
+                    f"SlurmdLogFile={root / 'slurmd.log'}",
+                    "DefMemPerCPU=1000",
+                    f"NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory} State=UNKNOWN",
+                    f"PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP",
+                ]
+            )
+            + "\n"
+        )
+        (root / "state").mkdir()
+        (root / "spool").mkdir()
+        monkeypatch.setenv("SLURM_CONF", str(conf))  # the daemons, sbatch/squeue and the jobs read this file
+        for daemon in (["slurmctld", "-D", "-c"], ["slurmd", "-D"]):
+            started.append(
+                subprocess.Popen(daemon, stdout=(root / f"{daemon[0]}.out").open("w"), stderr=subprocess.STDOUT)
+            )
+            time.sleep(1)
+        for _ in range(60):
+            state = _sh("sinfo", "--noheader", "--format=%T").stdout.strip()
+            if state == "idle":
+                break
+            time.sleep(1)
+        else:
+            logs = "".join(
+                (root / n).read_text()[-400:] for n in ("slurmctld.out", "slurmd.out") if (root / n).exists()
+            )
+            pytest.skip(f"Slurm did not start (sinfo says {state!r}): {logs}")
+    except BaseException:
+        stop()
+        raise
+    yield root
+    stop()
+
+
+def _submission(runs: Path, job_id: str) -> str:
+    return (runs / "slurm" / job_id / f"{job_id}_submission.sh").read_text()
+
+
+@pytest.mark.slow
+def test_the_slurm_executor_runs_transfers_after_their_pretraining_and_reports_failures(
+    slurm_cluster, cli, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    broken = _broken_backbone(tmp_path)
+    path = _suite(
+        tmp_path,
+        backbones=["vit_micro", str(broken)],
+        transfers=[SEG, BROKEN_DET],
+        slurm={"cpus": 1, "time": 10},
+    )
+    code, out, err = cli("suite", path, "--executor", "slurm")
+    assert code == 1, out + err
+    jobs = {}
+    for line in out.splitlines():
+        name, _, status = line.partition(": ")
+        if status.startswith("submitted as Slurm job "):
+            jobs[name] = status.split()[4].rstrip(",")
+    assert len(jobs) == 6, out
+    runs = tmp_path / "runs"
+    pretrain_job = jobs["vit_micro-no_dropout-seed0/pretrain"]
+    assert "--dependency" not in _submission(runs, pretrain_job)
+    for transfer in ("seg-upernet_cpu", "det-bad"):
+        script = _submission(runs, jobs[f"vit_micro-no_dropout-seed0/{transfer}"])
+        assert f"#SBATCH --dependency=afterok:{pretrain_job}" in script
+        assert "#SBATCH --job-name=dropbench:tiny:vit_micro-no_dropout-seed0/" in script
+
+    outcomes = {}
+    for line in out.splitlines():
+        name, _, status = line.partition(": ")
+        if "/" in name and not status.startswith("submitted"):
+            outcomes[name] = status
+    assert outcomes["vit_micro-no_dropout-seed0/pretrain"] == "done"
+    assert outcomes["vit_micro-no_dropout-seed0/seg-upernet_cpu"] == "done"
+    assert outcomes["vit_micro-no_dropout-seed0/det-bad"].startswith("failed (exit code 2: error: embedded_data.type")
+    assert outcomes["broken_vit-no_dropout-seed0/pretrain"].startswith("failed (exit code 2: error: backbone.kwargs")
+    for transfer in ("seg-upernet_cpu", "det-bad"):  # they wait on afterok forever unless the runner cancels them
+        assert outcomes[f"broken_vit-no_dropout-seed0/{transfer}"].startswith("skipped")
+    summary = out[out.index("suite 'tiny': ") :]
+    assert summary.splitlines()[0] == "suite 'tiny': 2 done, 0 finished earlier, 2 failed, 2 skipped"
+    assert f"log: {runs / 'vit_micro-no_dropout-seed0' / 'det-bad.log'}" in summary
+    records = {p.name for p in (tmp_path / "results" / "records").glob("*.json")}
+    assert "vit_micro__no_dropout__cpu__seed0__transfer__segmentation__ade_digits__upernet_cpu__mIoU.json" in records
+    seg_log = (runs / "vit_micro-no_dropout-seed0" / "seg-upernet_cpu.log").read_text()
+    assert "mIoU" in seg_log, "the run's own output goes to its log"
+    pending = _sh("squeue", "--noheader", "--format=%i %T").stdout.split()
+    assert not pending, f"no job is left in the queue: {pending}"
+
+    # A second invocation submits nothing that has finished.
+    finished_part = _suite(tmp_path, transfers=[SEG], slurm={"cpus": 1, "time": 10})
+    code, out, err = cli("suite", finished_part, "--executor", "slurm")
+    assert code == 0 and "submitted" not in out and "2 finished earlier" in out, out + err
+
+    # A run still queued under its job name (an interrupted invocation) is found, so it is not submitted twice.
+    name = "dropbench:tiny:vit_micro-no_dropout-seed0/det-bad"
+    held = _sh("sbatch", "--hold", f"--job-name={name}", "--parsable", "--wrap=true")
+    assert held.returncode == 0, held.stderr
+    try:
+        assert queued_jobs({name, "dropbench:tiny:other"}) == {name: held.stdout.strip()}
+    finally:
+        _sh("scancel", held.stdout.strip())
