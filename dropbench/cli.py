@@ -1,4 +1,5 @@
-"""The ``dropbench`` command: ``schedule``, ``pretrain`` and ``demo``."""
+"""The ``dropbench`` command: ``schedule``, ``pretrain``, ``transfer cls|det|seg``, ``compare``, ``plot``,
+``suite`` and ``demo``."""
 
 import argparse
 import json

@@ -252,3 +252,13 @@ def test_a_short_cpu_fine_tune_writes_finite_box_and_mask_ap_records(cli, export
         assert math.isfinite(record["value"]) and 0 <= record["value"] <= 100 and record["unit"] == "%"
         assert record["task"] == "detection" and record["dataset"] == "coco_digits"
         assert record["regime"] == "no_dropout" and record["stage"] == "transfer"
+
+
+def test_embedded_data_is_reused_with_the_same_settings_and_remade_with_others(tmp_path):
+    root = make_coco_digits(tmp_path / "coco", 3, 2)
+    stamp = (root / "annotations" / "instances_train2017.json").stat().st_mtime_ns
+    assert make_coco_digits(root, 3, 2) == root
+    assert (root / "annotations" / "instances_train2017.json").stat().st_mtime_ns == stamp
+    make_coco_digits(root, 5, 2)
+    assert len(json.loads((root / "annotations" / "instances_train2017.json").read_text())["images"]) == 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["coco"], "no temp or stale folder left behind"

@@ -131,10 +131,22 @@ def make_coco_digits(
     )
 
 
+SPEC_FILE = "dropbench_data.json"
+
+
 def _build_once(root, marker: str, write_split, splits: tuple[str, str], num_train: int, num_val: int, spec) -> Path:
-    """Write both splits into a temp folder beside ``root`` and rename it into place (skipped if there)."""
+    """Write both splits into a temp folder beside ``root`` and rename it into place.
+
+    A folder made earlier with the same settings is reused; one made with other settings is replaced.
+    """
     root = Path(root)
-    if (root / marker).exists():
+    settings = {"splits": list(splits), "num_train": num_train, "num_val": num_val, **spec.__dict__}
+
+    def made_with_these_settings() -> bool:
+        spec_file = root / SPEC_FILE
+        return (root / marker).exists() and spec_file.is_file() and json.loads(spec_file.read_text()) == settings
+
+    if made_with_these_settings():
         return root
     digits, labels = load_mnist("test")
     half = len(digits) // 2  # train canvases use the first half of the test digits, val the second
@@ -143,7 +155,17 @@ def _build_once(root, marker: str, write_split, splits: tuple[str, str], num_tra
     try:
         write_split(tmp, splits[0], num_train, digits[:half], labels[:half], spec, spec.seed)
         write_split(tmp, splits[1], num_val, digits[half:], labels[half:], spec, spec.seed + 1)
+        (tmp / SPEC_FILE).write_text(json.dumps(settings))
+        if root.exists():  # made with other settings: move it aside, then swap
+            stale = root.with_name(f".{root.name}.stale-{os.getpid()}")
+            os.rename(root, stale)
+            shutil.rmtree(stale, ignore_errors=True)
         os.replace(tmp, root)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if made_with_these_settings():
+            return root  # another process made the same data at the same moment
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
