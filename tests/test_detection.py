@@ -167,6 +167,10 @@ def test_bad_coco_files_are_named(cli, exports, coco_digits, tmp_path, edit, wor
         work,
         "--results",
         tmp_path / "results",
+        "--cfg-options",  # the sizes of the coco_digits fixture, so that the embedded data is taken as it is
+        "embedded_data.num_train=16",
+        "embedded_data.num_val=8",
+        "train_cfg.max_iters=1",
     )
     assert code == 2 and err.count("\n") == 1 and words in err, err
     assert not work.exists()

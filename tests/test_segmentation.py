@@ -56,6 +56,9 @@ def _run_seg(cli, export, tmp_path, *options):
         "--results",
         tmp_path / "results",
         "--cfg-options",
+        # the sizes of the ade_digits fixture, so that the embedded data is taken as it is
+        "embedded_data.num_train=8",
+        "embedded_data.num_val=4",
         *options,
     )
 
@@ -122,15 +125,7 @@ def test_the_paper_scale_config_builds_upernet_on_an_export(exports):
 @pytest.mark.parametrize("family", ["vit_micro", "convnext_micro"])
 def test_a_short_cpu_fine_tune_writes_finite_miou_records(cli, exports, tmp_path, monkeypatch, family):
     monkeypatch.chdir(tmp_path)
-    code, _, err = _run_seg(
-        cli,
-        exports[family],
-        tmp_path,
-        "train_cfg.max_iters=3",
-        "embedded_data.num_train=8",
-        "embedded_data.num_val=3",
-        "evaluate_tta=True",
-    )
+    code, _, err = _run_seg(cli, exports[family], tmp_path, "train_cfg.max_iters=3", "evaluate_tta=True")
     assert code == 0, err
     records = {
         json.loads(p.read_text())["metric"]: json.loads(p.read_text())
