@@ -45,6 +45,17 @@ def make_exports(root: Path) -> dict[str, Path]:
     return {family: root / family / "export" for family in FAMILIES}
 
 
+class _LastIntermediate(torch.nn.Module):
+    """timm's ``forward_intermediates`` for the last block: the feature API where ``features_only`` is missing."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor):
+        return self.model.forward_intermediates(images, indices=1, intermediates_only=True)
+
+
 def time_forward(module: torch.nn.Module, images: torch.Tensor, repeats: int = 20) -> float:
     module.eval()
     with torch.no_grad():
@@ -91,6 +102,7 @@ def main() -> None:
     parser.add_argument("--exports", type=Path, default=Path("runs/bench_exports"))
     parser.add_argument("--iters", type=int, default=12)
     parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--families", nargs="+", default=list(FAMILIES))
     args = parser.parse_args()
     exports = make_exports(args.exports)
     images = torch.randn(4, 3, args.size, args.size)
@@ -98,11 +110,17 @@ def main() -> None:
     print("| family | timm features_only ms | adapter ms | adapter / timm | Mask R-CNN s/iter | UperNet s/iter |")
     print("|---|---|---|---|---|---|")
     for family, export in exports.items():
+        if family not in args.families:
+            continue
         sidecar = json.loads((export / "backbone.json").read_text())
         kwargs = dict(sidecar["kwargs"])
         if "img_size" in kwargs:
             kwargs["img_size"] = args.size
-        bare = create_timm_model(sidecar["model"], dict(kwargs, features_only=True))
+        try:
+            bare = create_timm_model(sidecar["model"], dict(kwargs, features_only=True))
+        except (IndexError, KeyError):  # MLP-Mixer built through its class has no feature wrapper
+            model = create_timm_model(sidecar["model"], kwargs)
+            bare = _LastIntermediate(model)
         adapter = TimmBackbone(str(export), img_size=args.size)
         bare_s, adapter_s = time_forward(bare, images), time_forward(adapter, images)
         det = seconds_per_iteration(export, "detection/mask_rcnn_cpu.py", args.iters)

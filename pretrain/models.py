@@ -16,8 +16,10 @@ _UNEXPECTED_KWARG = re.compile(r"unexpected keyword argument '(\w+)'")
 def _build(name: str, kwargs: dict) -> nn.Module:
     try:
         return timm.create_model(name, **kwargs)
-    except TypeError as err:
-        if not _FIXED_KWARG.search(str(err)):
+    except (TypeError, KeyError) as err:
+        # "got multiple values for keyword argument 'x'" (seen as a KeyError too, depending on the call path)
+        fixed = _FIXED_KWARG.search(str(err)) or (isinstance(err, KeyError) and err.args and err.args[0] in kwargs)
+        if not fixed:
             raise
     # Some entrypoints (e.g. MLP-Mixer's) hard-code their architecture arguments: build their class directly
     # with the variant's config, so that kwargs such as patch_size or embed_dim still apply.
