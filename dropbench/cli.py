@@ -88,23 +88,12 @@ def _transfer_cls(args: argparse.Namespace) -> None:
     )
 
 
-def _transfer_det(args: argparse.Namespace) -> None:
-    from transfer.detection import transfer_detection
-
-    transfer_detection(
-        backbone=Path(args.backbone),
-        config=Path(args.config),
-        work_dir=Path(args.work_dir),
-        results_dir=Path(args.results) if args.results else None,
-        cfg_options=args.cfg_options or [],
-        launcher=args.launcher,
-    )
-
-
-def _transfer_seg(args: argparse.Namespace) -> None:
-    from transfer.segmentation import transfer_segmentation
-
-    transfer_segmentation(
+def _transfer_dense(args: argparse.Namespace) -> None:
+    if args.task == "det":
+        from transfer.detection import transfer_detection as transfer
+    else:
+        from transfer.segmentation import transfer_segmentation as transfer
+    transfer(
         backbone=Path(args.backbone),
         config=Path(args.config),
         work_dir=Path(args.work_dir),
@@ -193,14 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     cls.add_argument("overrides", nargs="*", metavar="key=value", help="dataset-config overrides, e.g. epochs=5")
     cls.set_defaults(run=_transfer_cls)
 
-    for name, help_text, example, run in (
-        (
-            "det",
-            "COCO detection + instance segmentation with Mask R-CNN (mmdet)",
-            "detection/mask_rcnn_cpu.py",
-            _transfer_det,
-        ),
-        ("seg", "ADE20K semantic segmentation with UperNet (mmseg)", "segmentation/upernet_cpu.py", _transfer_seg),
+    for name, help_text, example in (
+        ("det", "COCO detection + instance segmentation with Mask R-CNN (mmdet)", "detection/mask_rcnn_cpu.py"),
+        ("seg", "ADE20K semantic segmentation with UperNet (mmseg)", "segmentation/upernet_cpu.py"),
     ):
         dense = tasks.add_parser(name, help=help_text)
         dense.add_argument(
@@ -211,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
         dense.add_argument("--results", default="results", help="where result records go (default: results)")
         dense.add_argument("--cfg-options", nargs="+", metavar="key=value", help="mmengine config overrides")
         dense.add_argument("--launcher", choices=("none", "pytorch", "slurm"), default="none")
-        dense.set_defaults(run=run)
+        dense.set_defaults(run=_transfer_dense)
 
     compare = commands.add_parser("compare", help="the comparison table from result records")
     compare.add_argument("--results", default="results", help="folder of records, searched recursively")

@@ -69,7 +69,7 @@ def _load_image(path: str) -> Image.Image:
         ) from None
 
 
-def _check_readable(paths: list[str]) -> None:
+def check_readable(paths: list[str], field: str = "data") -> None:
     """Open every image's header (cheap: no decoding) so a broken file stops the run before it starts."""
 
     def bad(path: str) -> str | None:
@@ -83,7 +83,7 @@ def _check_readable(paths: list[str]) -> None:
     with ThreadPoolExecutor(max_workers=8) as pool:
         for path in pool.map(bad, paths, chunksize=256):
             if path is not None:
-                raise UserInputError("data", f"unreadable image '{path}'; fix or remove it")
+                raise UserInputError(field, f"unreadable image '{path}'; fix or remove it")
 
 
 def _image_folder(root: Path, split: str) -> ImageFolder:
@@ -136,7 +136,7 @@ def build_data(data: str, recipe, input_size: int, check_images: bool = True) ->
             only = sorted(set(train.classes) ^ set(val.classes))
             raise UserInputError("data", f"train/ and val/ class folders differ: {', '.join(only[:5])}")
         if check_images:
-            _check_readable([p for p, _ in train.samples] + [p for p, _ in val.samples])
+            check_readable([p for p, _ in train.samples] + [p for p, _ in val.samples])
         train_plain = ImageFolder(str(root / "train"), loader=_load_image, transform=val_tf)
         train.transform, val.transform = train_tf, val_tf
         name, num_classes = root.name, len(train.classes)

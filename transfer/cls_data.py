@@ -10,20 +10,19 @@ import importlib.util
 import types
 import typing
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import ConcatDataset, Dataset, Subset
 from torchvision.datasets import ImageFolder
 
 from dropbench import CONFIG_ROOT
 from dropbench.errors import UserInputError, did_you_mean
 from dropbench.io import load_yaml
-from pretrain.data import ArrayImageDataset, read_idx
+from pretrain.data import ArrayImageDataset, check_readable, read_idx
 
 CONFIG_FOLDER = "classification"
 SOURCES = ("imagefolder", "torchvision", "optdigits", "sklearn_digits", "idx")
@@ -331,23 +330,6 @@ def _load_rgb(path: str) -> Image.Image:
         return Image.open(f).convert("RGB")
 
 
-def _check_readable(paths: list[str]) -> None:
-    """Open every image's header (no decoding) so that a broken file stops the run before it starts."""
-
-    def broken(path: str) -> str | None:
-        try:
-            with Image.open(path) as image:
-                image.size  # noqa: B018 - reading the header is the check
-        except (OSError, UnidentifiedImageError):
-            return path
-        return None
-
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        for path in pool.map(broken, paths, chunksize=256):
-            if path is not None:
-                raise UserInputError("dataset", f"unreadable image '{path}'; fix or remove it")
-
-
 def _image_folder(config: ClsConfig) -> tuple[Dataset, Dataset, list[str]]:
     root = Path(config.path)
     if not root.is_dir():
@@ -367,7 +349,7 @@ def _image_folder(config: ClsConfig) -> tuple[Dataset, Dataset, list[str]]:
         raise UserInputError(
             "dataset", f"train/ and {test_split}/ class folders differ in '{root}': {', '.join(differing[:5])}"
         )
-    _check_readable([p for p, _ in train.samples] + [p for p, _ in test.samples])
+    check_readable([p for p, _ in train.samples] + [p for p, _ in test.samples], field="dataset")
     return train, test, train.classes
 
 
