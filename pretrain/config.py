@@ -17,6 +17,8 @@ from dropbench.io import load_yaml
 from pretrain.models import create_timm_model
 from pretrain.schedules import drop_schedule, validate_schedule
 
+# The schedulers timm's create_scheduler_v2 knows (timm 1.0).
+TIMM_SCHEDULERS = ("cosine", "tanh", "step", "multistep", "plateau", "poly", "rsqrt", "constant")
 # Constructor keywords that timm models use for plain dropout; a backbone file may list its own.
 DEFAULT_DROPOUT_KWARGS = ("drop_rate", "pos_drop_rate", "proj_drop_rate", "attn_drop_rate")
 
@@ -227,6 +229,16 @@ class Recipe:
             )
         if not 0 <= self.warmup_epochs < self.epochs:
             raise UserInputError("recipe.warmup_epochs", f"{self.warmup_epochs} must be in [0, epochs={self.epochs})")
+        from timm.optim import list_optimizers
+
+        if self.opt not in list_optimizers():
+            raise UserInputError(
+                "recipe.opt", f"unknown timm optimizer '{self.opt}'{did_you_mean(self.opt, list_optimizers())}"
+            )
+        if self.sched not in TIMM_SCHEDULERS:
+            raise UserInputError(
+                "recipe.sched", f"unknown timm scheduler '{self.sched}'{did_you_mean(self.sched, TIMM_SCHEDULERS)}"
+            )
         for name in ("lr", "weight_decay", "smoothing", "reprob", "mixup", "cutmix"):
             if not isinstance(getattr(self, name), (int, float)) or getattr(self, name) < 0:
                 raise UserInputError(f"recipe.{name}", f"{getattr(self, name)!r} must be a number >= 0")

@@ -53,6 +53,14 @@ def test_a_typo_in_an_override_suggests_the_key(cli, tmp_path):
     assert "did you mean 'lr'" in result[2]
 
 
+@pytest.mark.parametrize(("override", "field"), [("opt=adamww", "recipe.opt"), ("sched=cosin", "recipe.sched")])
+def test_unknown_optimizer_or_scheduler_names(cli, tmp_path, override, field):
+    out = tmp_path / "run"
+    result = cli(*_pretrain_args(out), override)
+    _assert_one_line_error(result, field, out)
+    assert "did you mean" in result[2]
+
+
 def test_a_rate_outside_zero_one_in_a_regime_file(cli, tmp_path):
     regime = tmp_path / "bad.yaml"
     regime.write_text("dropout: {rate: 1.5, mode: standard}\n")
