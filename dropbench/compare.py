@@ -7,6 +7,7 @@ that are not records are skipped with a warning that names them.
 """
 
 import json
+import os
 from dataclasses import fields
 from pathlib import Path
 
@@ -23,29 +24,62 @@ COLUMN = ["task", "dataset", "protocol", "metric"]
 PAPER_DIR = "paper"
 
 
+def _json_files(results: Path, include_paper: bool) -> list[str]:
+    found = []
+    for folder, subfolders, files in os.walk(results):
+        if not include_paper and folder == str(results) and PAPER_DIR in subfolders:
+            subfolders.remove(PAPER_DIR)
+        subfolders.sort()
+        found.extend(os.path.join(folder, name) for name in sorted(files) if name.endswith(".json"))
+    return found
+
+
+def _read_bytes(path: str) -> bytes | OSError:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as err:
+        return err
+
+
+def _parse(path: str, data: bytes | OSError) -> dict | str:
+    """The record in one file, or the reason it is skipped."""
+    if isinstance(data, OSError):
+        return f"skipping '{path}': unreadable ({data.__class__.__name__})"
+    try:
+        record = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        return f"skipping '{path}': not valid JSON ({err.__class__.__name__})"
+    return _check_record(path, record)
+
+
+def _check_record(path: str, record) -> dict | str:
+    if not isinstance(record, dict) or any(key not in record for key in RECORD_FIELDS):
+        return f"skipping '{path}': not a result record (fields missing)"
+    if not isinstance(record["value"], (int, float)) or isinstance(record["value"], bool):
+        return f"skipping '{path}': value is not a number"
+    return record
+
+
 def read_records(results: str | Path, include_paper: bool = False) -> tuple[pd.DataFrame, list[str]]:
     """Every record under ``results`` (recursively; ``results/paper/`` only with ``include_paper``), and one
     message per file that was skipped because it is not a record."""
     results = Path(results)
     if not results.is_dir():
         raise UserInputError("--results", f"no such folder '{results}'")
-    rows, skipped = [], []
-    for path in sorted(results.rglob("*.json")):
-        if not include_paper and PAPER_DIR in path.relative_to(results).parts[:-1]:
-            continue
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            skipped.append(f"skipping '{path}': not valid JSON ({err.__class__.__name__})")
-            continue
-        if not isinstance(record, dict) or any(key not in record for key in RECORD_FIELDS):
-            skipped.append(f"skipping '{path}': not a result record (fields missing)")
-            continue
-        if not isinstance(record["value"], (int, float)) or isinstance(record["value"], bool):
-            skipped.append(f"skipping '{path}': value is not a number")
-            continue
-        rows.append({key: record[key] for key in RECORD_FIELDS})
-    frame = pd.DataFrame(rows, columns=RECORD_FIELDS)
+    paths = _json_files(results, include_paper)
+    contents = [_read_bytes(path) for path in paths]
+    try:  # one parse of all files is much faster than one per file; any bad file falls back to per-file
+        if any(isinstance(c, OSError) for c in contents):
+            raise ValueError
+        parsed = [
+            _check_record(p, r) for p, r in zip(paths, json.loads(b"[" + b",".join(contents) + b"]"), strict=True)
+        ]
+    except (ValueError, UnicodeDecodeError):
+        parsed = [_parse(p, c) for p, c in zip(paths, contents, strict=True)]
+    rows = [r for r in parsed if isinstance(r, dict)]
+    skipped = [r for r in parsed if isinstance(r, str)]
+    frame = pd.DataFrame.from_records(rows, columns=RECORD_FIELDS)
     published = frame["config_hash"] == PAPER_HASH
     frame.loc[published, "recipe"] = frame.loc[published, "recipe"] + " (paper)"
     return frame, skipped
