@@ -9,6 +9,18 @@ from dropbench.io import atomic_write_json
 PERCENT = "%"
 
 
+def _safe(part) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", str(part))
+
+
+def record_stem(
+    backbone: str, regime: str, recipe: str, seed: int, stage: str, task: str, dataset: str, protocol: str
+) -> str:
+    """The start of the file names of one run's records: all but the metric (it ends with ``__``)."""
+    parts = (backbone, regime, recipe, f"seed{seed}", stage, task, dataset, protocol)
+    return "__".join(_safe(p) for p in parts) + "__"
+
+
 @dataclass(frozen=True)
 class ResultRecord:
     backbone: str
@@ -30,18 +42,26 @@ class ResultRecord:
     run_dir: str
 
     def filename(self) -> str:
-        parts = [
-            self.backbone,
-            self.regime,
-            self.recipe,
-            f"seed{self.seed}",
-            self.stage,
-            self.task,
-            self.dataset,
-            self.protocol,
-            self.metric,
-        ]
-        return "__".join(re.sub(r"[^A-Za-z0-9_.-]+", "-", str(p)) for p in parts) + ".json"
+        return (
+            record_stem(
+                self.backbone, self.regime, self.recipe, self.seed, self.stage, self.task, self.dataset, self.protocol
+            )
+            + f"{_safe(self.metric)}.json"
+        )
+
+    @classmethod
+    def for_transfer(cls, sidecar: dict, **fields) -> "ResultRecord":
+        """A transfer record: backbone, model, regime, recipe and seed come from the export's sidecar."""
+        return cls(
+            backbone=sidecar.get("backbone", sidecar["model"]),
+            model=sidecar["model"],
+            regime=sidecar.get("regime", "unknown"),
+            recipe=sidecar.get("recipe", "unknown"),
+            seed=int(sidecar.get("seed", 0)),
+            stage="transfer",
+            unit=PERCENT,
+            **fields,
+        )
 
     def write(self, results_dir: str | Path) -> Path:
         return atomic_write_json(Path(results_dir) / "records" / self.filename(), asdict(self))

@@ -34,7 +34,7 @@ import yaml
 from dropbench import CONFIG_ROOT, REPO_ROOT
 from dropbench.errors import UserInputError, did_you_mean
 from dropbench.io import load_yaml
-from dropbench.records import ResultRecord
+from dropbench.records import record_stem
 
 TRANSFER_KINDS = {"det": "detection", "seg": "segmentation", "cls": "classification"}
 DENSE_CONFIG_FOLDERS = {"det": "detection", "seg": "segmentation"}
@@ -289,32 +289,6 @@ def _slurm_section(raw: Any) -> dict[str, SlurmResources]:
     return resources
 
 
-def _record_stem(
-    backbone: str, model: str, regime: str, recipe: str, seed: int, stage: str, task: str, dataset: str, protocol: str
-) -> str:
-    """``ResultRecord.filename()`` up to the metric, for the records a run writes."""
-    record = ResultRecord(
-        backbone=backbone,
-        model=model,
-        regime=regime,
-        recipe=recipe,
-        seed=seed,
-        stage=stage,
-        task=task,
-        dataset=dataset,
-        protocol=protocol,
-        metric="",
-        value=0.0,
-        unit="",
-        config_hash="",
-        code_version="",
-        started="",
-        finished="",
-        run_dir="",
-    )
-    return record.filename().removesuffix(".json")
-
-
 @dataclass(frozen=True)
 class _Task:
     """A validated transfer task: what its records are called and how its command ends."""
@@ -469,7 +443,7 @@ def load_suite(path: str | Path) -> Suite:
                 recipe = recipes[seed]
                 point = f"{backbone.name}-{regime.name}-seed{seed}"
                 pretrain_dir = runs_dir / point / PRETRAIN_FOLDER
-                identity = (backbone.name, backbone.model, regime.name, recipe.name, seed)
+                identity = (backbone.name, regime.name, recipe.name, seed)
                 pretraining = Run(
                     name=f"{point}/{PRETRAIN_FOLDER}",
                     stage="pretrain",
@@ -484,7 +458,7 @@ def load_suite(path: str | Path) -> Suite:
                     work_dir=pretrain_dir,
                     log=runs_dir / point / f"{PRETRAIN_FOLDER}.log",
                     records_dir=records_dir,
-                    record_stem=_record_stem(*identity, "pretrain", "classification", dataset_name, "from_scratch"),
+                    record_stem=record_stem(*identity, "pretrain", "classification", dataset_name, "from_scratch"),
                 )
                 runs.append(pretraining)
                 for task in tasks:
@@ -503,7 +477,7 @@ def load_suite(path: str | Path) -> Suite:
                             work_dir=work_dir,
                             log=runs_dir / point / f"{task.name}.log",
                             records_dir=records_dir,
-                            record_stem=_record_stem(
+                            record_stem=record_stem(
                                 *identity, "transfer", TRANSFER_KINDS[task.kind], task.dataset, task.protocol
                             ),
                             after=pretraining.name,

@@ -40,7 +40,7 @@ from tqdm import tqdm
 from dropbench import code_version
 from dropbench.errors import UserInputError
 from dropbench.io import atomic_write, atomic_write_json, atomic_write_text
-from dropbench.records import PERCENT, ResultRecord
+from dropbench.records import ResultRecord
 from pretrain.config import config_hash
 from pretrain.export import WEIGHTS_FILE, load_exported_model, read_sidecar
 from transfer.cls_data import ClsConfig, ClsData, TransformedDataset, load_cls_config, load_cls_data, stratified_split
@@ -554,19 +554,13 @@ def transfer_classification(
     )
 
     def record(metric: str, value: float, finished: str) -> ResultRecord:
-        return ResultRecord(
-            backbone=sidecar.get("backbone", sidecar["model"]),
-            model=sidecar["model"],
-            regime=sidecar.get("regime", "unknown"),
-            recipe=sidecar.get("recipe", "unknown"),
-            seed=int(sidecar.get("seed", 0)),
-            stage="transfer",
+        return ResultRecord.for_transfer(
+            sidecar,
             task="classification",
             dataset=config.name,
             protocol=protocol,
             metric=metric,
             value=float(value),
-            unit=PERCENT,
             config_hash=digest,
             code_version=code_version(),
             started=started,

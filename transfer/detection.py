@@ -9,7 +9,7 @@ from mmengine.config import Config
 from dropbench.errors import UserInputError
 from transfer import backbone as backbone_module
 from transfer import optim
-from transfer.embedded_data import CanvasSpec, make_coco_digits
+from transfer.embedded_data import make_from_config
 from transfer.mm_runner import TaskSpec, run_transfer
 
 backbone_module.register(MODELS)
@@ -76,10 +76,7 @@ def _prepare(cfg: Config, out_channels: list[int]) -> None:
     cfg.model.neck.in_channels = out_channels
     embedded = cfg.pop("embedded_data", None)
     if embedded is not None:
-        if embedded.get("type") != "coco_digits":
-            raise UserInputError("embedded_data.type", f"'{embedded.get('type')}' is not 'coco_digits'")
-        spec = CanvasSpec(canvas=int(embedded.get("canvas", 128)))
-        make_coco_digits(cfg.data_root, int(embedded.get("num_train", 200)), int(embedded.get("num_val", 50)), spec)
+        make_from_config(embedded, cfg.data_root, "coco_digits")
     for split in ("train_dataloader", "val_dataloader"):
         dataset = cfg[split].dataset
         root = Path(dataset.get("data_root", ""))

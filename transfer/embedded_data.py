@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from dropbench.errors import UserInputError
 from pretrain.data import load_mnist
 
 DIGIT_CLASSES = tuple(str(d) for d in range(10))
@@ -199,3 +200,15 @@ def make_ade_digits(root: str | Path, num_train: int = 200, num_val: int = 50, s
     return _build_once(
         root, "annotations/validation", _write_segmentation_split, ("training", "validation"), num_train, num_val, spec
     )
+
+
+EMBEDDED_DATA = {"coco_digits": make_coco_digits, "ade_digits": make_ade_digits}
+
+
+def make_from_config(embedded: dict, root: str | Path, expected_type: str) -> Path:
+    """The data an mm* config's ``embedded_data = dict(type=..., num_train=..., num_val=..., canvas=...)`` asks for."""
+    if embedded.get("type") != expected_type:
+        raise UserInputError("embedded_data.type", f"'{embedded.get('type')}' is not '{expected_type}'")
+    spec = CanvasSpec(canvas=int(embedded.get("canvas", 128)))
+    make = EMBEDDED_DATA[expected_type]
+    return make(root, int(embedded.get("num_train", 200)), int(embedded.get("num_val", 50)), spec)

@@ -18,7 +18,7 @@ from mmengine.hooks import Hook
 
 from dropbench import code_version
 from dropbench.errors import UserInputError, did_you_mean
-from dropbench.records import PERCENT, ResultRecord
+from dropbench.records import ResultRecord
 from pretrain.export import read_sidecar
 from transfer.backbone import TimmBackbone
 
@@ -125,19 +125,13 @@ def run_transfer(
     for key, (name, factor) in spec.metrics.items():
         if key not in metrics:
             continue
-        record = ResultRecord(
-            backbone=sidecar.get("backbone", sidecar["model"]),
-            model=sidecar["model"],
-            regime=sidecar.get("regime", "unknown"),
-            recipe=sidecar.get("recipe", "unknown"),
-            seed=int(sidecar.get("seed", 0)),
-            stage="transfer",
+        record = ResultRecord.for_transfer(
+            sidecar,
             task=spec.task,
             dataset=dataset_name,
             protocol=Path(config).stem,
             metric=name,
             value=float(metrics[key]) * factor,
-            unit=PERCENT,
             config_hash=digest,
             code_version=code_version(),
             started=started,

@@ -12,7 +12,7 @@ from PIL import Image
 from dropbench.errors import UserInputError
 from transfer import backbone as backbone_module
 from transfer import optim
-from transfer.embedded_data import IGNORE_INDEX, CanvasSpec, make_ade_digits
+from transfer.embedded_data import IGNORE_INDEX, make_from_config
 from transfer.mm_runner import TaskSpec, run_transfer
 
 backbone_module.register(MODELS)
@@ -68,10 +68,7 @@ def _prepare(cfg: Config, out_channels: list[int]) -> None:
         auxiliary.in_channels = out_channels[auxiliary.in_index]
     embedded = cfg.pop("embedded_data", None)
     if embedded is not None:
-        if embedded.get("type") != "ade_digits":
-            raise UserInputError("embedded_data.type", f"'{embedded.get('type')}' is not 'ade_digits'")
-        spec = CanvasSpec(canvas=int(embedded.get("canvas", 128)))
-        make_ade_digits(cfg.data_root, int(embedded.get("num_train", 200)), int(embedded.get("num_val", 50)), spec)
+        make_from_config(embedded, cfg.data_root, "ade_digits")
     num_classes = cfg.model.decode_head.num_classes
     for head in ("decode_head", "auxiliary_head"):
         if cfg.model.get(head) is not None and cfg.model[head].num_classes != num_classes:
