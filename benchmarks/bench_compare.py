@@ -1,7 +1,7 @@
 """`dropbench compare` over many records (goal: 100,000 records in ≤ 2 s).
 
 Writes N real record files (10 backbones × 4 regimes × 25 datasets × 10 seeds, repeated), then times reading
-them and building the table, with and without the paired-bootstrap intervals that seeds make possible.
+them and building the table, with the paired t intervals that seeds make possible.
 
     python benchmarks/bench_compare.py [--records 100000]
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from dropbench.compare import read_records, render, summarise
-from dropbench.records import ResultRecord
+from dropbench.identity import ResultRecord
 
 REGIMES = ("no_dropout", "early_dropout", "late_dropout", "standard_dropout")
 
@@ -59,7 +59,7 @@ def main() -> None:
     intervals = int(stats["delta_low"].notna().sum())
     print(
         f"{len(records)} records: read {read - start:.2f} s, table {done - read:.2f} s "
-        f"({len(stats)} cells, {intervals} bootstrap intervals), total {done - start:.2f} s"
+        f"({len(stats)} cells, {intervals} paired t intervals), total {done - start:.2f} s"
     )
 
 

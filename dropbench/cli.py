@@ -4,10 +4,11 @@
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 from dropbench.errors import UserInputError
+
+FORCE_HELP = "run it even though its records exist (they move to records/superseded/)"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,7 +60,11 @@ def _pretrain(args: argparse.Namespace) -> None:
         resume=args.resume,
         device=args.device,
         diagnostics=diagnostics,
+        force=args.force,
+        data_name=args.data_name,
     )
+    if summary.finished_earlier:
+        return
     print(
         f"{backbone.name} / {regime.name}: train_loss {summary.train_loss:.4f}, val_top1 {summary.val_top1:.2f}% "
         f"→ {summary.run_dir / 'export'}"
@@ -77,14 +82,20 @@ def _transfer_cls(args: argparse.Namespace) -> None:
     from pretrain.config import parse_overrides
     from transfer.classification import transfer_classification
 
+    overrides = parse_overrides(args.overrides)
+    if args.seed is not None:
+        if overrides.get("seed", args.seed) != args.seed:
+            raise UserInputError("--seed", f"{args.seed} differs from the override seed={overrides['seed']}; give one")
+        overrides["seed"] = args.seed
     transfer_classification(
         backbone=Path(args.backbone),
         dataset=args.dataset,
         protocol=args.protocol,
         work_dir=Path(args.work_dir),
         results_dir=Path(args.results) if args.results else None,
-        overrides=parse_overrides(args.overrides),
+        overrides=overrides,
         device=args.device,
+        force=args.force,
     )
 
 
@@ -100,6 +111,8 @@ def _transfer_dense(args: argparse.Namespace) -> None:
         results_dir=Path(args.results) if args.results else None,
         cfg_options=args.cfg_options or [],
         launcher=args.launcher,
+        seed=args.seed,
+        force=args.force,
     )
 
 
@@ -107,10 +120,13 @@ def _compare(args: argparse.Namespace) -> None:
     from dropbench.compare import read_records, render, summarise
     from dropbench.io import atomic_write_text
 
+    def warn(message: str) -> None:
+        print(f"warning: {message}", file=sys.stderr)
+
     records, skipped = read_records(args.results, include_paper=args.include_paper)
     for message in skipped:
-        print(f"warning: {message}", file=sys.stderr)
-    text = render(summarise(records, baseline=args.baseline), args.format)
+        warn(message)
+    text = render(summarise(records, baseline=args.baseline, warn=warn), args.format)
     if args.out:
         atomic_write_text(args.out, text)
     print(text, end="")
@@ -127,10 +143,9 @@ def _suite(args: argparse.Namespace) -> None:
 def _demo(args: argparse.Namespace) -> None:
     from dropbench.demo import run_demo
 
-    start = time.perf_counter()
-    stages = run_demo(Path(args.out), Path(args.results), transfers=not args.pretrain_only)
-    split = ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in stages.items())
-    print(f"demo wall time: {time.perf_counter() - start:.0f} s ({split})")
+    code = run_demo(Path(args.suite) if args.suite else None)
+    if code:
+        raise SystemExit(code)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -158,6 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--out", required=True, help="the run folder")
     pretrain.add_argument("--results", default="results", help="where the result record goes (default: results)")
     pretrain.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    pretrain.add_argument("--force", action="store_true", help=FORCE_HELP)
+    pretrain.add_argument(
+        "--data-name",
+        help="the dataset name in the records (default: mnist, imagenet-1k for an ImageNet-1k folder, "
+        "else the folder's name)",
+    )
     pretrain.add_argument("--device", help="cpu, cuda (default: cuda when available)")
     pretrain.add_argument(
         "--diagnostics",
@@ -179,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     cls.add_argument("--work-dir", required=True)
     cls.add_argument("--results", default="results", help="where result records go (default: results)")
     cls.add_argument("--device", help="cpu, cuda (default: cuda when available)")
+    cls.add_argument("--seed", type=int, help="the transfer seed (default: the dataset config's seed, 0)")
+    cls.add_argument("--force", action="store_true", help=FORCE_HELP)
     cls.add_argument("overrides", nargs="*", metavar="key=value", help="dataset-config overrides, e.g. epochs=5")
     cls.set_defaults(run=_transfer_cls)
 
@@ -195,13 +218,17 @@ def build_parser() -> argparse.ArgumentParser:
         dense.add_argument("--results", default="results", help="where result records go (default: results)")
         dense.add_argument("--cfg-options", nargs="+", metavar="key=value", help="mmengine config overrides")
         dense.add_argument("--launcher", choices=("none", "pytorch", "slurm"), default="none")
+        dense.add_argument("--seed", type=int, default=0, help="the transfer seed: mmengine's randomness (default 0)")
+        dense.add_argument("--force", action="store_true", help=FORCE_HELP)
         dense.set_defaults(run=_transfer_dense)
 
     compare = commands.add_parser("compare", help="the comparison table from result records")
     compare.add_argument("--results", default="results", help="folder of records, searched recursively")
     compare.add_argument("--format", choices=("md", "csv", "latex", "html"), default="md")
     compare.add_argument("--baseline", default="no_dropout", help="the regime Δ is measured against")
-    compare.add_argument("--include-paper", action="store_true", help="add the paper's numbers (results/paper/)")
+    compare.add_argument(
+        "--include-paper", action="store_true", help="add the paper's published numbers (results/paper/, shipped)"
+    )
     compare.add_argument("--out", help="also write the table to this file")
     compare.set_defaults(run=_compare)
 
@@ -216,7 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
         "suite", help="run a suite: backbones × regimes × seeds pretrained, then transferred (finished runs skipped)"
     )
     suite.add_argument("suite", help="a suite file, e.g. configs/suites/embedded.yaml")
-    suite.add_argument("--dry-run", action="store_true", help="print the plan (finished runs marked), run nothing")
+    suite.add_argument(
+        "--dry-run", action="store_true", help="check the whole suite and print the plan (finished runs marked)"
+    )
     suite.add_argument(
         "--executor",
         choices=("local", "slurm"),
@@ -226,11 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
     suite.set_defaults(run=_suite)
 
     demo = commands.add_parser(
-        "demo", help="the embedded default: a micro ViT on MNIST under four regimes → detection, segmentation → table"
+        "demo",
+        help="the embedded default: the demo suite (a micro ViT on MNIST under several regimes → detection, "
+        "segmentation, classification), then the table and figures",
     )
-    demo.add_argument("--pretrain-only", action="store_true", help="stop after the four pretraining runs")
-    demo.add_argument("--out", default="runs/demo")
-    demo.add_argument("--results", default="results/demo")
+    demo.add_argument("--suite", help="another suite file to run as the demo (default: configs/suites/demo.yaml)")
     demo.set_defaults(run=_demo)
     return parser
 

@@ -1,36 +1,63 @@
 """The comparison table: result records → backbone × recipe × regime rows, task/dataset/protocol/metric columns.
 
-Each cell is the mean ± std over seeds (with the number of seeds); each regime also gets its Δ against the
-baseline regime of the same backbone and recipe, with a 95 % paired-bootstrap interval (paired by seed) where
-both have at least two common seeds. The best mean of each column (per backbone and recipe) is bold. Files
-that are not records are skipped with a warning that names them.
+- **Never two settings in one cell.** Records are grouped by their run identity including the settings digest
+  (``dropbench.identity``). Where one name (a backbone, regime, recipe or transfer protocol) was run with
+  different settings, each variant gets its own label: the overrides it was given (``cpu·epochs=4``), or its
+  digest where the overrides do not tell them apart (``cpu·#1a2b3c``). The same run (identity, digest, seeds)
+  found twice is counted once, with a warning naming both files.
+- **Seeds.** A cell is the mean ± std over pretraining seeds (a pretraining seed's transfer seeds are averaged
+  first); a row with a single pretraining seed counts its transfer seeds instead, which measures fine-tuning noise
+  only. ``n`` is always shown.
+- **Δ** against the baseline regime of the same backbone and recipe variant, with the paired Student-t 95 %
+  interval over the seeds both have (df = n − 1, n ≥ 2). A Δ is marked significant (``†``) only where n ≥ 3 and
+  the interval excludes 0. Bold marks the best mean of each column within a backbone and recipe.
+- Files that are not records are skipped with a warning that names them; ``records/superseded/`` is not read.
 """
 
 import json
 import os
-from dataclasses import fields
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import stats as scipy_stats
 
+from dropbench import REPO_ROOT
 from dropbench.errors import UserInputError
-from dropbench.records import ResultRecord
+from dropbench.identity import LEGACY, REQUIRED_RECORD_FIELDS, SUPERSEDED_FOLDER
 
-RECORD_FIELDS = [f.name for f in fields(ResultRecord)]
 ROW = ["backbone", "recipe", "regime"]
-PAPER_HASH = "paper"  # the config_hash of the paper's published numbers, shown with their recipe as "<recipe> (paper)"
 COLUMN = ["task", "dataset", "protocol", "metric"]
+PAPER_HASH = "paper"  # the config_hash of the paper's published numbers, shown with their recipe as "<recipe> (paper)"
 PAPER_DIR = "paper"
+SHIPPED_PAPER = REPO_ROOT / "results" / PAPER_DIR
+LEVEL = 0.95
+MIN_SIGNIFICANT_N = 3  # fewer paired seeds never claim significance
+SIGNIFICANT = "†"
+# The columns of the tidy table (``--format csv``): one row per cell.
+STAT_COLUMNS = [*ROW, *COLUMN, "mean", "std", "n"]
+STAT_COLUMNS += ["delta", "delta_low", "delta_high", "delta_sd", "n_paired", "significant"]
+DETECT_SEEDS = 3  # the noise floor's minimum detectable Δ is that of a paired t test over this many seeds
+# Which record field a settings part labels.
+LABELLED_PARTS = {"backbone": "backbone", "recipe": "recipe", "regime": "regime", "task": "protocol"}
+
+
+# ------------------------------------------------------------------------------------------------ reading
 
 
 def _json_files(results: Path, include_paper: bool) -> list[str]:
     found = []
     for folder, subfolders, files in os.walk(results):
-        if not include_paper and folder == str(results) and PAPER_DIR in subfolders:
-            subfolders.remove(PAPER_DIR)
+        if SUPERSEDED_FOLDER in subfolders:
+            subfolders.remove(SUPERSEDED_FOLDER)
+        if folder == str(results) and PAPER_DIR in subfolders:
+            subfolders.remove(PAPER_DIR)  # read from results/paper/ only with include_paper (below)
         subfolders.sort()
         found.extend(os.path.join(folder, name) for name in sorted(files) if name.endswith(".json"))
+    if include_paper:
+        paper = results / PAPER_DIR if (results / PAPER_DIR).is_dir() else SHIPPED_PAPER
+        found.extend(str(p) for p in sorted(paper.glob("*.json")))
     return found
 
 
@@ -54,16 +81,18 @@ def _parse(path: str, data: bytes | OSError) -> dict | str:
 
 
 def _check_record(path: str, record) -> dict | str:
-    if not isinstance(record, dict) or any(key not in record for key in RECORD_FIELDS):
+    if not isinstance(record, dict) or any(key not in record for key in REQUIRED_RECORD_FIELDS):
         return f"skipping '{path}': not a result record (fields missing)"
     if not isinstance(record["value"], (int, float)) or isinstance(record["value"], bool):
         return f"skipping '{path}': value is not a number"
+    record["path"] = path
     return record
 
 
 def read_records(results: str | Path, include_paper: bool = False) -> tuple[pd.DataFrame, list[str]]:
-    """Every record under ``results`` (recursively; ``results/paper/`` only with ``include_paper``), and one
-    message per file that was skipped because it is not a record."""
+    """Every record under ``results`` (recursively, without ``superseded/`` folders), plus the paper's published
+    numbers with ``include_paper`` (``results/paper/`` when there is one, else the shipped ones), and one message
+    per file that was skipped because it is not a record."""
     results = Path(results)
     if not results.is_dir():
         raise UserInputError("--results", f"no such folder '{results}'")
@@ -79,54 +108,170 @@ def read_records(results: str | Path, include_paper: bool = False) -> tuple[pd.D
         parsed = [_parse(p, c) for p, c in zip(paths, contents, strict=True)]
     rows = [r for r in parsed if isinstance(r, dict)]
     skipped = [r for r in parsed if isinstance(r, str)]
-    frame = pd.DataFrame.from_records(rows, columns=RECORD_FIELDS)
-    published = frame["config_hash"] == PAPER_HASH
-    frame.loc[published, "recipe"] = frame.loc[published, "recipe"] + " (paper)"
+    frame = pd.DataFrame.from_records(rows, columns=[*REQUIRED_RECORD_FIELDS, "transfer_seed", "parts", "path"])
+    frame["parts"] = [p if isinstance(p, dict) else {} for p in frame["parts"]]
     return frame, skipped
 
 
-def paired_bootstrap_interval(
-    deltas: np.ndarray, resamples: int = 10_000, level: float = 0.95, seed: int = 0
-) -> tuple[float, float]:
-    """Percentile interval of the mean of per-seed differences, resampling seeds with replacement."""
-    rng = np.random.default_rng(seed)
-    means = rng.choice(deltas, size=(resamples, len(deltas)), replace=True).mean(axis=1)
-    tail = (1 - level) / 2
-    low, high = np.quantile(means, [tail, 1 - tail])
-    return float(low), float(high)
+# ------------------------------------------------------------------------------------------------ variants
 
 
-def summarise(records: pd.DataFrame, baseline: str = "no_dropout") -> pd.DataFrame:
-    """One row per (backbone, regime, task, dataset, protocol, metric): mean, std, n, Δ and its interval."""
+def _part(parts: dict, name: str) -> tuple[str, str]:
+    part = parts.get(name) if isinstance(parts, dict) else None
+    if not isinstance(part, dict):
+        return LEGACY, ""
+    return str(part.get("digest", LEGACY)), str(part.get("overrides", ""))
+
+
+def _variant_labels(names: pd.Series, digests: list[str], overrides: list[str]) -> list[str]:
+    """A label per record: the name alone where it was run with one digest, else the name with what tells its
+    variants apart — their overrides (the one variant without any keeps the bare name), else their digests."""
+    frame = pd.DataFrame({"name": names.to_numpy(), "digest": digests, "overrides": overrides})
+    labels = {}
+    for name, group in frame.drop_duplicates(["name", "digest"]).groupby("name", sort=False):
+        texts = ["legacy" if d == LEGACY else o for d, o in zip(group["digest"], group["overrides"], strict=True)]
+        for digest, text in zip(group["digest"], texts, strict=True):
+            if len(group) == 1 or (not text and texts.count("") == 1):
+                labels[(name, digest)] = name
+            elif text and texts.count(text) == 1:
+                labels[(name, digest)] = f"{name}·{text}"
+            else:
+                labels[(name, digest)] = "·".join(t for t in (name, text, f"#{digest[:6]}") if t)
+    return [labels[key] for key in zip(frame["name"], frame["digest"], strict=True)]
+
+
+def label_variants(records: pd.DataFrame) -> pd.DataFrame:
+    """``records`` with backbone, recipe, regime and protocol replaced by their variant labels; the paper's
+    published numbers keep their names, their recipe marked ``(paper)``."""
+    labelled = records.copy()
+    published = (labelled["config_hash"] == PAPER_HASH).to_numpy()
+    own = labelled[~published]
+    for part, column in LABELLED_PARTS.items():
+        found = [_part(parts, part) for parts in own["parts"]]
+        digests = [digest for digest, _ in found]
+        if part == "task":  # a pretraining record has no task part: its protocol has no variants
+            digests = [d if stage == "transfer" else "" for d, stage in zip(digests, own["stage"], strict=True)]
+        labelled.loc[~published, column] = _variant_labels(own[column], digests, [text for _, text in found])
+    labelled.loc[published, "recipe"] = labelled.loc[published, "recipe"] + " (paper)"
+    return labelled
+
+
+def _drop_repeats(records: pd.DataFrame, warn) -> pd.DataFrame:
+    """The same run found twice (e.g. a copied records folder) counts once: its newest record."""
+    key = [*ROW, *COLUMN, "seed", "transfer_seed"]
+    records = records.assign(transfer_seed=records["transfer_seed"].fillna(-1))
+    repeated = records[records.duplicated(key, keep=False)]
+    for _, group in repeated.groupby(key, sort=False):
+        warn(f"the same run is recorded twice, counted once: '{group['path'].iloc[0]}' and '{group['path'].iloc[1]}'")
+    return records.sort_values("finished", kind="stable").drop_duplicates(key, keep="last")
+
+
+# ------------------------------------------------------------------------------------------------ statistics
+
+
+def paired_t_interval(deltas: Iterable[float], level: float = LEVEL) -> tuple[float, float]:
+    """The Student-t interval of the mean of paired differences (df = n − 1); NaN for fewer than 2."""
+    deltas = np.asarray(list(deltas), dtype=np.float64)
+    n = len(deltas)
+    if n < 2:
+        return float("nan"), float("nan")
+    half = scipy_stats.t.ppf(0.5 + level / 2, n - 1) * deltas.std(ddof=1) / np.sqrt(n)
+    return float(deltas.mean() - half), float(deltas.mean() + half)
+
+
+def _per_unit(records: pd.DataFrame) -> pd.Series:
+    """Each cell's values per unit of replication: its pretraining seeds (their transfer seeds averaged), or the
+    transfer seeds of a cell that has one pretraining seed and several transfer seeds."""
+    cell = [*ROW, *COLUMN]
+    frame = records.groupby([*cell, "seed", "transfer_seed"], sort=False)["value"].mean().reset_index()
+    grouped = frame.groupby(cell, sort=False)
+    by_transfer_seed = (grouped["seed"].transform("nunique") == 1) & (grouped["transfer_seed"].transform("nunique") > 1)
+    frame["unit"] = np.where(
+        by_transfer_seed, "t" + frame["transfer_seed"].astype(str), "s" + frame["seed"].astype(str)
+    )
+    return frame.groupby([*cell, "unit"], sort=False)["value"].mean()
+
+
+NO_DELTA = dict(delta=np.nan, delta_low=np.nan, delta_high=np.nan, delta_sd=np.nan, n_paired=0)
+
+
+def _versus_baseline(own: pd.Series, baseline: pd.Series) -> dict:
+    """Δ of a cell's units against its baseline's: paired where both have a unit (with the t interval), else the
+    difference of their means."""
+    paired = (own - baseline).dropna().to_numpy()
+    low, high = paired_t_interval(paired)
+    return dict(
+        delta=float(paired.mean()) if len(paired) else float(own.mean() - baseline.mean()),
+        delta_low=low,
+        delta_high=high,
+        delta_sd=float(paired.std(ddof=1)) if len(paired) > 1 else np.nan,
+        n_paired=len(paired),
+    )
+
+
+def summarise(records: pd.DataFrame, baseline: str = "no_dropout", warn=lambda message: None) -> pd.DataFrame:
+    """The tidy table: one row per (backbone, recipe, regime) × (task, dataset, protocol, metric) cell."""
     if records.empty:
-        return pd.DataFrame(columns=[*ROW, *COLUMN, "mean", "std", "n", "delta", "delta_low", "delta_high"])
-    # a seed run twice counts once (its last record)
-    per_seed = records.groupby([*ROW, *COLUMN, "seed"], sort=False)["value"].last()
-    stats = per_seed.groupby(level=[*ROW, *COLUMN]).agg(["mean", "std", "count"]).rename(columns={"count": "n"})
+        return pd.DataFrame(columns=STAT_COLUMNS)
+    records = _drop_repeats(label_variants(records), warn)
+    units = _per_unit(records)
+    cell = [*ROW, *COLUMN]
+    stats = units.groupby(level=cell, sort=False).agg(["mean", "std", "count"]).rename(columns={"count": "n"})
     stats = stats.reset_index()
-    base = stats[stats["regime"] == baseline].set_index(["backbone", "recipe", *COLUMN])["mean"]
-    key = pd.MultiIndex.from_frame(stats[["backbone", "recipe", *COLUMN]])
-    stats["delta"] = stats["mean"].to_numpy() - base.reindex(key).to_numpy()
-    stats.loc[stats["regime"] == baseline, "delta"] = np.nan
-
-    seeds = per_seed.unstack("seed")
-    low, high = [], []
-    for _, row in stats.iterrows():
-        interval = (np.nan, np.nan)
-        if row["regime"] != baseline:
-            own = (row["backbone"], row["recipe"], row["regime"], *(row[c] for c in COLUMN))
-            ref = (row["backbone"], row["recipe"], baseline, *(row[c] for c in COLUMN))
-            if ref in seeds.index:
-                paired = (seeds.loc[own] - seeds.loc[ref]).dropna().to_numpy()
-                if len(paired) >= 2:
-                    interval = paired_bootstrap_interval(paired)
-        low.append(interval[0])
-        high.append(interval[1])
-    stats["delta_low"], stats["delta_high"] = low, high
-    return stats
+    by_unit = units.unstack("unit")
+    deltas = []
+    for row in stats.itertuples(index=False):
+        own = tuple(getattr(row, c) for c in cell)
+        ref = (row.backbone, row.recipe, baseline, *own[len(ROW) :])
+        has_baseline = row.regime != baseline and ref in by_unit.index
+        deltas.append(_versus_baseline(by_unit.loc[own], by_unit.loc[ref]) if has_baseline else NO_DELTA)
+    stats = pd.concat([stats, pd.DataFrame(deltas, index=stats.index)], axis=1)
+    excludes_zero = (stats["delta_low"] > 0) | (stats["delta_high"] < 0)
+    stats["significant"] = excludes_zero & (stats["n_paired"] >= MIN_SIGNIFICANT_N)
+    return stats[STAT_COLUMNS]
 
 
-BOLD = {"md": ("**", "**"), "csv": ("", ""), "latex": ("\\textbf{", "}"), "html": ("<b>", "</b>")}
+def noise_floor(stats: pd.DataFrame) -> pd.DataFrame:
+    """Per column: the seed-to-seed std pooled over its rows with ≥ 2 seeds, and the minimum detectable Δ — the Δ a
+    paired t test over ``DETECT_SEEDS`` seeds would just detect at 95 %, at the pooled std of paired differences
+    (measured where rows have ≥ 2 paired seeds, else √2 × the seed std)."""
+    floors = []
+    for key, column in stats.groupby(COLUMN, sort=False):
+        seeds = column[column["n"] >= 2]
+        pairs = column[column["n_paired"] >= 2]
+        df = int((seeds["n"] - 1).sum())
+        std = float(np.sqrt(((seeds["n"] - 1) * seeds["std"] ** 2).sum() / df)) if df else np.nan
+        paired_df = int((pairs["n_paired"] - 1).sum())
+        if paired_df:
+            delta_sd = float(np.sqrt(((pairs["n_paired"] - 1) * pairs["delta_sd"] ** 2).sum() / paired_df))
+        else:
+            delta_sd = np.sqrt(2) * std
+        t = scipy_stats.t.ppf(0.5 + LEVEL / 2, DETECT_SEEDS - 1)
+        floors.append((*key, std, df, delta_sd, t * delta_sd / np.sqrt(DETECT_SEEDS)))
+    return pd.DataFrame(floors, columns=[*COLUMN, "seed_std", "df", "delta_sd", "min_detectable_delta"])
+
+
+def _noise_lines(stats: pd.DataFrame) -> str:
+    floors = noise_floor(stats).dropna(subset=["seed_std"])
+    if floors.empty:
+        return "\nnoise floor: needs rows with 2 or more seeds\n"
+    lines = [
+        "",
+        f"noise floor: seed-to-seed std (pooled over the rows with ≥ 2 seeds, df) and the minimum Δ a paired t test "
+        f"over {DETECT_SEEDS} seeds detects at {LEVEL:.0%}",
+    ]
+    for row in floors.itertuples(index=False):
+        column = "/".join(str(getattr(row, c)) for c in COLUMN)
+        lines.append(
+            f"  {column}: std {row.seed_std:.2f} (df {row.df}), min detectable Δ {row.min_detectable_delta:.2f}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------ rendering
+
+BOLD = {"md": ("**", "**"), "latex": ("\\textbf{", "}"), "html": ("<b>", "</b>")}
+FORMATS = ("md", "csv", "latex", "html")
 
 
 def comparison_table(stats: pd.DataFrame, bold: tuple[str, str] = BOLD["md"]) -> pd.DataFrame:
@@ -145,7 +290,9 @@ def comparison_table(stats: pd.DataFrame, bold: tuple[str, str] = BOLD["md"]) ->
         if not np.isnan(row["delta"]):
             text += f" Δ {row['delta']:+.2f}"
             if not np.isnan(row["delta_low"]):
-                text += f" [{row['delta_low']:+.2f}, {row['delta_high']:+.2f}]"
+                text += f" [{row['delta_low']:+.2f}, {row['delta_high']:+.2f}] n={int(row['n_paired'])}"
+            if row["significant"]:
+                text += f" {SIGNIFICANT}"
         return text
 
     cells = stats.assign(cell=stats.apply(cell, axis=1))
@@ -164,24 +311,25 @@ def _markdown(table: pd.DataFrame) -> str:
 
 
 def render(stats: pd.DataFrame, fmt: str) -> str:
-    """The table as Markdown, CSV, LaTeX or HTML, with the best mean of each column in bold."""
-    if fmt not in BOLD:
-        raise UserInputError("--format", f"'{fmt}' is not one of {', '.join(BOLD)}")
+    """The table as Markdown, LaTeX or HTML (formatted cells), or CSV (the tidy numbers, one row per cell)."""
+    if fmt not in FORMATS:
+        raise UserInputError("--format", f"'{fmt}' is not one of {', '.join(FORMATS)}")
+    if fmt == "csv":
+        return stats.to_csv(index=False)
     table = comparison_table(stats, BOLD[fmt])
     if table.empty:
         return "no records\n"
     if fmt == "md":
-        return _markdown(table)
-    if fmt == "csv":
-        return table.to_csv()
+        return _markdown(table) + _noise_lines(stats)
     if fmt == "latex":
         table = table.rename(index=lambda name: name.replace("_", r"\_"), columns=lambda name: name.replace("_", r"\_"))
-        return table.to_latex(escape=False).replace("±", "$\\pm$").replace("Δ", "$\\Delta$")
+        return table.to_latex(escape=False).replace("±", "$\\pm$").replace("Δ", "$\\Delta$").replace("†", "$^\\dagger$")
     return table.to_html(escape=False)
 
 
 def plot_deltas(stats: pd.DataFrame, out: str | Path) -> Path:
-    """Δ against the baseline per task/dataset/metric column (groups) and regime (bars), as a PNG."""
+    """Δ against the baseline per task/dataset/metric column (groups) and regime (bars), with the paired
+    intervals as error bars, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -193,17 +341,22 @@ def plot_deltas(stats: pd.DataFrame, out: str | Path) -> Path:
     deltas["column"] = deltas[COLUMN].astype(str).agg("/".join, axis=1)
     deltas["row"] = deltas["backbone"] + " " + deltas["regime"]
     table = deltas.pivot_table(index="column", columns="row", values="delta")
+    low = deltas.pivot_table(index="column", columns="row", values="delta_low", dropna=False).reindex_like(table)
+    high = deltas.pivot_table(index="column", columns="row", values="delta_high", dropna=False).reindex_like(table)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(table) + 2), 4.0), dpi=120)
     if table.empty:
         ax.text(0.5, 0.5, "no Δ to show (no baseline runs)", ha="center", va="center")
     else:
         width = 0.8 / len(table.columns)
         for i, row in enumerate(table.columns):
-            ax.bar(np.arange(len(table)) + i * width, table[row].to_numpy(), width=width, label=row)
+            values = table[row].to_numpy()
+            errors = np.abs(np.vstack([values - low[row].to_numpy(), high[row].to_numpy() - values]))
+            ax.bar(np.arange(len(table)) + i * width, values, width=width, label=row)
+            ax.errorbar(np.arange(len(table)) + i * width, values, yerr=errors, fmt="none", ecolor="black", capsize=3)
         ax.set_xticks(np.arange(len(table)) + 0.4 - width / 2, table.index, rotation=20, ha="right", fontsize=8)
         ax.axhline(0, color="black", linewidth=0.8)
         ax.legend(frameon=False, fontsize=8)
-    ax.set_ylabel("Δ vs baseline (points)")
+    ax.set_ylabel(f"Δ vs baseline (points, {LEVEL:.0%} paired t interval)")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     written = atomic_write(out, lambda tmp: fig.savefig(tmp, format="png"))

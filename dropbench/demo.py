@@ -1,6 +1,5 @@
-"""The embedded default, end to end: the micro ViT pretrained on MNIST under no / standard / early / late
-dropout, each export transferred to the embedded detection and segmentation configs, then the comparison table
-and figures. Finished runs (their records exist) are not run again.
+"""The embedded default, end to end: ``configs/suites/demo.yaml`` run through the suite runner (so an interrupted
+demo resumes where it stopped and finished runs are skipped), then the comparison table and the figures.
 """
 
 import csv
@@ -10,86 +9,66 @@ from pathlib import Path
 from dropbench import CONFIG_ROOT
 from dropbench.compare import plot_deltas, read_records, render, summarise
 from dropbench.io import atomic_write_text
-from pretrain.config import BackboneConfig, Recipe, Regime
-from pretrain.data import MNIST
+from dropbench.suite import Suite, execute_local, load_suite, report
 from pretrain.plots import plot_curves, plot_schedules
-from pretrain.train import pretrain
 
-DEMO_BACKBONE = "vit_micro"
-DEMO_REGIMES = ("no_dropout", "standard_dropout", "early_dropout", "late_dropout")
-DEMO_RECIPE = "cpu"
-# (task, config, cfg-options): short fine-tunes, sized for a few minutes on 2 cores in all
-DEMO_TRANSFERS = (
-    ("det", CONFIG_ROOT / "detection" / "mask_rcnn_cpu.py", ["train_cfg.max_iters=20", "embedded_data.num_val=16"]),
-    ("seg", CONFIG_ROOT / "segmentation" / "upernet_cpu.py", ["train_cfg.max_iters=20", "embedded_data.num_val=16"]),
-)
+DEMO_SUITE = CONFIG_ROOT / "suites" / "demo.yaml"
 
 
-def _transfer(task: str, export: Path, config: Path, work_dir: Path, results_dir: Path, options: list[str]) -> None:
-    if task == "det":
-        from transfer.detection import transfer_detection as run
-    else:
-        from transfer.segmentation import transfer_segmentation as run
-    run(export, config, work_dir, results_dir, options)
+def _echo(line: str) -> None:
+    print(line, flush=True)
 
 
-def _transfer_done(results_dir: Path, task: str, regime: str, config: Path) -> bool:
-    folder = results_dir / "records"
-    pattern = f"{DEMO_BACKBONE}__{regime}__{DEMO_RECIPE}__*__transfer__*__{config.stem}__*.json"
-    return folder.is_dir() and any(folder.glob(pattern))
+def _figures(suite: Suite, stats) -> list[Path]:
+    """Pretraining curves and schedules (first seed of each backbone × regime) and the Δ plot."""
+    figures = suite.results_dir / "figures"
+    logs, schedules, iters_per_epoch = {}, {}, 1
+    for run in suite.runs:
+        log = run.work_dir / "log.csv"
+        if run.stage != "pretrain" or not log.is_file():
+            continue
+        label = f"{run.identity.backbone} {run.identity.regime}"
+        with log.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        if label in logs or not rows:
+            continue
+        logs[label] = rows
+        iters_per_epoch = int(rows[-1]["update"]) // int(rows[-1]["epoch"])
+        regime, recipe = suite.regimes[run.identity.regime], suite.recipes[run.identity.seed]
+        for kind in ("dropout", "drop_path"):
+            setting = getattr(regime, kind)
+            if setting is not None:
+                schedules[f"{regime.name} ({kind})"] = setting.schedule(recipe.epochs, iters_per_epoch)
+    written = [plot_deltas(stats, figures / "deltas.png")]
+    if logs:
+        written.append(plot_curves(logs, figures / "pretrain_curves.png", title=f"pretraining, suite '{suite.name}'"))
+    if schedules:
+        written.append(plot_schedules(schedules, iters_per_epoch, figures / "schedules.png"))
+    return written
 
 
-def run_demo(runs_dir: Path, results_dir: Path, transfers: bool = True) -> dict[str, float]:
-    """Run the demo; returns the wall time of each stage in seconds."""
-    backbone, recipe = BackboneConfig.load(DEMO_BACKBONE), Recipe.load(DEMO_RECIPE)
-    stage_seconds = {"pretrain": 0.0, "det": 0.0, "seg": 0.0}
-    summaries = {}
-    for name in DEMO_REGIMES:
-        run_dir = runs_dir / f"{DEMO_BACKBONE}-{name}"
-        print(f"── pretrain {DEMO_BACKBONE} / {name}", flush=True)
-        start = time.perf_counter()
-        summaries[name] = pretrain(
-            backbone, Regime.load(name), recipe, MNIST, run_dir, results_dir=results_dir, resume=run_dir.exists()
-        )
-        stage_seconds["pretrain"] += time.perf_counter() - start
-    for task, config, options in DEMO_TRANSFERS if transfers else ():
-        for name in DEMO_REGIMES:
-            if _transfer_done(results_dir, task, name, config):
-                continue
-            print(f"── {task} {DEMO_BACKBONE} / {name}", flush=True)
-            start = time.perf_counter()
-            work_dir = runs_dir / f"{DEMO_BACKBONE}-{name}-{config.stem}"
-            _transfer(task, runs_dir / f"{DEMO_BACKBONE}-{name}" / "export", config, work_dir, results_dir, options)
-            stage_seconds[task] += time.perf_counter() - start
+def run_demo(suite_path: Path | None = None) -> int:
+    """Run the demo suite, print the table and the wall time per stage; returns the exit code."""
+    start = time.perf_counter()
+    suite = load_suite(suite_path or DEMO_SUITE)
+    outcomes = execute_local(suite, Path.cwd(), _echo)
+    text, ok = report(suite, outcomes)
+    print(text, flush=True)
 
-    print(f"\n{DEMO_BACKBONE} on MNIST, recipe '{recipe.name}' ({recipe.epochs} epochs)")
-    print(f"{'regime':<18} {'final train loss':>16} {'val top-1 %':>12}")
-    for name, summary in summaries.items():
-        print(f"{name:<18} {summary.train_loss:>16.4f} {summary.val_top1:>12.2f}")
+    def warn(message: str) -> None:
+        print(f"warning: {message}", flush=True)
 
-    records, _ = read_records(results_dir)
-    stats = summarise(records)
+    records, _ = read_records(suite.results_dir)
+    stats = summarise(records, warn=warn)
     table = render(stats, "md")
-    atomic_write_text(results_dir / "table.md", table)
+    atomic_write_text(suite.results_dir / "table.md", table)
     print("\n" + table)
-    figures = results_dir / "figures"
-    epochs_per_run = {}
-    for name in DEMO_REGIMES:
-        with (runs_dir / f"{DEMO_BACKBONE}-{name}" / "log.csv").open(newline="") as f:
-            epochs_per_run[name] = list(csv.DictReader(f))
-    written = [
-        plot_curves(epochs_per_run, figures / "pretrain_curves.png", title=f"{DEMO_BACKBONE} on MNIST"),
-        plot_deltas(stats, figures / "deltas.png"),
-        plot_schedules(
-            {
-                name: Regime.load(name).dropout.schedule(recipe.epochs, summaries[name].iters_per_epoch)
-                for name in DEMO_REGIMES
-                if Regime.load(name).dropout
-            },
-            summaries[DEMO_REGIMES[0]].iters_per_epoch,
-            figures / "schedules.png",
-        ),
-    ]
-    print("table:", results_dir / "table.md")
+    written = _figures(suite, stats)
+    print("table:", suite.results_dir / "table.md")
     print("figures:", ", ".join(str(p) for p in written))
-    return stage_seconds
+    seconds: dict[str, float] = {}
+    for outcome in outcomes:
+        seconds[outcome.run.stage] = seconds.get(outcome.run.stage, 0.0) + outcome.seconds
+    split = ", ".join(f"{stage} {value:.0f} s" for stage, value in seconds.items())
+    print(f"demo wall time: {time.perf_counter() - start:.0f} s ({split})")
+    return 0 if ok else 1

@@ -33,14 +33,15 @@ import yaml
 
 from dropbench import CONFIG_ROOT, REPO_ROOT
 from dropbench.errors import UserInputError, did_you_mean
+from dropbench.identity import Part, RunIdentity
 from dropbench.io import load_yaml
-from dropbench.records import record_stem
 
 TRANSFER_KINDS = {"det": "detection", "seg": "segmentation", "cls": "classification"}
 DENSE_CONFIG_FOLDERS = {"det": "detection", "seg": "segmentation"}
 CLS_PROTOCOLS = ("finetune", "linear")
-SUITE_KEYS = ("name", "backbones", "regimes", "seeds", "pretrain", "transfers", "output", "slurm")
-PRETRAIN_KEYS = ("recipe", "data", "overrides")
+SUITE_KEYS = ("name", "backbones", "regimes", "seeds", "transfer_seeds", "pretrain", "transfers", "output", "slurm")
+PRETRAIN_KEYS = ("recipe", "data", "data_name", "overrides")
+BACKBONE_KEYS = ("backbone", "regimes")
 OUTPUT_KEYS = ("runs", "results")
 TASK_KEYS = {
     "det": ("kind", "name", "config", "cfg_options"),
@@ -70,19 +71,13 @@ class Run:
     command: tuple[str, ...]  # the ``dropbench`` arguments
     work_dir: Path
     log: Path
-    records_dir: Path
-    record_stem: str  # the record file names of this run, without their metric
+    results_dir: Path
+    identity: RunIdentity  # what its records are called
     after: str | None = None  # the pretraining run whose export this run reads
 
     def records(self) -> list[Path]:
-        """This run's result records that exist (the records of one run differ only in their metric)."""
-        if not self.records_dir.is_dir():
-            return []
-        return [
-            path
-            for path in self.records_dir.glob(f"{self.record_stem}*.json")
-            if "__" not in path.name[len(self.record_stem) :]
-        ]
+        """This run's result records that exist."""
+        return self.identity.existing_records(self.results_dir)
 
     def finished(self) -> bool:
         return bool(self.records())
@@ -112,8 +107,10 @@ class Suite:
     data: str
     runs_dir: Path
     results_dir: Path
-    grid: tuple[int, int, int, int]  # backbones, regimes, seeds, transfer tasks
+    grid: tuple[int, int, int, int]  # backbones, regimes, seeds, transfer tasks × transfer seeds
     slurm: dict[str, SlurmResources]  # per stage
+    regimes: dict[str, Any] = field(default_factory=dict)  # regime name → Regime
+    recipes: dict[int, Any] = field(default_factory=dict)  # seed → Recipe
 
     def run(self, name: str) -> Run:
         return next(run for run in self.runs if run.name == name)
@@ -160,16 +157,16 @@ def _require(data: dict, key: str, prefix: str, kind: type | tuple[type, ...], w
     return data[key]
 
 
-def _non_empty_list(data: dict, key: str, item: type, what: str) -> list:
-    values = _require(data, key, "", list, f"a list of {what}")
+def _non_empty_list(data: dict, key: str, item: type, what: str, prefix: str = "") -> list:
+    values = _require(data, key, prefix, list, f"a list of {what}")
     if not values:
-        raise UserInputError(key, f"is empty; give at least one of {what}")
+        raise UserInputError(f"{prefix}{key}", f"is empty; give at least one of {what}")
     for index, value in enumerate(values):
         if not isinstance(value, item) or isinstance(value, bool):
-            raise UserInputError(f"{key}[{index}]", f"{value!r} is not one of {what}")
+            raise UserInputError(f"{prefix}{key}[{index}]", f"{value!r} is not one of {what}")
     if len(set(values)) != len(values):
         duplicate = next(v for v in values if values.count(v) > 1)
-        raise UserInputError(key, f"lists {duplicate!r} twice")
+        raise UserInputError(f"{prefix}{key}", f"lists {duplicate!r} twice")
     return values
 
 
@@ -297,12 +294,13 @@ class _Task:
     name: str
     dataset: str  # as the records name it
     protocol: str  # as the records name it
-    arguments: tuple[str, ...]  # everything of the command but --backbone, --work-dir and --results
+    part: Part  # the task's settings, as the run computes them
+    arguments: tuple[str, ...]  # everything of the command but --backbone, --work-dir, --results and --seed
     trailing: tuple[str, ...]  # key=value options, last on the command line
 
 
 def _dense_task(index: int, raw: dict, kind: str) -> _Task:
-    from transfer.mm_runner import load_config  # mmengine: only when a suite has det/seg tasks
+    from transfer.mm_runner import load_config, task_identity  # mmengine: only when a suite has det/seg tasks
 
     prefix = f"transfers[{index}]"
     value = _require(raw, "config", f"{prefix}.", str, f"an {DENSE_CONFIG_FOLDERS[kind]} config path or name")
@@ -323,15 +321,15 @@ def _dense_task(index: int, raw: dict, kind: str) -> _Task:
 
     with _field(rename):
         cfg = load_config(config, options)
-    dataset = cfg.get("dataset_name", config.stem)  # what transfer.mm_runner records
+    dataset, protocol, part = task_identity(cfg, config, options)
     trailing = ("--cfg-options", *options) if options else ()
-    return _Task(
-        kind, raw.get("name") or f"{kind}-{config.stem}", dataset, config.stem, ("--config", str(config)), trailing
-    )
+    name = raw.get("name") or f"{kind}-{config.stem}"
+    return _Task(kind, name, dataset, protocol, part, ("--config", str(config)), trailing)
 
 
 def _cls_task(index: int, raw: dict) -> _Task:
     from pretrain.config import parse_overrides
+    from transfer.classification import task_identity
     from transfer.cls_data import load_cls_config
 
     prefix = f"transfers[{index}]"
@@ -345,10 +343,14 @@ def _cls_task(index: int, raw: dict) -> _Task:
     dataset = str(existing) if existing is not None else value
     overrides = _options(raw.get("overrides"), f"{prefix}.overrides", lambda v, _: _yaml_value(v))
     parsed = parse_overrides(overrides)
+    if "seed" in parsed:
+        raise UserInputError(f"{prefix}.overrides.seed", "give transfer seeds in the suite's 'transfer_seeds' list")
     with _field(_config_field("dataset", set(parsed), f"{prefix}.dataset", f"{prefix}.overrides")):
         config = load_cls_config(dataset, parsed)
     name = raw.get("name") or f"cls-{config.name}-{protocol}"
-    return _Task("cls", name, config.name, protocol, ("--dataset", dataset, "--protocol", protocol), tuple(overrides))
+    dataset_name, _, part = task_identity(config, protocol, parsed)
+    arguments = ("--dataset", dataset, "--protocol", protocol)
+    return _Task("cls", name, dataset_name, protocol, part, arguments, tuple(overrides))
 
 
 def _transfer_tasks(raw: Any) -> list[_Task]:
@@ -377,9 +379,60 @@ def _transfer_tasks(raw: Any) -> list[_Task]:
     return tasks
 
 
+def _named_config(value: str, load: Callable[[str], Any], field_name: str) -> tuple[str, Any]:
+    """``(command-line argument, loaded config)`` of a name or a file given relative to the repository."""
+    existing = _existing_path(value)
+    argument = str(existing) if existing is not None and existing.is_file() else value
+    with _field(lambda f: f"{field_name}{f[f.index('.') :] if '.' in f else ''}"):
+        return argument, load(argument)
+
+
+def _backbone_entries(raw: dict) -> list[tuple[Any, list[str] | None]]:
+    """The backbones list: names or files, or mappings ``{backbone: name, regimes: [...]}`` that restrict the
+    regimes of one backbone (ConvNeXt has no dropout: only the stochastic-depth regimes fit it)."""
+    entries = _require(raw, "backbones", "", list, "a list of backbone names or files")
+    if not entries:
+        raise UserInputError("backbones", "is empty; give at least one backbone name or file")
+    parsed = []
+    for index, entry in enumerate(entries):
+        field_name = f"backbones[{index}]"
+        if isinstance(entry, str):
+            parsed.append((entry, None))
+            continue
+        if not isinstance(entry, dict):
+            raise UserInputError(field_name, f"{entry!r} is neither a backbone name nor a mapping with 'backbone'")
+        _check_keys(entry, BACKBONE_KEYS, f"{field_name}.")
+        name = _require(entry, "backbone", f"{field_name}.", str, "a backbone name or file")
+        regimes = (
+            _non_empty_list(entry, "regimes", str, "regime names or files", prefix=f"{field_name}.")
+            if "regimes" in entry
+            else None
+        )
+        parsed.append((name, regimes))
+    return parsed
+
+
+def check_pairings(backbones: list, regimes: dict, pairs: list[tuple[int, str]]) -> None:
+    """Build every backbone × regime pairing (on the meta device: no memory, no weights) with its drop controller,
+    so that a regime a backbone cannot take fails before anything runs."""
+    from pretrain.train import check_pairing
+
+    for index, regime_name in pairs:
+        argument, backbone = backbones[index]
+        try:
+            check_pairing(backbone, regimes[regime_name][1])
+        except UserInputError as err:
+            message = str(err).removeprefix(f"{err.field}: ")
+            raise UserInputError(f"backbones[{index}] × regime {regime_name}", message) from None
+
+
 def load_suite(path: str | Path) -> Suite:
-    """Validate a suite file and expand its grid into the ordered plan; nothing is run or written."""
-    from pretrain.config import BackboneConfig, Recipe, Regime, parse_overrides
+    """Validate a suite file and expand its grid into the ordered plan; nothing is run or written.
+
+    Every backbone × regime pairing is built (on the meta device) with its drop controller and every transfer
+    config is loaded with its options, so that a mistake fails here, before any run is started or submitted."""
+    from pretrain.config import BackboneConfig, Recipe, Regime, parse_overrides, pretrain_identity
+    from pretrain.data import dataset_name
 
     path = Path(path)
     raw = load_yaml(path, "suite")
@@ -388,21 +441,26 @@ def load_suite(path: str | Path) -> Suite:
     if not isinstance(name, str) or not name or "/" in name:
         raise UserInputError("name", f"{name!r} is not a plain name")
 
+    regime_values = _non_empty_list(raw, "regimes", str, "regime names or files")
+    entries = _backbone_entries(raw)
+    regimes = {}
+    for index, value in enumerate(regime_values + [r for _, rs in entries for r in rs or [] if r not in regime_values]):
+        argument, regime = _named_config(
+            value, Regime.load, f"regimes[{index}]" if index < len(regime_values) else "backbones.regimes"
+        )
+        if any(r.name == regime.name for _, r in regimes.values()):
+            raise UserInputError("regimes", f"names the regime '{regime.name}' twice")
+        regimes[value] = (argument, regime)
     backbones = []
-    for index, value in enumerate(_non_empty_list(raw, "backbones", str, "backbone names or files")):
-        existing = _existing_path(value)
-        argument = str(existing) if existing is not None and existing.is_file() else value
-        with _field(lambda f, i=index: f"backbones[{i}]{f.removeprefix('backbone')}"):
-            backbones.append((argument, BackboneConfig.load(argument)))
+    for index, (value, _) in enumerate(entries):
+        backbones.append(_named_config(value, BackboneConfig.load, f"backbones[{index}]"))
         _check_unique([b.name for _, b in backbones], "backbones", "backbone")
-    regimes = []
-    for index, value in enumerate(_non_empty_list(raw, "regimes", str, "regime names or files")):
-        existing = _existing_path(value)
-        argument = str(existing) if existing is not None and existing.is_file() else value
-        with _field(lambda f, i=index: f"regimes[{i}]{f.removeprefix('regime')}"):
-            regimes.append((argument, Regime.load(argument)))
-        _check_unique([r.name for _, r in regimes], "regimes", "regime")
+    pairs = [(index, value) for index, (_, own) in enumerate(entries) for value in (own or regime_values)]
+    check_pairings(backbones, regimes, pairs)
     seeds = _non_empty_list(raw, "seeds", int, "whole-number seeds") if "seeds" in raw else [0]
+    transfer_seeds = (
+        _non_empty_list(raw, "transfer_seeds", int, "whole-number seeds") if "transfer_seeds" in raw else [0]
+    )
 
     pretrain_raw = _require(raw, "pretrain", "", dict, "a mapping with recipe, data and overrides")
     _check_keys(pretrain_raw, PRETRAIN_KEYS, "pretrain.")
@@ -417,10 +475,13 @@ def load_suite(path: str | Path) -> Suite:
         parsed = parse_overrides(overrides)
     if "seed" in parsed:
         raise UserInputError("pretrain.overrides.seed", "give seeds in the suite's top-level 'seeds' list")
-
     recipe_field = _config_field("recipe", set(parsed), "pretrain.recipe", "pretrain.overrides")
     with _field(recipe_field):
         recipes = {seed: Recipe.load(recipe_argument, parsed | {"seed": seed}) for seed in seeds}
+    data_name = pretrain_raw.get("data_name")
+    if data_name is not None and (not isinstance(data_name, str) or not data_name):
+        raise UserInputError("pretrain.data_name", f"{data_name!r} is not a dataset name")
+    data_name = dataset_name(data, recipes[seeds[0]], data_name)  # the run is told it: both name the data alike
 
     tasks = _transfer_tasks(raw.get("transfers"))
     output = raw.get("output") or {}
@@ -433,52 +494,54 @@ def load_suite(path: str | Path) -> Suite:
     runs_dir = Path(output.get("runs", f"runs/suites/{name}")).expanduser().absolute()
     results_dir = Path(output.get("results", "results")).expanduser().absolute()
     slurm = _slurm_section(raw.get("slurm"))
-    records_dir = results_dir / "records"
-    dataset_name = "mnist" if data == "mnist" else Path(data).name  # what pretrain.train records
 
     runs = []
-    for backbone_argument, backbone in backbones:
-        for regime_argument, regime in regimes:
-            for seed in seeds:
-                recipe = recipes[seed]
-                point = f"{backbone.name}-{regime.name}-seed{seed}"
-                pretrain_dir = runs_dir / point / PRETRAIN_FOLDER
-                identity = (backbone.name, regime.name, recipe.name, seed)
-                pretraining = Run(
-                    name=f"{point}/{PRETRAIN_FOLDER}",
-                    stage="pretrain",
-                    command=(
-                        "pretrain",
-                        *("--backbone", backbone_argument, "--regime", regime_argument),
-                        *("--recipe", recipe_argument, "--data", data),
-                        *("--out", str(pretrain_dir), "--results", str(results_dir)),
-                        f"seed={seed}",
-                        *overrides,
-                    ),
-                    work_dir=pretrain_dir,
-                    log=runs_dir / point / f"{PRETRAIN_FOLDER}.log",
-                    records_dir=records_dir,
-                    record_stem=record_stem(*identity, "pretrain", "classification", dataset_name, "from_scratch"),
-                )
-                runs.append(pretraining)
-                for task in tasks:
-                    work_dir = runs_dir / point / task.name
+    for index, regime_value in pairs:
+        backbone_argument, backbone = backbones[index]
+        regime_argument, regime = regimes[regime_value]
+        for seed in seeds:
+            recipe = recipes[seed]
+            point = f"{backbone.name}-{regime.name}-seed{seed}"
+            pretrain_dir = runs_dir / point / PRETRAIN_FOLDER
+            identity = pretrain_identity(backbone, regime, recipe, data_name)
+            pretraining = Run(
+                name=f"{point}/{PRETRAIN_FOLDER}",
+                stage="pretrain",
+                command=(
+                    "pretrain",
+                    *("--backbone", backbone_argument, "--regime", regime_argument),
+                    *("--recipe", recipe_argument, "--data", data, "--data-name", data_name),
+                    *("--out", str(pretrain_dir), "--results", str(results_dir)),
+                    f"seed={seed}",
+                    *overrides,
+                ),
+                work_dir=pretrain_dir,
+                log=runs_dir / point / f"{PRETRAIN_FOLDER}.log",
+                results_dir=results_dir,
+                identity=identity,
+            )
+            runs.append(pretraining)
+            for task in tasks:
+                for transfer_seed in transfer_seeds:
+                    folder = task.name if transfer_seeds == [0] else f"{task.name}-tseed{transfer_seed}"
+                    work_dir = runs_dir / point / folder
                     runs.append(
                         Run(
-                            name=f"{point}/{task.name}",
+                            name=f"{point}/{folder}",
                             stage=task.kind,
                             command=(
                                 "transfer",
                                 task.kind,
                                 *("--backbone", str(pretrain_dir / "export"), *task.arguments),
                                 *("--work-dir", str(work_dir), "--results", str(results_dir)),
+                                *("--seed", str(transfer_seed)),
                                 *task.trailing,
                             ),
                             work_dir=work_dir,
-                            log=runs_dir / point / f"{task.name}.log",
-                            records_dir=records_dir,
-                            record_stem=record_stem(
-                                *identity, "transfer", TRANSFER_KINDS[task.kind], task.dataset, task.protocol
+                            log=runs_dir / point / f"{folder}.log",
+                            results_dir=results_dir,
+                            identity=identity.transfer(
+                                TRANSFER_KINDS[task.kind], task.dataset, task.protocol, transfer_seed, task.part
                             ),
                             after=pretraining.name,
                         )
@@ -490,8 +553,10 @@ def load_suite(path: str | Path) -> Suite:
         data=data,
         runs_dir=runs_dir,
         results_dir=results_dir,
-        grid=(len(backbones), len(regimes), len(seeds), len(tasks)),
+        grid=(len(backbones), len(regimes), len(seeds), len(tasks) * len(transfer_seeds)),
         slurm=slurm,
+        regimes={regime.name: regime for _, regime in regimes.values()},
+        recipes=recipes,
     )
 
 
@@ -523,6 +588,7 @@ class Outcome:
     run: Run
     status: str  # "finished earlier", "done", "failed", "skipped"
     detail: str = ""
+    seconds: float = 0.0  # wall time of the run's command
 
 
 def _prepare_pretraining(run: Run) -> tuple[str, ...]:
@@ -593,7 +659,7 @@ def _conclude(run: Run, code: int) -> Outcome:
         last = _last_line(run.log)
         return Outcome(run, "failed", f"exit code {code}" + (f": {last}" if last else ""))
     if not run.finished():
-        return Outcome(run, "failed", f"exited 0 but wrote no record '{run.record_stem}*.json'")
+        return Outcome(run, "failed", f"exited 0 but wrote no record '{run.identity.stem()}*.json'")
     return Outcome(run, "done")
 
 
@@ -618,7 +684,8 @@ def execute_local(suite: Suite, cwd: Path, echo: Callable[[str], None] = print) 
             echo(f"{prefix}: running, log {run.log}")
             start = time.perf_counter()
             outcome = _conclude(run, run_logged(_command_line(run, gpus=0), run.log, cwd))
-            echo(f"{prefix}: {outcome.status} in {time.perf_counter() - start:.0f} s" + _detail(outcome))
+            outcome.seconds = time.perf_counter() - start
+            echo(f"{prefix}: {outcome.status} in {outcome.seconds:.0f} s" + _detail(outcome))
         else:
             echo(f"{prefix}: {outcome.status}" + _detail(outcome))
         outcomes[run.name] = outcome

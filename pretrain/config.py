@@ -1,8 +1,6 @@
 """Backbones, regimes and recipes: YAML files under ``configs/``, validated into dataclasses."""
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,9 +11,10 @@ from torch import nn
 
 from dropbench import CONFIG_ROOT
 from dropbench.errors import UserInputError, did_you_mean
+from dropbench.identity import Part, RunIdentity
 from dropbench.io import load_yaml
 from pretrain.models import create_timm_model
-from pretrain.schedules import drop_schedule, validate_schedule
+from pretrain.schedules import CUTOFF_MODES, drop_schedule, validate_schedule
 
 # The schedulers timm's create_scheduler_v2 knows (timm 1.0).
 TIMM_SCHEDULERS = ("cosine", "tanh", "step", "multistep", "plateau", "poly", "rsqrt", "constant")
@@ -104,9 +103,11 @@ class DropSetting:
     reference_epochs: int | None = None
 
     def cutoff_for(self, epochs: int) -> int:
-        """The cutoff scaled to a shorter run (never below epoch 1); longer runs keep the paper's cutoff."""
-        if self.mode == "standard" or not self.reference_epochs or epochs >= self.reference_epochs:
+        """The cutoff scaled to a shorter run (a cutoff > 0 stays >= 1); longer runs keep the paper's cutoff."""
+        if self.mode not in CUTOFF_MODES or not self.reference_epochs or epochs >= self.reference_epochs:
             return self.cutoff_epoch
+        if self.cutoff_epoch == 0:
+            return 0
         return max(1, round(self.cutoff_epoch * epochs / self.reference_epochs))
 
     def schedule(self, epochs: int, iters_per_epoch: int):
@@ -119,6 +120,7 @@ class Regime:
     dropout: DropSetting | None = None
     drop_path: DropSetting | None = None
     description: str = ""
+    train: bool = True  # False: the reference row `random_init`, the backbone's initialisation exported untrained
 
     @classmethod
     def load(cls, value: str) -> "Regime":
@@ -126,7 +128,12 @@ class Regime:
         if path is None:
             raise UserInputError("regime", f"unknown regime '{value}'{did_you_mean(value, _known_names('regimes'))}")
         data = load_yaml(path, "regime")
-        _check_keys(data, {"name", "dropout", "drop_path", "description"}, "regime.")
+        _check_keys(data, {"name", "dropout", "drop_path", "description", "train"}, "regime.")
+        train = data.get("train", True)
+        if not isinstance(train, bool):
+            raise UserInputError("regime.train", f"{train!r} is not true or false")
+        if not train and (data.get("dropout") or data.get("drop_path")):
+            raise UserInputError("regime.train", "a regime that does not train has no dropout or drop_path schedule")
         settings = {}
         for kind in ("dropout", "drop_path"):
             raw = data.get(kind)
@@ -136,6 +143,10 @@ class Regime:
                 raise UserInputError(f"regime.{kind}", "must be a mapping with rate, mode, shape, cutoff_epoch")
             _check_keys(raw, {f.name for f in dataclasses.fields(DropSetting)}, f"regime.{kind}.")
             setting = DropSetting(**raw)
+            if not isinstance(setting.rate, (int, float)) or not 0 <= setting.rate < 1:
+                raise UserInputError(
+                    f"regime.{kind}.rate", f"{setting.rate} is outside [0, 1); a drop rate is a probability"
+                )
             epochs = setting.reference_epochs or max(setting.cutoff_epoch, 1)
             validate_schedule(
                 setting.rate,
@@ -148,7 +159,8 @@ class Regime:
             )
             if setting.rate > 0:
                 settings[kind] = setting
-        return cls(name=data.get("name", path.stem), description=data.get("description", ""), **settings)
+        name, description = data.get("name", path.stem), data.get("description", "")
+        return cls(name=name, description=description, train=train, **settings)
 
     def max_rates(self) -> dict[str, float]:
         return {k: s.rate for k, s in (("dropout", self.dropout), ("drop_path", self.drop_path)) if s}
@@ -195,6 +207,9 @@ class Recipe:
     val_subset: int | None = None
     seed: int = 0
     log_every: int = 50
+    dataset_name: str | None = None  # the records' dataset name (default: from the data, see pretrain.data)
+    # what was given on top of the recipe file (command line, suite): labels a variant in the table
+    overrides: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def load(cls, value: str, overrides: dict[str, Any] | None = None) -> "Recipe":
@@ -205,10 +220,12 @@ class Recipe:
         data.setdefault("name", path.stem)
         allowed = {f.name for f in dataclasses.fields(cls)}
         _check_keys(data, allowed, "recipe.")
+        allowed.discard("overrides")
         for key, value_ in (overrides or {}).items():
             if key not in allowed:
                 raise UserInputError(key, f"unknown override{did_you_mean(key, allowed)}")
             data[key] = value_
+        data["overrides"] = dict(overrides or {})
         for key in _FLOAT_FIELDS & data.keys():
             data[key] = _as_float(data[key], f"recipe.{key}")
         if "scale" in data:
@@ -248,7 +265,13 @@ class Recipe:
                 raise UserInputError(f"recipe.{name}", f"{value!r} must be a positive integer or null")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self) | {"scale": list(self.scale)}
+        settings = dataclasses.asdict(self) | {"scale": list(self.scale)}
+        del settings["overrides"]
+        return settings
+
+    def settings(self) -> dict:
+        """What changes a run's result: every field but its name, seed, logging cadence and dataset name."""
+        return {k: v for k, v in self.to_dict().items() if k not in ("name", "seed", "log_every", "dataset_name")}
 
 
 _FLOAT_FIELDS = {f.name for f in dataclasses.fields(Recipe) if f.type in (float, float | None)}
@@ -278,5 +301,21 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return overrides
 
 
-def config_hash(config: dict) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+def pretrain_identity(backbone: BackboneConfig, regime: Regime, recipe: Recipe, dataset: str) -> RunIdentity:
+    """The identity of a pretraining run (``dataset``: the name ``pretrain.data.dataset_name`` gives the data)."""
+    recipe_overrides = {k: v for k, v in recipe.overrides.items() if k != "seed"}
+    return RunIdentity(
+        backbone=backbone.name,
+        regime=regime.name,
+        recipe=recipe.name,
+        seed=recipe.seed,
+        stage="pretrain",
+        task="classification",
+        dataset=dataset,
+        protocol="from_scratch",
+        parts={
+            "backbone": Part.of({k: v for k, v in backbone.to_dict().items() if k != "name"}),
+            "regime": Part.of({k: v for k, v in regime.to_dict().items() if k not in ("name", "description")}),
+            "recipe": Part.of(recipe.settings(), recipe_overrides),
+        },
+    )

@@ -2,6 +2,8 @@
 
 import gzip
 import importlib.util
+import os
+import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -16,6 +18,25 @@ from torchvision.datasets import ImageFolder
 from dropbench.errors import UserInputError
 
 MNIST = "mnist"
+IMAGENET_1K = "imagenet-1k"
+_WORDNET_ID = re.compile(r"n\d{8}")
+
+
+def dataset_name(data: str, recipe=None, data_name: str | None = None) -> str:
+    """The name records give the data: ``--data-name``, else the recipe's ``dataset_name``, else ``mnist``,
+    ``imagenet-1k`` for a folder in ImageNet-1k's layout (1000 WordNet-id class folders in ``train/``), else the
+    folder's name."""
+    if data_name or getattr(recipe, "dataset_name", None):
+        return data_name or recipe.dataset_name
+    if data == MNIST:
+        return MNIST
+    train = Path(data) / "train"
+    if train.is_dir():
+        with os.scandir(train) as entries:
+            classes = [e.name for e in entries if e.is_dir()]
+        if len(classes) == 1000 and all(_WORDNET_ID.fullmatch(c) for c in classes):
+            return IMAGENET_1K
+    return Path(data).resolve().name
 
 
 def mnist_files() -> Path:
@@ -106,7 +127,9 @@ class DataSplits:
     train_plain: Dataset  # the training images through the evaluation transform (for measurements)
 
 
-def build_data(data: str, recipe, input_size: int, check_images: bool = True) -> DataSplits:
+def build_data(
+    data: str, recipe, input_size: int, check_images: bool = True, data_name: str | None = None
+) -> DataSplits:
     """Train and val datasets with timm's transforms for ``recipe`` at ``input_size`` px."""
     train_tf = create_transform(
         input_size=input_size,
@@ -126,7 +149,7 @@ def build_data(data: str, recipe, input_size: int, check_images: bool = True) ->
         train = ArrayImageDataset(*train_arrays, transform=train_tf)
         train_plain = ArrayImageDataset(*train_arrays, transform=val_tf)
         val = ArrayImageDataset(*load_mnist("test"), transform=val_tf)
-        name, num_classes = MNIST, 10
+        name, num_classes = dataset_name(data, recipe, data_name), 10
     else:
         root = Path(data)
         if not root.is_dir():
@@ -139,7 +162,8 @@ def build_data(data: str, recipe, input_size: int, check_images: bool = True) ->
             check_readable([p for p, _ in train.samples] + [p for p, _ in val.samples])
         train_plain = ImageFolder(str(root / "train"), loader=_load_image, transform=val_tf)
         train.transform, val.transform = train_tf, val_tf
-        name, num_classes = root.name, len(train.classes)
+        num_classes = len(train.classes)
+        name = dataset_name(data, recipe, data_name)
     if recipe.train_subset:
         keep = range(min(recipe.train_subset, len(train)))
         train, train_plain = Subset(train, keep), Subset(train_plain, keep)

@@ -15,7 +15,7 @@ import random
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -36,10 +36,9 @@ from tqdm import tqdm
 from dropbench import code_version
 from dropbench.errors import UserInputError
 from dropbench.io import atomic_write, atomic_write_json, atomic_write_text
-from dropbench.records import PERCENT, ResultRecord
-from pretrain.config import BackboneConfig, Recipe, Regime, config_hash
+from pretrain.config import BackboneConfig, Recipe, Regime, pretrain_identity
 from pretrain.controller import DropController
-from pretrain.data import build_data
+from pretrain.data import build_data, dataset_name
 from pretrain.diagnostics import DIAGNOSTIC_COLUMNS, DiagnosticsConfig, GradientDiagnostics, gradient_norm
 from pretrain.export import SIDECAR_FILE, export_backbone
 
@@ -72,7 +71,8 @@ class RunSummary:
     val_top1: float
     epochs: int
     iters_per_epoch: int
-    record: Path | None
+    records: list[Path] = field(default_factory=list)
+    finished_earlier: bool = False  # its records existed: nothing was run
 
 
 @dataclass
@@ -214,6 +214,15 @@ def _write_rows(path: Path, columns: list[str], rows: list[dict]) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
+def check_pairing(backbone: BackboneConfig, regime: Regime, num_classes: int = 10) -> None:
+    """Build ``backbone`` with ``regime``'s maximum rates on the meta device (no memory, no weights) and attach
+    the drop controller: a regime the model cannot take (dropout on a ConvNeXt) raises a UserInputError."""
+    max_rates = regime.max_rates()
+    with torch.device("meta"):
+        model = backbone.create_model(num_classes, **max_rates)
+    DropController(model, {kind: ([rate], rate) for kind, rate in max_rates.items()}, backbone.drop_path_rule)
+
+
 def run_config(backbone: BackboneConfig, regime: Regime, recipe: Recipe, dataset: str) -> dict:
     """What defines a run (hashed into records; compared on resume)."""
     return {
@@ -234,21 +243,36 @@ def pretrain(
     resume: bool = False,
     device: str | None = None,
     diagnostics: DiagnosticsConfig | None = None,
+    force: bool = False,
+    data_name: str | None = None,
 ) -> RunSummary:
     """Train ``backbone`` under ``regime`` with ``recipe`` on ``data`` into the run folder ``out``.
 
-    ``diagnostics`` adds the gradient analysis (``pretrain.diagnostics``) to ``diagnostics.csv`` and TensorBoard.
+    A run whose records exist in ``results_dir`` is finished: it is skipped, unless ``force``, which starts it
+    afresh (an earlier run folder is moved aside) and supersedes its records. ``diagnostics`` adds the gradient
+    analysis (``pretrain.diagnostics``) to ``diagnostics.csv`` and TensorBoard.
     """
     out = Path(out)
+    identity = pretrain_identity(backbone, regime, recipe, dataset_name(data, recipe, data_name))
+    existing = identity.existing_records(results_dir) if results_dir is not None else []
+    if existing and not force:
+        print(identity.finished_message(existing), flush=True)
+        return _finished_summary(out, recipe, existing)
     checkpoint_path = out / CHECKPOINT_FILE
     # Everything that can be wrong with the input is checked before the run folder is made.
     if resume and not checkpoint_path.is_file() and not (out / EXPORT_DIR).is_dir():
         raise UserInputError("resume", f"'{out}' holds no {CHECKPOINT_FILE} to resume; drop --resume to start it")
-    if not resume and out.exists() and any(out.iterdir()):
+    if not resume and not force and out.exists() and any(out.iterdir()):
         raise UserInputError("out", f"'{out}' already holds a run; pass --resume to continue it or pick a new folder")
 
     distributed, dev = _init_distributed(device)
-    splits = build_data(data, recipe, backbone.input_size, check_images=distributed.main)
+    if force and not resume and distributed.main and out.exists() and any(out.iterdir()):
+        aside = out.with_name(f"{out.name}.superseded-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}")
+        os.replace(out, aside)
+        print(f"--force: the earlier run folder is now {aside}", flush=True)
+    if distributed.world > 1:
+        dist.barrier()
+    splits = build_data(data, recipe, backbone.input_size, check_images=distributed.main, data_name=data_name)
     per_update = recipe.per_device_batch * distributed.world
     if recipe.batch_size % per_update:
         raise UserInputError(
@@ -280,7 +304,7 @@ def pretrain(
 
     if distributed.main:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / CONFIG_FILE, config | {"config_hash": config_hash(config)})
+        atomic_write_json(out / CONFIG_FILE, config | {"config_hash": identity.digest})
 
     random.seed(recipe.seed + distributed.rank)
     np.random.seed(recipe.seed + distributed.rank)
@@ -393,7 +417,8 @@ def pretrain(
         writer = SummaryWriter(str(out / "tensorboard"), purge_step=update if checkpoint else None)
 
     micro_per_epoch = iters_per_epoch * accum_steps
-    for epoch in range(start_epoch, recipe.epochs):
+    epochs = recipe.epochs if regime.train else 0  # random_init: the initialisation, evaluated and exported
+    for epoch in range(start_epoch, epochs):
         sampler.set_epoch(epoch)
         loader_generator.manual_seed(recipe.seed * 100_003 + epoch)
         train_model.train()
@@ -515,6 +540,11 @@ def pretrain(
         if distributed.world > 1:
             dist.barrier()
 
+    if not regime.train:
+        metrics = evaluate(model, val_loader, dev, autocast, distributed)  # on every rank: it all-reduces
+        if distributed.main and not log_rows:
+            log_rows.append({"epoch": 0, "update": 0, **metrics})
+            _write_rows(out / LOG_FILE, LOG_COLUMNS, log_rows)
     if writer is not None:
         writer.close()
     final = log_rows[-1] if log_rows else {}
@@ -522,14 +552,12 @@ def pretrain(
         run_dir=out,
         train_loss=float(final.get("train_loss", "nan")),
         val_top1=float(final.get("val_top1", "nan")),
-        epochs=recipe.epochs,
+        epochs=epochs,
         iters_per_epoch=iters_per_epoch,
-        record=None,
     )
     if not distributed.main:
         return summary
-    digest = config_hash(config)
-    already_finished = start_epoch == recipe.epochs and (out / EXPORT_DIR / SIDECAR_FILE).is_file()
+    already_finished = start_epoch == epochs and (out / EXPORT_DIR / SIDECAR_FILE).is_file()
     if not already_finished:
         export_backbone(
             model,
@@ -542,34 +570,37 @@ def pretrain(
                 "backbone": backbone.name,
                 "regime": regime.name,
                 "recipe": recipe.name,
-                "epochs": recipe.epochs,
+                "epochs": epochs,
                 "seed": recipe.seed,
                 "dataset": splits.name,
                 "val_top1": summary.val_top1,
                 "code_version": code_version(),
-                "config_hash": digest,
+                "config_hash": identity.digest,
+                "identity": identity.to_json(),
             },
         )
     if results_dir is not None:
-        record = ResultRecord(
-            backbone=backbone.name,
+        summary.records = identity.write_records(
+            results_dir,
+            {"top1": summary.val_top1},
             model=backbone.model,
-            regime=regime.name,
-            recipe=recipe.name,
-            seed=recipe.seed,
-            stage="pretrain",
-            task="classification",
-            dataset=splits.name,
-            protocol="from_scratch",
-            metric="top1",
-            value=summary.val_top1,
-            unit=PERCENT,
-            config_hash=digest,
-            code_version=code_version(),
             started=started,
-            finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            run_dir=str(out.resolve()),
+            run_dir=out,
+            code_version=code_version(),
         )
-        path = Path(results_dir) / "records" / record.filename()
-        summary.record = path if path.is_file() else record.write(results_dir)
     return summary
+
+
+def _finished_summary(out: Path, recipe: Recipe, records: list[Path]) -> RunSummary:
+    """What a finished run's folder and records say about it."""
+    rows = _read_rows(out / LOG_FILE, "epoch", recipe.epochs)
+    final = rows[-1] if rows else {}
+    return RunSummary(
+        run_dir=out,
+        train_loss=float(final.get("train_loss", "nan")),
+        val_top1=float(final.get("val_top1", "nan")),
+        epochs=recipe.epochs,
+        iters_per_epoch=int(final["update"]) // max(int(final["epoch"]), 1) if final else 0,
+        records=records,
+        finished_earlier=True,
+    )

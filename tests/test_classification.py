@@ -14,7 +14,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from dropbench.cli import main
-from dropbench.records import ResultRecord
+from dropbench.identity import ResultRecord
 from pretrain.config import BackboneConfig, Recipe, Regime
 from pretrain.data import load_mnist
 from pretrain.export import export_backbone
@@ -356,16 +356,22 @@ def test_a_typo_in_an_override_suggests_the_key(cli, untrained_export, tmp_path)
     assert "did you mean 'epochs'" in _assert_refused(result, "epoch", work_dir)
 
 
-def test_a_run_whose_record_exists_is_not_redone(cli, untrained_export, tmp_path):
-    existing = (
-        tmp_path
-        / "records"
-        / "vit_micro__no_dropout__cpu__seed0__transfer__classification__optdigits__linear__top1.json"
+def test_a_run_whose_records_exist_is_skipped(cli, untrained_export, tmp_path):
+    """The identity the run computes names the same records the table and the suite planner read."""
+    from dropbench.identity import RunIdentity
+    from pretrain.export import read_sidecar
+    from transfer.classification import task_identity
+    from transfer.cls_data import load_cls_config
+
+    config = load_cls_config("optdigits", {"epochs": 2})
+    dataset, protocol, part = task_identity(config, "linear", {"epochs": 2})
+    identity = RunIdentity.of_export(read_sidecar(untrained_export)).transfer(
+        "classification", dataset, protocol, 0, part
     )
-    existing.parent.mkdir()
-    existing.write_text("{}\n")
+    (existing,) = identity.write_records(
+        tmp_path, {"top1": 12.5}, model="m", started="s", run_dir=tmp_path, code_version="v"
+    )
     work_dir = tmp_path / "work"
-    _assert_refused(
-        cli(*_transfer_args(untrained_export, "optdigits", "linear", work_dir, tmp_path)), "results", work_dir
-    )
-    assert existing.read_text() == "{}\n"
+    code, out, err = cli(*_transfer_args(untrained_export, "optdigits", "linear", work_dir, tmp_path, "epochs=2"))
+    assert code == 0 and "finished:" in out and existing.name in out, err
+    assert not work_dir.exists() and json.loads(existing.read_text())["value"] == 12.5

@@ -1,5 +1,6 @@
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -256,6 +257,40 @@ def test_a_short_cpu_fine_tune_writes_finite_box_and_mask_ap_records(cli, export
         assert math.isfinite(record["value"]) and 0 <= record["value"] <= 100 and record["unit"] == "%"
         assert record["task"] == "detection" and record["dataset"] == "coco_digits"
         assert record["regime"] == "no_dropout" and record["stage"] == "transfer"
+
+
+def _losses(work_dir: Path) -> list[str]:
+    """The training losses mmengine logged, in order."""
+    (log,) = work_dir.glob("*/*.log")
+    return re.findall(r"Iter\(train\).*?  loss: (\S+)", log.read_text())
+
+
+@pytest.mark.slow
+def test_the_transfer_seed_makes_a_run_repeatable_and_each_seed_a_record_of_its_own(
+    cli, exports, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    options = ["train_cfg.max_iters=6", "embedded_data.num_train=8", "embedded_data.num_val=4"]
+    options += ["default_hooks.logger.interval=1"]
+
+    def run(seed: int, results: str, work: str) -> dict[str, float]:
+        code, _, err = cli(
+            *("transfer", "det", "--backbone", exports["vit_micro"], "--config", CONFIGS / "mask_rcnn_cpu.py"),
+            *("--work-dir", tmp_path / work, "--results", tmp_path / results, "--seed", seed),
+            *("--cfg-options", *options),
+        )
+        assert code == 0, err
+        found = (tmp_path / results / "records").glob(f"*__tseed{seed}__*.json")
+        return {json.loads(p.read_text())["metric"]: json.loads(p.read_text())["value"] for p in found}
+
+    first, again, other = run(0, "a", "w0"), run(0, "b", "w0b"), run(1, "a", "w1")
+    assert first == again and len(first) == 6
+    assert len(_losses(tmp_path / "w0")) == 6 and _losses(tmp_path / "w0") == _losses(tmp_path / "w0b")
+    assert _losses(tmp_path / "w0") != _losses(tmp_path / "w1"), "another seed trains differently"
+    assert len(other) == 6 and len(list((tmp_path / "a" / "records").glob("*.json"))) == 12
+    code, out, _ = cli("compare", "--results", tmp_path / "a", "--format", "csv")
+    table = [line for line in out.splitlines() if "box_AP," in line]
+    assert code == 0 and len(table) == 1 and ",2," in table[0], "both seeds are one cell with n=2"
 
 
 def test_embedded_data_is_reused_with_the_same_settings_and_remade_with_others(tmp_path):

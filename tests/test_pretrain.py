@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dropbench.records import ResultRecord
+from dropbench.identity import ResultRecord
 from pretrain.config import BackboneConfig, Recipe, Regime
 from pretrain.export import load_exported_model
 from pretrain.train import CHECKPOINT_FILE, load_checkpoint, pretrain
@@ -154,3 +154,64 @@ def test_resuming_with_another_config_names_the_field(cli, finished_run, tmp_pat
     )
     assert code == 2
     assert err.count("\n") == 1 and "recipe.lr" in err
+
+
+TINY = dict(epochs=1, train_subset=256, val_subset=64, batch_size=64, per_device_batch=64, warmup_epochs=0)
+
+
+def _tiny_args(out: Path, results: Path, **changes) -> list[str]:
+    overrides = TINY | changes
+    return [
+        *("pretrain", "--backbone", "vit_micro", "--regime", "no_dropout", "--recipe", "cpu", "--data", "mnist"),
+        *("--out", str(out), "--results", str(results), *(f"{k}={v}" for k, v in overrides.items())),
+    ]
+
+
+def test_a_finished_run_is_skipped_and_force_reruns_it_superseding_its_records(cli, tmp_path):
+    results = tmp_path / "results"
+    assert cli(*_tiny_args(tmp_path / "run", results))[0] == 0
+    (record,) = (results / "records").glob("*.json")
+    first = json.loads(record.read_text())
+
+    code, out, _ = cli(*_tiny_args(tmp_path / "run", results))
+    assert code == 0 and "finished:" in out and "--force" in out
+    assert json.loads(record.read_text()) == first, "a finished run is not run again"
+
+    code, out, err = cli(*_tiny_args(tmp_path / "run", results), "--force")
+    assert code == 0, err
+    assert json.loads(record.read_text())["started"] >= first["started"]
+    (superseded,) = (results / "records" / "superseded").glob("*.json")
+    assert json.loads(superseded.read_text()) == first
+    assert len(list(tmp_path.glob("run.superseded-*"))) == 1, "the earlier run folder is kept aside"
+
+
+def test_the_demos_and_a_suites_records_are_shown_apart(cli, tmp_path):
+    """Two experiments that share backbone, regime, recipe name and seed but not their settings (as the demo and the
+    embedded suite do): one results tree, two labelled rows, nothing averaged."""
+    results = tmp_path / "results"
+    assert cli(*_tiny_args(tmp_path / "demo", results / "demo"))[0] == 0
+    assert cli(*_tiny_args(tmp_path / "suite", results / "suites" / "embedded", epochs=2))[0] == 0
+    code, out, err = cli("compare", "--results", results, "--format", "csv")
+    assert code == 0, err
+    table = list(csv.DictReader(out.splitlines()))
+    assert len(table) == 2 and {row["n"] for row in table} == {"1"}
+    recipes = sorted(row["recipe"] for row in table)
+    assert recipes[0].startswith("cpu·epochs=1 ") and recipes[1].startswith("cpu·epochs=2 ")
+    values = sorted(float(row["mean"]) for row in table)
+    records = sorted(json.loads(p.read_text())["value"] for p in results.rglob("records/*.json"))
+    assert values == pytest.approx(records)
+
+
+def test_random_init_exports_the_untrained_initialisation_with_a_record(cli, tmp_path):
+    results = tmp_path / "results"
+    args = _tiny_args(tmp_path / "run", results)
+    args[args.index("no_dropout")] = "random_init"
+    assert cli(*args)[0] == 0
+    torch.manual_seed(0)  # the recipe's seed: the same initialisation
+    expected = BackboneConfig.load("vit_micro").create_model(num_classes=10, dropout=0.0, drop_path=0.0)
+    exported = load_file(tmp_path / "run" / "export" / "backbone.safetensors")
+    assert all(torch.equal(exported[name], tensor) for name, tensor in expected.state_dict().items())
+    (record,) = (results / "records").glob("*.json")
+    record = json.loads(record.read_text())
+    assert record["regime"] == "random_init" and 0 <= record["value"] <= 30  # chance is 10 %
+    assert [row["epoch"] for row in _read_log(tmp_path / "run")] == ["0"]

@@ -30,11 +30,50 @@ def test_standard_is_constant_for_the_whole_run():
     assert drop_schedule(0.1, 3, 5).tolist() == [0.1] * 15
 
 
-def test_whole_run_ablation_shapes_ramp_between_zero_and_the_rate():
-    up = drop_schedule(0.3, 4, 5, mode="standard", shape="increasing")
-    down = drop_schedule(0.3, 4, 5, mode="standard", shape="decreasing")
+def test_whole_run_ablation_modes_ramp_between_zero_and_the_rate():
+    up = drop_schedule(0.3, 4, 5, mode="curriculum", shape="linear")
+    down = drop_schedule(0.3, 4, 5, mode="annealed", shape="linear")
     assert up[0] == 0 and up[-1] == pytest.approx(0.3) and np.all(np.diff(up) > 0)
     np.testing.assert_allclose(down, up[::-1])
+
+
+def _reference(rate, epochs, iters, cutoff, mode, shape) -> list[float]:
+    """The paper's schedule semantics, written out element by element (an oracle independent of the code)."""
+    total, on = epochs * iters, cutoff * iters
+    if mode == "standard":
+        return [rate] * total
+    if mode == "late":
+        return [0.0] * on + [rate] * (total - on)
+    if shape == "constant" or on == 1:
+        head = [rate] * on
+    else:
+        head = [rate * (1 - i / (on - 1)) for i in range(on)]
+    return head + [0.0] * (total - on)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.floats(-1.0, 2.0, allow_nan=False),
+    st.integers(0, 30),
+    st.integers(0, 12),
+    st.sampled_from(["standard", "early", "late"]),
+    st.sampled_from(["constant", "linear"]),
+    st.data(),
+)
+def test_every_input_of_the_reference_scheduler_gives_its_array(rate, epochs, iters, mode, shape, data):
+    """Whatever the authors' drop_scheduler accepts: a cutoff of 0 (early: never on; late: standard), a cutoff at
+    the last epoch, any shape under standard (it is ignored), rates outside [0, 1), empty runs."""
+    if mode == "late":
+        shape = "constant"
+    cutoff = data.draw(st.integers(0, epochs)) if mode != "standard" else data.draw(st.integers(-5, 50))
+    rates = drop_schedule(rate, epochs, iters, cutoff, mode, shape)
+    np.testing.assert_allclose(rates, _reference(rate, epochs, iters, cutoff, mode, shape), atol=1e-12)
+    assert rates.dtype == np.float64
+
+
+def test_a_cutoff_of_zero_is_never_on_for_early_and_always_on_for_late():
+    assert drop_schedule(0.1, 3, 2, 0, "early", "linear").tolist() == [0.0] * 6
+    assert drop_schedule(0.1, 3, 2, 0, "late").tolist() == drop_schedule(0.1, 3, 2).tolist()
 
 
 def test_cosine_early_starts_at_the_rate_ends_at_zero_and_stays_above_linear_in_its_first_half():
@@ -54,29 +93,30 @@ def test_every_schedule_has_one_rate_per_iteration_within_zero_and_the_rate(args
     rate, epochs, ipe, data = args
     mode = data.draw(st.sampled_from(sorted(SHAPES_BY_MODE)))
     shape = data.draw(st.sampled_from(SHAPES_BY_MODE[mode]))
-    cutoff = data.draw(st.integers(1, epochs))
+    cutoff = data.draw(st.integers(0, epochs))
     rates = drop_schedule(rate, epochs, ipe, cutoff, mode, shape)
     assert rates.shape == (epochs * ipe,)
     assert np.all(rates >= 0) and np.all(rates <= rate + 1e-12)
     boundary = cutoff * ipe
     if mode == "early":
         assert np.all(rates[boundary:] == 0)
-        assert rates[0] == pytest.approx(rate)
+        assert cutoff == 0 or rates[0] == pytest.approx(rate)
         assert np.all(np.diff(rates) <= 1e-12)  # never rises
     elif mode == "late":
         assert np.all(rates[:boundary] == 0) and np.all(rates[boundary:] == rate)
-    elif shape == "constant":
+    elif mode == "standard":
         assert np.all(rates == rate)
 
 
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [
-        (dict(rate=1.0), "rate"),
-        (dict(rate=-0.1), "rate"),
+        (dict(rate=float("nan")), "rate"),
         (dict(mode="early", shape="linear", cutoff_epoch=11), "cutoff_epoch"),
-        (dict(mode="late", shape="constant", cutoff_epoch=0), "cutoff_epoch"),
+        (dict(mode="late", shape="constant", cutoff_epoch=-1), "cutoff_epoch"),
         (dict(mode="late", shape="linear", cutoff_epoch=2), "shape"),
+        (dict(mode="curriculum", shape="constant"), "shape"),
+        (dict(epochs=-1), "epochs"),
         (dict(mode="sometimes"), "mode"),
     ],
 )

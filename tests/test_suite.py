@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dropbench.records import ResultRecord
 from dropbench.suite import SlurmResources, load_suite, queued_jobs
 
 pytest.importorskip("mmdet")
@@ -41,9 +40,11 @@ def _suite(folder: Path, name: str = "tiny", **changes) -> Path:
 
 
 def _broken_backbone(folder: Path) -> Path:
-    """A backbone file the plan accepts (a timm name) whose model cannot be built: its pretraining fails."""
+    """A backbone file the plan accepts (its model builds) whose pretraining fails: it is fed 48 px images while its
+    patch embedding is fixed to 32 px."""
     path = folder / "broken_vit.yaml"
-    path.write_text(yaml.safe_dump({"model": "vit_tiny_patch16_224", "kwargs": {"img_size": 32, "no_such_kwarg": 1}}))
+    kwargs = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}
+    path.write_text(yaml.safe_dump({"model": "vit_tiny_patch16_224", "kwargs": kwargs, "input_size": 48}))
     return path
 
 
@@ -78,7 +79,7 @@ def test_the_grid_expands_to_one_pretraining_per_point_each_followed_by_its_tran
         if run.stage == "pretrain":
             assert run.after is None
             seed = run.name.split("/")[0].rsplit("-seed", 1)[1]
-            assert f"seed={seed}" in run.command and run.record_stem.split("__")[3] == f"seed{seed}"
+            assert f"seed={seed}" in run.command and run.identity.stem().split("__")[3] == f"seed{seed}"
             continue
         pretraining = suite.run(run.after)
         assert names.index(run.after) < index, "a transfer comes after the pretraining it needs"
@@ -93,26 +94,23 @@ def test_the_grid_expands_to_one_pretraining_per_point_each_followed_by_its_tran
         "embedded_data.num_train=4",
         "embedded_data.num_val=2",
     )
-    assert det.record_stem == "swin_micro__early_dropout__cpu__seed1__transfer__detection__coco_digits__mask_rcnn_cpu__"
+    assert det.identity.stem().startswith(
+        "swin_micro__early_dropout__cpu__seed1__transfer__detection__coco_digits__mask_rcnn_cpu__tseed0__"
+    )
+    assert det.command[det.command.index("--seed") + 1] == "0"
     cls = suite.run("vit_micro-no_dropout-seed1/cls-optdigits-linear")
     assert cls.command[-1] == "linear_c_grid=[1.0]"
-    assert cls.record_stem.endswith("__transfer__classification__optdigits__linear__")
+    assert "__transfer__classification__optdigits__linear__tseed0__" in cls.identity.stem()
 
 
 def test_a_plan_marks_the_runs_whose_records_exist_and_dry_run_runs_nothing(cli, tmp_path):
     path = _suite(tmp_path, regimes=["no_dropout", "late_dropout"], transfers=[DET, SEG])
     suite = load_suite(path)
     finished = suite.run("vit_micro-late_dropout-seed0/pretrain")
-    record = ResultRecord(
-        **{
-            **{name: "" for name in ResultRecord.__dataclass_fields__},
-            **dict(backbone="vit_micro", model="vit_tiny_patch16_224", regime="late_dropout", recipe="cpu", seed=0),
-            **dict(stage="pretrain", task="classification", dataset="mnist", protocol="from_scratch", metric="top1"),
-            "value": 50.0,
-        }
+    written = finished.identity.write_records(
+        tmp_path / "results", {"top1": 50.0}, model="m", started="s", run_dir=tmp_path, code_version="v"
     )
-    record.write(tmp_path / "results")
-    assert finished.finished() and finished.records() == [tmp_path / "results" / "records" / record.filename()]
+    assert finished.finished() and finished.records() == written
     assert not suite.run("vit_micro-no_dropout-seed0/pretrain").finished()
 
     code, out, err = cli("suite", path, "--dry-run")
@@ -225,6 +223,58 @@ def test_a_suite_file_that_is_not_a_yaml_mapping_is_named(cli, tmp_path, text, w
     assert code == 2 and err.startswith("error: suite: ") and words in err, err
 
 
+def test_a_regime_a_backbone_cannot_take_fails_the_whole_suite_before_any_run(cli, tmp_path):
+    path = _suite(tmp_path, backbones=["vit_micro", "convnext_micro"], regimes=["no_dropout", "early_dropout"])
+    code, out, err = cli("suite", path)
+    assert code == 2 and out == "" and err.count("\n") == 1, out + err
+    assert err.startswith("error: backbones[1] × regime early_dropout: ") and "no dropout module" in err, err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
+
+
+def test_a_backbone_whose_model_cannot_be_built_fails_the_plan(cli, tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(yaml.safe_dump({"model": "vit_tiny_patch16_224", "kwargs": {"no_such_kwarg": 1}}))
+    code, _, err = cli("suite", _suite(tmp_path, backbones=[str(broken)]), "--dry-run")
+    assert code == 2 and "no_such_kwarg" in err and err.count("\n") == 1, err
+
+
+def test_a_backbone_entry_may_restrict_its_regimes(tmp_path):
+    entry = {"backbone": "convnext_micro", "regimes": ["no_dropout", "early_sd"]}
+    suite = load_suite(_suite(tmp_path, backbones=["vit_micro", entry], regimes=["no_dropout", "early_dropout"]))
+    points = [run.name.split("/")[0] for run in suite.runs if run.stage == "pretrain"]
+    assert points == [
+        "vit_micro-no_dropout-seed0",
+        "vit_micro-early_dropout-seed0",
+        "convnext_micro-no_dropout-seed0",
+        "convnext_micro-early_sd-seed0",
+    ]
+
+
+@pytest.mark.parametrize(
+    "name", sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs" / "suites").glob("*.yaml"))
+)
+def test_every_shipped_suite_passes_its_dry_run(cli, name):
+    path = Path(__file__).resolve().parents[1] / "configs" / "suites" / f"{name}.yaml"
+    code, out, err = cli("suite", path, "--dry-run")
+    assert code == 0, err
+    assert out.startswith(f"suite '{name}': ")
+
+
+def test_transfer_seeds_give_one_run_each_with_its_seed_and_record_name(tmp_path):
+    suite = load_suite(_suite(tmp_path, transfers=[DET, CLS], transfer_seeds=[0, 1]))
+    names = [run.name for run in suite.runs]
+    assert names == [
+        "vit_micro-no_dropout-seed0/pretrain",
+        "vit_micro-no_dropout-seed0/det-mask_rcnn_cpu-tseed0",
+        "vit_micro-no_dropout-seed0/det-mask_rcnn_cpu-tseed1",
+        "vit_micro-no_dropout-seed0/cls-optdigits-linear-tseed0",
+        "vit_micro-no_dropout-seed0/cls-optdigits-linear-tseed1",
+    ]
+    for run in suite.runs[1:]:
+        seed = run.command[run.command.index("--seed") + 1]
+        assert run.identity.transfer_seed == int(seed) and f"__tseed{seed}__" in run.identity.stem()
+
+
 # ------------------------------------------------------------------------------------------------ real runs
 
 
@@ -261,12 +311,14 @@ def test_a_suite_runs_once_and_a_failed_run_costs_only_itself_and_its_transfers(
     assert f"log: {bad_log}" in summary and f"log: {runs / 'broken_vit-no_dropout-seed0' / 'pretrain.log'}" in summary
     assert "embedded_data.type: 'not_ade' is not 'ade_digits'" in bad_log.read_text()
     assert "embedded_data.type" in summary, "the failure's last log line is shown"
-    assert "no_such_kwarg" in (runs / "broken_vit-no_dropout-seed0" / "pretrain.log").read_text()
+    assert "doesn't match model" in (runs / "broken_vit-no_dropout-seed0" / "pretrain.log").read_text()
     assert not (runs / "broken_vit-no_dropout-seed0" / "det-mask_rcnn_cpu.log").exists()
 
     records = sorted(p.name for p in (tmp_path / "results" / "records").glob("*.json"))
-    assert "vit_micro__no_dropout__cpu__seed0__pretrain__classification__mnist__from_scratch__top1.json" in records
-    assert "vit_micro__no_dropout__cpu__seed0__transfer__detection__coco_digits__mask_rcnn_cpu__box_AP.json" in records
+    pretraining = "vit_micro__no_dropout__cpu__seed0__pretrain__classification__mnist__from_scratch__"
+    detection = "vit_micro__no_dropout__cpu__seed0__transfer__detection__coco_digits__mask_rcnn_cpu__tseed0__"
+    assert any(p.startswith(pretraining) and p.endswith("__top1.json") for p in records)
+    assert any(p.startswith(detection) and p.endswith("__box_AP.json") for p in records)
     assert all(p.startswith("vit_micro__") for p in records)
     suite = load_suite(path)
     for name in ("vit_micro-no_dropout-seed0/pretrain", "vit_micro-no_dropout-seed0/det-mask_rcnn_cpu"):
@@ -468,14 +520,17 @@ def test_the_slurm_executor_runs_transfers_after_their_pretraining_and_reports_f
     assert outcomes["vit_micro-no_dropout-seed0/pretrain"] == "done"
     assert outcomes["vit_micro-no_dropout-seed0/seg-upernet_cpu"] == "done"
     assert outcomes["vit_micro-no_dropout-seed0/det-bad"].startswith("failed (exit code 2: error: embedded_data.type")
-    assert outcomes["broken_vit-no_dropout-seed0/pretrain"].startswith("failed (exit code 2: error: backbone.kwargs")
+    assert outcomes["broken_vit-no_dropout-seed0/pretrain"].startswith(
+        "failed (exit code 1: AssertionError: Input height"
+    )
     for transfer in ("seg-upernet_cpu", "det-bad"):  # they wait on afterok forever unless the runner cancels them
         assert outcomes[f"broken_vit-no_dropout-seed0/{transfer}"].startswith("skipped")
     summary = out[out.index("suite 'tiny': ") :]
     assert summary.splitlines()[0] == "suite 'tiny': 2 done, 0 finished earlier, 2 failed, 2 skipped"
     assert f"log: {runs / 'vit_micro-no_dropout-seed0' / 'det-bad.log'}" in summary
     records = {p.name for p in (tmp_path / "results" / "records").glob("*.json")}
-    assert "vit_micro__no_dropout__cpu__seed0__transfer__segmentation__ade_digits__upernet_cpu__mIoU.json" in records
+    segmentation = "vit_micro__no_dropout__cpu__seed0__transfer__segmentation__ade_digits__upernet_cpu__tseed0__"
+    assert any(p.startswith(segmentation) and p.endswith("__mIoU.json") for p in records)
     seg_log = (runs / "vit_micro-no_dropout-seed0" / "seg-upernet_cpu.log").read_text()
     assert "mIoU" in seg_log, "the run's own output goes to its log"
     pending = _sh("squeue", "--noheader", "--format=%i %T").stdout.split()

@@ -39,12 +39,12 @@ from tqdm import tqdm
 
 from dropbench import code_version
 from dropbench.errors import UserInputError
+from dropbench.identity import Part, RunIdentity, settings_digest
 from dropbench.io import atomic_write, atomic_write_json, atomic_write_text
-from dropbench.records import ResultRecord
-from pretrain.config import config_hash
 from pretrain.export import WEIGHTS_FILE, load_exported_model, read_sidecar
 from transfer.cls_data import ClsConfig, ClsData, TransformedDataset, load_cls_config, load_cls_data, stratified_split
 
+TASK = "classification"
 PROTOCOLS = ("finetune", "linear")
 CONFIG_FILE = "config.json"
 LOG_FILE = "log.csv"
@@ -204,7 +204,7 @@ def _file_digest(path: Path) -> str:
 def _features_key(backbone: Path, config: ClsConfig, input_size: int) -> str:
     """What the cached features depend on: the weights, the images and the evaluation transform."""
     data_fields = ("name", "source", "path", "torchvision", "train_subset", "test_subset", "interpolation", "crop_pct")
-    return config_hash(
+    return settings_digest(
         {
             "weights_sha256": _file_digest(backbone / WEIGHTS_FILE),
             "input_size": input_size,
@@ -505,6 +505,15 @@ def _finetune(run: _FineTuning, data: ClsData, config: ClsConfig, work_dir: Path
 
 # ---------------------------------------------------------------------------------------------------- the command
 
+# Fields that say where the data is or how it is named, not what the run computes.
+_NOT_SETTINGS = ("name", "seed", "path", "install_hint")
+
+
+def task_identity(config: ClsConfig, protocol: str, overrides: dict) -> tuple[str, str, Part]:
+    """``(dataset, protocol, task part)`` of a classification transfer; its transfer seed is ``config.seed``."""
+    settings = {k: v for k, v in config.to_dict().items() if k not in _NOT_SETTINGS} | {"protocol": protocol}
+    return config.name, protocol, Part.of(settings, {k: v for k, v in overrides.items() if k != "seed"})
+
 
 def _selection_metric(config: ClsConfig, data: ClsData) -> str:
     if config.metric == "mean_per_class_accuracy" or (config.metric == "auto" and data.imbalanced):
@@ -530,13 +539,15 @@ def transfer_classification(
     results_dir: Path | None,
     overrides: dict,
     device: str | None,
+    force: bool = False,
 ) -> ClsSummary:
     """Fine-tune (``protocol="finetune"``) or linearly probe (``"linear"``) the export in ``backbone``.
 
     ``dataset``: an ImageFolder tree, a dataset YAML or a name in ``configs/classification/``; ``overrides``
     change its fields. Writes ``config.json`` and the protocol's log into ``work_dir`` and one result record
-    per metric under ``results_dir`` (none when it is None). Bad input raises ``UserInputError`` before
-    ``work_dir`` is made.
+    per metric under ``results_dir`` (none when it is None). The transfer seed is the config's ``seed``. A run whose
+    records exist is skipped (``force`` runs it again and supersedes them). Bad input raises ``UserInputError``
+    before ``work_dir`` is made.
     """
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     if protocol not in PROTOCOLS:
@@ -549,32 +560,12 @@ def transfer_classification(
     input_size = int(sidecar.get("input_size") or sidecar["kwargs"].get("img_size", 224))
     selection = _selection_metric(config, data)
     metric_names = ["top1"] + (["mean_per_class_accuracy"] if selection == "mean_per_class_accuracy" else [])
-    digest = config_hash(
-        {"dataset": config.to_dict(), "protocol": protocol, "backbone_config_hash": sidecar.get("config_hash")}
-    )
-
-    def record(metric: str, value: float, finished: str) -> ResultRecord:
-        return ResultRecord.for_transfer(
-            sidecar,
-            task="classification",
-            dataset=config.name,
-            protocol=protocol,
-            metric=metric,
-            value=float(value),
-            config_hash=digest,
-            code_version=code_version(),
-            started=started,
-            finished=finished,
-            run_dir=str(work_dir.resolve()),
-        )
-
-    if results_dir is not None:  # a record is written once and never edited: a finished run is not redone
-        for metric in metric_names:
-            existing = Path(results_dir) / "records" / record(metric, 0.0, started).filename()
-            if existing.is_file():
-                raise UserInputError(
-                    "results", f"'{existing}' already records this run; delete it or pass another --results"
-                )
+    dataset_name, _, task_part = task_identity(config, protocol, overrides)
+    identity = RunIdentity.of_export(sidecar).transfer(TASK, dataset_name, protocol, config.seed, task_part)
+    existing = identity.existing_records(results_dir) if results_dir is not None else []
+    if existing and not force:
+        print(identity.finished_message(existing), flush=True)
+        return ClsSummary(work_dir=work_dir, protocol=protocol, metrics={}, records=existing)
     if protocol == "linear" and len(config.linear_c_grid) > 1:
         if len(stratified_split(data.train_labels, config.holdout_fraction, config.seed)[1]) == 0:
             raise UserInputError(
@@ -605,7 +596,7 @@ def transfer_classification(
             "test_images": len(data.test_labels),
             "imbalanced": data.imbalanced,
             "backbone_config_hash": sidecar.get("config_hash"),
-            "config_hash": digest,
+            "config_hash": identity.digest,
         },
     )
     if protocol == "finetune":
@@ -614,9 +605,15 @@ def transfer_classification(
         metrics, _ = _linear_probe(model, data, config, backbone, input_size, work_dir, dev, autocast)
 
     summary = ClsSummary(work_dir=work_dir, protocol=protocol, metrics={m: metrics[m] for m in metric_names})
-    finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
     if results_dir is not None:
-        summary.records = [record(m, v, finished).write(results_dir) for m, v in summary.metrics.items()]
+        summary.records = identity.write_records(
+            results_dir,
+            summary.metrics,
+            model=sidecar["model"],
+            started=started,
+            run_dir=work_dir,
+            code_version=code_version(),
+        )
     shown = "  ".join(f"{m} {v:.2f}%" for m, v in summary.metrics.items())
     name = sidecar.get("backbone", sidecar["model"])
     print(f"{name} / {sidecar.get('regime', '?')} → {config.name} {protocol}: {shown}")

@@ -96,6 +96,19 @@ def transfer_detection(
     results_dir: Path | None = Path("results"),
     cfg_options: list[str] | None = None,
     launcher: str = "none",
+    seed: int = 0,
+    force: bool = False,
 ) -> list[Path]:
     """Fine-tune Mask R-CNN on ``backbone`` with ``config``; records box and mask AP (and AP50/AP75)."""
-    return run_transfer(DETECTION, backbone, config, work_dir, results_dir, cfg_options or [], launcher, _prepare)
+    return run_transfer(
+        DETECTION,
+        backbone,
+        config,
+        work_dir,
+        results_dir,
+        cfg_options or [],
+        launcher,
+        _prepare,
+        seed=seed,
+        force=force,
+    )

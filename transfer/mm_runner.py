@@ -6,19 +6,19 @@ channels (``TimmBackbone.out_channels``) to the task, which puts them into its n
 once (plus the task's extra evaluation), and writes one record per metric.
 """
 
-import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import torch
 from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
 
 from dropbench import code_version
 from dropbench.errors import UserInputError, did_you_mean
-from dropbench.records import ResultRecord
+from dropbench.identity import Part, RunIdentity
 from pretrain.export import read_sidecar
 from transfer.backbone import TimmBackbone
 
@@ -75,6 +75,31 @@ class _KeepLastMetrics(Hook):
         self.metrics = dict(metrics or {})
 
 
+# Keys that say where and how a run goes, not what it computes: left out of the task's settings digest.
+_RUN_KEYS = ("work_dir", "launcher", "randomness", "custom_imports", "dataset_name")
+
+
+def task_identity(cfg: Config, config: Path, cfg_options: Sequence[str]) -> tuple[str, str, Part]:
+    """``(dataset, protocol, task part)`` of an mm* config as loaded with its ``--cfg-options``.
+
+    The dataset is the config's ``dataset_name`` (else the config's name), the protocol the config's name."""
+    settings = cfg.to_dict()
+    for key in _RUN_KEYS:
+        settings.pop(key, None)
+    settings.get("model", {}).get("backbone", {}).pop("export", None)
+    return str(cfg.get("dataset_name", Path(config).stem)), Path(config).stem, Part.of(settings, list(cfg_options))
+
+
+def _seed(cfg: Config, seed: int) -> None:
+    """mmengine's randomness: every RNG seeded (each rank its own); deterministic algorithms where a GPU has them
+    (``warn_only``: ops without a deterministic kernel warn instead of failing). A CPU run is deterministic as it is."""
+    cfg.randomness = dict(seed=seed, diff_rank_seed=True, deterministic=False)
+    if torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 def run_transfer(
     spec: TaskSpec,
     backbone: Path,
@@ -85,13 +110,23 @@ def run_transfer(
     launcher: str,
     prepare: Callable[[Config, list[int]], None],
     extra_evaluation: Callable | None = None,
+    seed: int = 0,
+    force: bool = False,
 ) -> list[Path]:
-    """Train and evaluate ``config`` on the export ``backbone``; returns the record files written."""
+    """Train and evaluate ``config`` on the export ``backbone``; returns the record files written.
+
+    A run whose records exist is skipped (``force`` runs it again and supersedes them)."""
     from mmengine.runner import Runner
 
     sidecar = read_sidecar(backbone)
     cfg = load_config(config, cfg_options)
-    dataset_name = cfg.pop("dataset_name", Path(config).stem)
+    dataset, protocol, task_part = task_identity(cfg, config, cfg_options)
+    identity = RunIdentity.of_export(sidecar).transfer(spec.task, dataset, protocol, seed, task_part)
+    existing = identity.existing_records(results_dir) if results_dir is not None else []
+    if existing and not force:
+        print(identity.finished_message(existing), flush=True)
+        return []
+    cfg.pop("dataset_name", None)
     backbone_cfg = cfg.model.backbone
     if backbone_cfg.get("type") != "TimmBackbone":
         raise UserInputError("model.backbone.type", "must be 'TimmBackbone' to transfer a dropbench export")
@@ -106,6 +141,7 @@ def run_transfer(
     prepare(cfg, out_channels)  # channels into the neck or heads; data checks (and embedded data)
     cfg.work_dir = str(work_dir)
     cfg.launcher = launcher
+    _seed(cfg, seed)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     try:
         runner = Runner.from_cfg(cfg)
@@ -119,24 +155,12 @@ def run_transfer(
         metrics.update(extra_evaluation(runner, cfg))
     if results_dir is None or not is_main_process():
         return []
-    digest = hashlib.sha256((cfg.pretty_text + sidecar.get("config_hash", "")).encode()).hexdigest()[:16]
-    finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    written = []
-    for key, (name, factor) in spec.metrics.items():
-        if key not in metrics:
-            continue
-        record = ResultRecord.for_transfer(
-            sidecar,
-            task=spec.task,
-            dataset=dataset_name,
-            protocol=Path(config).stem,
-            metric=name,
-            value=float(metrics[key]) * factor,
-            config_hash=digest,
-            code_version=code_version(),
-            started=started,
-            finished=finished,
-            run_dir=str(Path(work_dir).resolve()),
-        )
-        written.append(record.write(results_dir))
-    return written
+    values = {name: float(metrics[key]) * factor for key, (name, factor) in spec.metrics.items() if key in metrics}
+    return identity.write_records(
+        results_dir,
+        values,
+        model=sidecar["model"],
+        started=started,
+        run_dir=work_dir,
+        code_version=code_version(),
+    )

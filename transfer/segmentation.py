@@ -112,6 +112,8 @@ def transfer_segmentation(
     results_dir: Path | None = Path("results"),
     cfg_options: list[str] | None = None,
     launcher: str = "none",
+    seed: int = 0,
+    force: bool = False,
 ) -> list[Path]:
     """Fine-tune UperNet on ``backbone`` with ``config``; records mIoU, mAcc, aAcc (and multi-scale+flip mIoU)."""
     return run_transfer(
@@ -124,4 +126,6 @@ def transfer_segmentation(
         launcher,
         _prepare,
         _evaluate_multi_scale_flip,
+        seed=seed,
+        force=force,
     )

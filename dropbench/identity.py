@@ -1,0 +1,244 @@
+"""Run identity and result records: the one module that says which run a record belongs to.
+
+A run is identified by its fields — backbone, regime, recipe, seed, stage, task, dataset, protocol and transfer
+seed — and by the digest of its settings: everything that changes its result (the resolved backbone, regime and
+recipe, the transfer task's config after its options), seeds and code version excluded. The settings come in
+*parts* (``backbone``, ``regime``, ``recipe``, ``task``), each with its own digest and the overrides it was given,
+so that the comparison table can show two variants of one name apart (``cpu`` and ``cpu·epochs=4``).
+
+Every stage writes its records through :meth:`RunIdentity.write_records`, and the suite planner, the demo and
+``compare`` use the same names: a record file is ``<stem><metric>.json`` with the stem made of the fields and the
+digest. A record is written once, atomically; a run whose records exist is finished. Re-running it (``--force``)
+moves the old records into ``records/superseded/``.
+"""
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from dropbench.io import atomic_write_json
+
+PERCENT = "%"
+RECORDS_FOLDER = "records"
+SUPERSEDED_FOLDER = "superseded"
+DIGEST_CHARS = 16
+STAGES = ("pretrain", "transfer", "eval")
+PARTS = ("backbone", "regime", "recipe", "task")  # the settings parts, in the order the table reads them
+LEGACY = "legacy"  # the digest of a part that a record written before settings digests does not know
+
+
+def settings_digest(settings: Any) -> str:
+    """A short sha256 of the canonical JSON of ``settings``."""
+    text = json.dumps(settings, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:DIGEST_CHARS]
+
+
+def overrides_text(overrides: Mapping[str, Any] | Sequence[str]) -> str:
+    """``key=value`` items as one label, in the order given: ``epochs=4 lr=0.001``."""
+    if isinstance(overrides, Mapping):
+        overrides = [
+            f"{key}={json.dumps(value) if not isinstance(value, str) else value}" for key, value in overrides.items()
+        ]
+    return " ".join(overrides)
+
+
+@dataclass(frozen=True)
+class Part:
+    """One part of a run's settings: the digest of its resolved content and the overrides it was given."""
+
+    digest: str
+    overrides: str = ""
+
+    @classmethod
+    def of(cls, content: Any, overrides: Mapping[str, Any] | Sequence[str] = ()) -> "Part":
+        return cls(settings_digest(content), overrides_text(overrides))
+
+
+def _safe(part: Any) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", str(part))
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    backbone: str
+    regime: str
+    recipe: str
+    seed: int
+    stage: str  # "pretrain", "transfer" or "eval"
+    task: str  # "classification", "detection", "segmentation"
+    dataset: str
+    protocol: str  # "from_scratch", a det/seg config name, "finetune", "linear", ...
+    transfer_seed: int | None = None  # the seed of a transfer run (None for pretraining)
+    parts: Mapping[str, Part] = field(default_factory=dict)
+
+    @property
+    def digest(self) -> str:
+        """The settings digest: of every part's digest (seeds and names are fields, not settings)."""
+        return settings_digest({name: part.digest for name, part in self.parts.items()})
+
+    def stem(self) -> str:
+        """The start of the file names of this run's records: all but the metric (it ends with ``__``)."""
+        fields = [self.backbone, self.regime, self.recipe, f"seed{self.seed}", self.stage, self.task, self.dataset]
+        fields.append(self.protocol)
+        if self.transfer_seed is not None:
+            fields.append(f"tseed{self.transfer_seed}")
+        return "__".join(_safe(f) for f in [*fields, self.digest[:12]]) + "__"
+
+    def transfer(self, task: str, dataset: str, protocol: str, transfer_seed: int, task_part: Part) -> "RunIdentity":
+        """The identity of a transfer of this (pretraining) run's export."""
+        return RunIdentity(
+            self.backbone,
+            self.regime,
+            self.recipe,
+            self.seed,
+            "transfer",
+            task,
+            dataset,
+            protocol,
+            transfer_seed,
+            {**{k: v for k, v in self.parts.items() if k != "task"}, "task": task_part},
+        )
+
+    # ---------------------------------------------------------------------------------------- export sidecars
+
+    def to_json(self) -> dict:
+        return asdict(self) | {"parts": {name: asdict(part) for name, part in self.parts.items()}}
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> "RunIdentity":
+        parts = {name: Part(**part) for name, part in (data.get("parts") or {}).items()}
+        return cls(**{**data, "parts": parts})
+
+    @classmethod
+    def of_export(cls, sidecar: Mapping) -> "RunIdentity":
+        """The pretraining identity an export's sidecar carries; an older sidecar's is rebuilt from its fields."""
+        if isinstance(sidecar.get("identity"), Mapping):
+            return cls.from_json(sidecar["identity"])
+        legacy = Part(str(sidecar.get("config_hash") or LEGACY))
+        return cls(
+            backbone=sidecar.get("backbone", sidecar["model"]),
+            regime=sidecar.get("regime", "unknown"),
+            recipe=sidecar.get("recipe", "unknown"),
+            seed=int(sidecar.get("seed", 0)),
+            stage="pretrain",
+            task="classification",
+            dataset=str(sidecar.get("dataset", "unknown")),
+            protocol="from_scratch",
+            parts={"backbone": legacy, "regime": legacy, "recipe": legacy},
+        )
+
+    # ---------------------------------------------------------------------------------------- records
+
+    def existing_records(self, results_dir: str | Path) -> list[Path]:
+        """This run's records under ``results_dir/records`` (they differ only in their metric)."""
+        folder = Path(results_dir) / RECORDS_FOLDER
+        if not folder.is_dir():
+            return []
+        stem = self.stem()
+        return sorted(p for p in folder.glob(f"{stem}*.json") if "__" not in p.name[len(stem) :])
+
+    def finished_message(self, records: Sequence[Path]) -> str:
+        where = records[0].parent
+        return (
+            f"finished: {len(records)} record(s) of this run are in {where} (e.g. {records[0].name}); "
+            "pass --force to run it again"
+        )
+
+    def write_records(
+        self,
+        results_dir: str | Path,
+        metrics: Mapping[str, float],
+        *,
+        model: str,
+        started: str,
+        run_dir: str | Path,
+        code_version: str,
+        unit: str = PERCENT,
+    ) -> list[Path]:
+        """Write one record per metric; records this run wrote before (a ``--force`` re-run) are superseded."""
+        results_dir = Path(results_dir)
+        supersede(self.existing_records(results_dir))
+        finished = _now()
+        written = []
+        for metric, value in metrics.items():
+            record = ResultRecord(
+                **{name: getattr(self, name) for name in _IDENTITY_FIELDS},
+                model=model,
+                metric=metric,
+                value=float(value),
+                unit=unit,
+                config_hash=self.digest,
+                code_version=code_version,
+                started=started,
+                finished=finished,
+                run_dir=str(Path(run_dir).resolve()),
+                parts={name: asdict(part) for name, part in self.parts.items()},
+            )
+            written.append(record.write(results_dir))
+        return written
+
+
+_IDENTITY_FIELDS = ("backbone", "regime", "recipe", "seed", "stage", "task", "dataset", "protocol", "transfer_seed")
+
+
+def supersede(records: Sequence[Path]) -> list[Path]:
+    """Move records into ``records/superseded/`` (with a time stamp, so nothing is overwritten there)."""
+    moved = []
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    for path in records:
+        target = path.parent / SUPERSEDED_FOLDER / f"{path.stem}.{stamp}.json"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
+        moved.append(target)
+    return moved
+
+
+@dataclass(frozen=True)
+class ResultRecord:
+    """One metric of one finished run, as it is stored (one JSON file)."""
+
+    backbone: str
+    model: str
+    regime: str
+    recipe: str
+    seed: int
+    stage: str
+    task: str
+    dataset: str
+    protocol: str
+    metric: str
+    value: float
+    unit: str
+    config_hash: str  # the settings digest (RunIdentity.digest)
+    code_version: str
+    started: str
+    finished: str
+    run_dir: str
+    transfer_seed: int | None = None
+    parts: dict = field(default_factory=dict)  # part → {"digest", "overrides"}
+
+    def identity(self) -> RunIdentity:
+        parts = {name: Part(**part) for name, part in self.parts.items()}
+        return RunIdentity(**{name: getattr(self, name) for name in _IDENTITY_FIELDS}, parts=parts)
+
+    def filename(self) -> str:
+        return f"{self.identity().stem()}{_safe(self.metric)}.json"
+
+    def write(self, results_dir: str | Path) -> Path:
+        return atomic_write_json(Path(results_dir) / RECORDS_FOLDER / self.filename(), asdict(self))
+
+
+# Fields every record has had since the first version; the later ones have defaults, so older records stay readable.
+REQUIRED_RECORD_FIELDS = tuple(
+    f.name for f in fields(ResultRecord) if f.default is MISSING and f.default_factory is MISSING
+)
