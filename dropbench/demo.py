@@ -30,7 +30,7 @@ def _figures(suite: Suite, stats) -> list[Path]:
         label = f"{run.identity.backbone} {run.identity.regime}"
         with log.open(newline="") as f:
             rows = list(csv.DictReader(f))
-        if label in logs or not rows:
+        if label in logs or not rows or int(rows[-1]["epoch"]) == 0:  # random_init trains no epoch
             continue
         logs[label] = rows
         iters_per_epoch = int(rows[-1]["update"]) // int(rows[-1]["epoch"])

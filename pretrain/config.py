@@ -189,6 +189,7 @@ class Recipe:
     min_lr: float = 1e-6
     aa: str | None = "rand-m9-mstd0.5-inc1"
     scale: tuple[float, float] = (0.08, 1.0)
+    pad: int = 0  # pixels of border added before the random crop (0: none), so that crops also zoom out
     hflip: float = 0.5
     color_jitter: float | None = None
     crop_pct: float = 0.875

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from timm.data import create_transform
 from torch.utils.data import Dataset, Subset
+from torchvision import transforms
 from torchvision.datasets import ImageFolder
 
 from dropbench.errors import UserInputError
@@ -141,6 +142,8 @@ def build_data(
         interpolation=recipe.interpolation,
         re_prob=recipe.reprob,
     )
+    if recipe.pad:  # a border to crop from: objects land anywhere in the frame, at any size the crop scale allows
+        train_tf = transforms.Compose([transforms.Pad(recipe.pad), train_tf])
     val_tf = create_transform(
         input_size=input_size, is_training=False, interpolation=recipe.interpolation, crop_pct=recipe.crop_pct
     )

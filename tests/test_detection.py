@@ -15,16 +15,20 @@ from dropbench.errors import UserInputError
 from .conftest import MICRO_BACKBONES
 
 mmdet = pytest.importorskip("mmdet")
-from transfer.backbone import TimmBackbone  # noqa: E402
+from transfer.backbone import TimmBackbone, assign_levels  # noqa: E402
 from transfer.detection import validate_coco  # noqa: E402
-from transfer.embedded_data import CanvasSpec, make_coco_digits  # noqa: E402
+from transfer.embedded_data import CanvasSpec, make_coco_digits, make_from_config  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "detection"
 
 
 @pytest.fixture(scope="session")
 def coco_digits(tmp_path_factory) -> Path:
-    return make_coco_digits(tmp_path_factory.mktemp("data") / "coco_digits", num_train=16, num_val=8)
+    """The embedded config's data, fewer of them: a run with the same settings takes it as it is."""
+    from mmengine.config import Config
+
+    embedded = Config.fromfile(CONFIGS / "mask_rcnn_cpu.py").embedded_data.to_dict() | {"num_train": 16, "num_val": 8}
+    return make_from_config(embedded, tmp_path_factory.mktemp("data") / "coco_digits", "coco_digits")
 
 
 @pytest.mark.parametrize("family", MICRO_BACKBONES)
@@ -36,10 +40,14 @@ def test_the_adapter_gives_fpn_strides_and_its_declared_channels_for_every_famil
     assert all(torch.isfinite(f).all() for f in features)
 
 
-def test_plain_vits_share_one_native_stride_and_get_a_simple_pyramid(exports):
+def test_plain_vits_share_one_native_stride_and_get_a_simple_pyramid_from_evenly_spaced_blocks(exports):
     adapter = TimmBackbone(str(exports["vit_micro"]), img_size=128)
-    assert set(adapter.native_strides) == {8.0}
-    assert set(adapter.levels) == {len(adapter.native_strides) - 1}, "all outputs come from the last block"
+    assert set(adapter.native_strides) == {8.0} and len(adapter.native_strides) == 4
+    assert adapter.levels == [0, 1, 2, 3], "the shallowest block for stride 4, the last for stride 32"
+    assert assign_levels([16.0] * 12, (4, 8, 16, 32)) == [2, 5, 8, 11]  # ViT-T: mmseg takes blocks 3, 5, 7, 11
+    assert assign_levels([16.0] * 12, (16,)) == [11], "a single output takes the last block"
+    assert assign_levels([4.0, 8.0, 16.0, 32.0], (4, 8, 16, 32)) == [0, 1, 2, 3]
+    assert assign_levels([4.0, 8.0, 16.0, 32.0], (8, 64)) == [1, 3]
 
 
 @pytest.mark.parametrize("family", ["vit_micro", "swin_micro", "convnext_micro", "mixer_micro"])

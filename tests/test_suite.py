@@ -128,8 +128,8 @@ def test_a_plan_marks_the_runs_whose_records_exist_and_dry_run_runs_nothing(cli,
 def test_the_shipped_suites_are_valid_plans():
     root = Path(__file__).resolve().parents[1] / "configs" / "suites"
     embedded, paper = load_suite(root / "embedded.yaml"), load_suite(root / "paper.yaml")
-    assert embedded.grid == (1, 4, 1, 2)
-    assert {run.stage for run in embedded.runs} == {"pretrain", "det", "seg"}
+    assert embedded.grid == (1, 5, 1, 4)
+    assert {run.stage for run in embedded.runs} == {"pretrain", "det", "seg", "cls"}
     assert paper.grid[0] == 3 and paper.grid[3] >= 3
     assert {run.stage for run in paper.runs} == {"pretrain", "det", "seg", "cls"}
     assert paper.slurm["pretrain"].gpus > 1 and paper.slurm["cls"].gpus == 1

@@ -56,6 +56,24 @@ def resample_token_dims(tensor: torch.Tensor, target_shape: torch.Size) -> torch
     return out.to(tensor.dtype)
 
 
+def assign_levels(native_strides: Sequence[float], out_strides: Sequence[int]) -> list[int]:
+    """For each output stride, the native map it is made from: one of the nearest stride (in octaves, the deeper on
+    a tie). Where several native maps share that stride — a plain ViT's blocks — the outputs that use them take
+    evenly spaced ones, the shallowest for the finest output and the last block for the coarsest (the layout of
+    mmseg's ViT, BEiT and MAE configs); a single output takes the last."""
+    nearest = []
+    for stride in out_strides:
+        distance = [round(abs(math.log2(s / stride)), 6) for s in native_strides]
+        nearest.append(native_strides[max(range(len(distance)), key=lambda i: (-distance[i], i))])
+    levels = [0] * len(out_strides)
+    for native_stride in set(nearest):
+        outputs = sorted((i for i, s in enumerate(nearest) if s == native_stride), key=lambda i: out_strides[i])
+        candidates = [j for j, s in enumerate(native_strides) if s == native_stride]
+        for rank, output in enumerate(outputs):
+            levels[output] = candidates[round((rank + 1) * len(candidates) / len(outputs)) - 1]
+    return levels
+
+
 class _Upsample(nn.Sequential):
     """``steps`` learned 2× up-sampling steps (ViTDet), halving channels each step."""
 
@@ -109,11 +127,8 @@ class TimmBackbone(nn.Module):
         native_strides = [probe_hw[0] / f.shape[-2] for f in native]
         native_channels = [f.shape[1] for f in native]
 
-        self.levels, resamplers, self.out_channels = [], nn.ModuleList(), []
-        for stride in out_strides:
-            # the deepest native map whose stride is nearest the target (in octaves)
-            distance = [abs(math.log2(s / stride)) for s in native_strides]
-            level = max(range(len(native)), key=lambda i: (-round(distance[i], 6), i))
+        self.levels, resamplers, self.out_channels = assign_levels(native_strides, out_strides), nn.ModuleList(), []
+        for stride, level in zip(out_strides, self.levels, strict=True):
             octaves = round(math.log2(native_strides[level] / stride))
             if octaves > 0:
                 resampler = _Upsample(native_channels[level], octaves)
@@ -123,7 +138,6 @@ class TimmBackbone(nn.Module):
                 channels = native_channels[level]
             else:
                 resampler, channels = nn.Identity(), native_channels[level]
-            self.levels.append(level)
             resamplers.append(resampler)
             self.out_channels.append(channels)
         self.out_strides = tuple(out_strides)

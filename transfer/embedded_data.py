@@ -5,9 +5,10 @@
 ``make_coco_digits`` writes the COCO 2017 layout — ``train2017/``, ``val2017/`` and
 ``annotations/instances_{train,val}2017.json`` with boxes, RLE masks, areas and ten categories ('0'..'9') —
 so mmdet's ``CocoDataset`` reads it exactly as it reads real COCO. Digits come from MNIST's *test* split, which
-pretraining never trains on; train and val canvases use disjoint digits. Every canvas has a smooth colour
-gradient with noise for background and 1..``max_digits`` digits of varied scale, position and colour; digits
-do not overlap, so each mask is the digit's own stroke pixels.
+pretraining never trains on; train and val canvases use disjoint digits. Every canvas looks like MNIST — a dark,
+noisy, slowly varying grey background and 1..``max_digits`` light digits of varied scale, position and
+brightness, at about the scale the 32 px pretraining sees them — so that the transfer measures what the backbone
+learned rather than how it copes with a new domain. Digits do not overlap: each mask is the digit's own strokes.
 """
 
 import json
@@ -32,27 +33,29 @@ IGNORE_INDEX = 255
 
 @dataclass(frozen=True)
 class CanvasSpec:
-    canvas: int = 128
-    max_digits: int = 4
-    min_digit: int = 20
-    max_digit: int = 56
-    seed: int = 0
+    canvas: int = 96
+    max_digits: int = 3
+    min_digit: int = 28  # side of the resized 28 px MNIST image: about the scale the 32 px pretraining sees
+    max_digit: int = 44
+    mask_threshold: float = 0.1  # stroke intensity above which a pixel is the digit's; its fringe (0.02, t] is
+    seed: int = 0  # neither digit nor background
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    corners = rng.uniform(0, 150, size=(2, 2, 3))
-    t = np.linspace(0.0, 1.0, size)[:, None, None]
-    s = np.linspace(0.0, 1.0, size)[None, :, None]
+    """A dark, noisy, slowly varying grey background, as MNIST's own: the pretraining never saw colour."""
+    corners = rng.uniform(0, 40, size=(2, 2))
+    t = np.linspace(0.0, 1.0, size)[:, None]
+    s = np.linspace(0.0, 1.0, size)[None, :]
     top = corners[0, 0] * (1 - s) + corners[0, 1] * s
     bottom = corners[1, 0] * (1 - s) + corners[1, 1] * s
-    image = top * (1 - t) + bottom * t + rng.normal(0, 6, size=(size, size, 3))
+    image = top * (1 - t) + bottom * t + rng.normal(0, 8, size=(size, size))
     return np.clip(image, 0, 255)
 
 
 def compose_canvas(
     rng: np.random.Generator, digits: np.ndarray, labels: np.ndarray, spec: CanvasSpec
 ) -> tuple[np.ndarray, list[tuple[int, np.ndarray, np.ndarray]]]:
-    """One RGB canvas and its instances as (label, binary mask, anti-aliased fringe) triples.
+    """One RGB canvas (grey, like MNIST) and its instances as (label, binary mask, anti-aliased fringe) triples.
 
     A digit's mask is where its (resized) stroke intensity exceeds 0.5; its fringe is the faint rim around it
     (intensity in (0.1, 0.5]), neither clearly digit nor background.
@@ -72,18 +75,18 @@ def compose_canvas(
         else:
             continue
         mask = np.zeros((size, size), dtype=bool)
-        mask[y : y + side, x : x + side] = digit > 0.5
+        mask[y : y + side, x : x + side] = digit > spec.mask_threshold
         fringe = np.zeros((size, size), dtype=bool)
-        fringe[y : y + side, x : x + side] = (digit > 0.1) & (digit <= 0.5)
+        fringe[y : y + side, x : x + side] = (digit > 0.02) & (digit <= spec.mask_threshold)
         if mask.sum() < 12:
             continue
-        colour = rng.uniform(150, 255, size=3)  # brighter than the background's 0..150
-        alpha = np.zeros((size, size, 1))
-        alpha[y : y + side, x : x + side, 0] = digit
-        image = image * (1 - alpha) + colour * alpha
+        brightness = rng.uniform(170, 255)  # brighter than the background's 0..40
+        alpha = np.zeros((size, size))
+        alpha[y : y + side, x : x + side] = digit
+        image = image * (1 - alpha) + brightness * alpha
         taken[y : y + side, x : x + side] = True
         instances.append((int(labels[index]), mask, fringe))
-    return image.astype(np.uint8), instances
+    return np.repeat(image.astype(np.uint8)[..., None], 3, axis=2), instances
 
 
 def _annotation(ann_id: int, image_id: int, label: int, mask: np.ndarray) -> dict:
@@ -206,9 +209,11 @@ EMBEDDED_DATA = {"coco_digits": make_coco_digits, "ade_digits": make_ade_digits}
 
 
 def make_from_config(embedded: dict, root: str | Path, expected_type: str) -> Path:
-    """The data an mm* config's ``embedded_data = dict(type=..., num_train=..., num_val=..., canvas=...)`` asks for."""
+    """The data an mm* config's ``embedded_data = dict(type=..., num_train=..., num_val=..., canvas=...,
+    max_digits=..., min_digit=..., max_digit=...)`` asks for."""
     if embedded.get("type") != expected_type:
         raise UserInputError("embedded_data.type", f"'{embedded.get('type')}' is not '{expected_type}'")
-    spec = CanvasSpec(canvas=int(embedded.get("canvas", 128)))
+    fields = {k: int(embedded[k]) for k in ("canvas", "max_digits", "min_digit", "max_digit") if k in embedded}
+    spec = CanvasSpec(**fields)
     make = EMBEDDED_DATA[expected_type]
     return make(root, int(embedded.get("num_train", 200)), int(embedded.get("num_val", 50)), spec)

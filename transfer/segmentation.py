@@ -5,7 +5,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from mmengine.config import Config
+from mmseg.models.losses import CrossEntropyLoss
 from mmseg.registry import MODELS, OPTIM_WRAPPER_CONSTRUCTORS
 from PIL import Image
 
@@ -17,6 +19,43 @@ from transfer.mm_runner import TaskSpec, run_transfer
 
 backbone_module.register(MODELS)
 optim.register(OPTIM_WRAPPER_CONSTRUCTORS)
+
+
+def class_weighted_cross_entropy(
+    pred, label, weight=None, class_weight=None, reduction="mean", avg_factor=None, ignore_index=255, **_
+) -> torch.Tensor:
+    """Cross-entropy with class weights, averaged over the weights of the labelled pixels (as PyTorch's own).
+
+    mmseg 1.2's ``cross_entropy`` indexes the class weights with every label to find that average, the ignore
+    index included, and fails wherever a label map has an ignored pixel."""
+    loss = F.cross_entropy(pred, label, weight=class_weight, reduction="none", ignore_index=ignore_index)
+    if weight is not None:
+        loss = loss * weight
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    if avg_factor is None:
+        labelled = label != ignore_index
+        pixel = torch.ones_like(loss) if class_weight is None else class_weight[label.clamp(0, len(class_weight) - 1)]
+        if weight is not None:
+            pixel = pixel * weight
+        avg_factor = (pixel * labelled).sum()
+    return loss.sum() / torch.as_tensor(avg_factor, dtype=loss.dtype).clamp(min=1e-12)
+
+
+class ClassWeightedCrossEntropyLoss(CrossEntropyLoss):
+    """mmseg's ``CrossEntropyLoss`` (softmax) whose ``class_weight`` works beside ignored pixels."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        if self.use_sigmoid or self.use_mask:
+            raise ValueError("ClassWeightedCrossEntropyLoss is the softmax cross-entropy")
+        self.cls_criterion = class_weighted_cross_entropy
+
+
+if MODELS.get("ClassWeightedCrossEntropyLoss") is None:
+    MODELS.register_module(module=ClassWeightedCrossEntropyLoss)
 
 # mmseg's IoUMetric already reports percent.
 SEGMENTATION = TaskSpec(

@@ -1,20 +1,26 @@
-# The embedded CPU config: MNIST test-split digits on 128 px canvases in the ADE20K layout (made on first use
-# under data/ade_digits), 11 classes (background + 10 digits), a few minutes on 2 cores.
+# The embedded CPU config: MNIST test-split digits on 96 px grey canvases in the ADE20K layout (made on first use
+# under data/ade_digits), 11 classes (background + 10 digits), under a minute on 2 cores. mmseg's UperNet with an
+# FCN auxiliary head, as at paper scale, narrowed to the micro backbones.
 _base_ = ["_base_/upernet_timm.py", "_base_/ade20k.py", "_base_/default_runtime.py"]
 
 dataset_name = "ade_digits"
-embedded_data = dict(type="ade_digits", num_train=200, num_val=50, canvas=128)
+embedded_data = dict(type="ade_digits", num_train=200, num_val=100, canvas=64, max_digits=2, min_digit=28, max_digit=40)
 data_root = "data/ade_digits"
 classes = ("background", "0", "1", "2", "3", "4", "5", "6", "7", "8", "9")
 palette = [[0, 0, 0]] + [[25 * i, 255 - 25 * i, (80 * i) % 256] for i in range(10)]
-image_size = 128
+image_size = 64
 norm_cfg = dict(type="BN", requires_grad=True)
+# Digits cover about 5 % of the pixels: with plain cross-entropy a short run learns only background, so background
+# weighs a tenth of a digit class.
+class_weight = [0.1] + [1.0] * 10
+losses = dict(type="ClassWeightedCrossEntropyLoss", class_weight=class_weight, loss_weight=1.0)
+aux_losses = dict(type="ClassWeightedCrossEntropyLoss", class_weight=class_weight, loss_weight=0.4)
 
 model = dict(
     data_preprocessor=dict(size=(image_size, image_size)),
     backbone=dict(img_size=image_size, drop_path_rate=0.0),
-    decode_head=dict(num_classes=11, channels=128, norm_cfg=norm_cfg),
-    auxiliary_head=dict(num_classes=11, channels=64, norm_cfg=norm_cfg),
+    decode_head=dict(num_classes=11, channels=64, norm_cfg=norm_cfg, loss_decode=losses),
+    auxiliary_head=dict(num_classes=11, channels=32, norm_cfg=norm_cfg, loss_decode=aux_losses),
 )
 train_pipeline = [
     dict(type="LoadImageFromFile"),
@@ -55,7 +61,7 @@ dataset = dict(
     reduce_zero_label=True,
 )
 train_dataloader = dict(
-    batch_size=4,
+    batch_size=16,
     num_workers=0,
     persistent_workers=False,
     dataset=dict(dataset, pipeline=train_pipeline),
@@ -68,15 +74,16 @@ val_dataloader = dict(
 )
 test_dataloader = val_dataloader
 
-max_iters = 150
+max_iters = 200
 train_cfg = dict(type="IterBasedTrainLoop", max_iters=max_iters, val_interval=max_iters)
 val_cfg = dict(type="ValLoop")
 test_cfg = dict(type="TestLoop")
 optim_wrapper = dict(
     type="OptimWrapper",
     constructor="TimmLayerDecayOptimizerConstructor",
-    optimizer=dict(type="AdamW", lr=4e-4, betas=(0.9, 0.999), weight_decay=0.05),
+    optimizer=dict(type="AdamW", lr=2e-3, betas=(0.9, 0.999), weight_decay=0.05),
     paramwise_cfg=dict(layer_decay_rate=0.9),
+    clip_grad=dict(max_norm=5.0),
 )
 param_scheduler = [
     dict(type="LinearLR", start_factor=0.01, by_epoch=False, begin=0, end=20),
