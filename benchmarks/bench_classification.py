@@ -26,10 +26,10 @@ from timm.data import create_transform
 from timm.optim import create_optimizer_v2
 from torch import nn
 
-from pretrain.config import BackboneConfig
-from pretrain.export import export_backbone
-from transfer.classification import extract_features, transfer_classification
-from transfer.cls_data import TransformedDataset, load_cls_config, load_cls_data
+from dropbench.core.export import export_backbone
+from dropbench.core.models import BackboneConfig
+from dropbench.transfer.classification import extract_features, transfer_classification
+from dropbench.transfer.cls_data import TransformedDataset, load_cls_config, load_cls_data
 
 
 def make_export(backbone: BackboneConfig, folder: Path) -> Path:

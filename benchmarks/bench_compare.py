@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from dropbench.compare import read_records, render, summarise
-from dropbench.identity import ResultRecord
+from dropbench.core.identity import ResultRecord
 
 REGIMES = ("no_dropout", "early_dropout", "late_dropout", "standard_dropout")
 

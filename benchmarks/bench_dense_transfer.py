@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 
-from pretrain.config import BackboneConfig, Recipe, Regime
-from pretrain.models import create_timm_model
-from pretrain.train import pretrain
-from transfer.backbone import TimmBackbone
+from dropbench.core.models import BackboneConfig, create_timm_model
+from dropbench.pretrain.config import Recipe, Regime
+from dropbench.pretrain.train import pretrain
+from dropbench.transfer.backbone import TimmBackbone
 
 FAMILIES = ("vit_micro", "swin_micro", "convnext_micro", "mixer_micro")
 ROOT = Path(__file__).resolve().parents[1]

@@ -22,11 +22,12 @@ from timm.optim import create_optimizer_v2
 from torch import nn
 from torch.utils.data import DataLoader
 
-from pretrain.config import BackboneConfig, Recipe, Regime
-from pretrain.controller import DropController
-from pretrain.data import MNIST, build_data
-from pretrain.diagnostics import DiagnosticsConfig
-from pretrain.train import pretrain
+from dropbench.core.models import BackboneConfig
+from dropbench.pretrain.config import Recipe, Regime
+from dropbench.pretrain.controller import DropController
+from dropbench.pretrain.data import MNIST, build_data
+from dropbench.pretrain.diagnostics import DiagnosticsConfig
+from dropbench.pretrain.train import pretrain
 
 
 def controller_overhead(backbone: BackboneConfig, steps: int, repeats: int, batch: int) -> tuple[float, float, float]:

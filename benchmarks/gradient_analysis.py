@@ -12,10 +12,11 @@ import csv
 import statistics
 from pathlib import Path
 
-from pretrain.config import BackboneConfig, Recipe, Regime
-from pretrain.diagnostics import DiagnosticsConfig
-from pretrain.plots import plot_diagnostics
-from pretrain.train import pretrain
+from dropbench.core.models import BackboneConfig
+from dropbench.plots import plot_diagnostics
+from dropbench.pretrain.config import Recipe, Regime
+from dropbench.pretrain.diagnostics import DiagnosticsConfig
+from dropbench.pretrain.train import pretrain
 
 REGIMES = ("no_dropout", "standard_dropout")
 METRICS = ("grad_norm", "model_distance", "gdv", "gde")

@@ -12,8 +12,8 @@ import argparse
 import time
 from pathlib import Path
 
-from dropbench import CONFIG_ROOT
 from dropbench.compare import COLUMN, noise_floor, read_records, render, summarise
+from dropbench.core.configs import CONFIG_ROOT
 from dropbench.suite import execute_local, load_suite, report
 
 

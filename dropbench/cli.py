@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from dropbench.errors import UserInputError
+from dropbench.core.errors import UserInputError
 
 FORCE_HELP = "run it even though its records exist (they move to records/superseded/)"
 
@@ -19,7 +19,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _schedule(args: argparse.Namespace) -> None:
-    from pretrain.schedules import drop_schedule
+    from dropbench.pretrain.schedules import drop_schedule
 
     rates = drop_schedule(args.rate, args.epochs, args.iters_per_epoch, args.cutoff_epoch, args.mode, args.shape)
     if args.format == "json":
@@ -27,7 +27,7 @@ def _schedule(args: argparse.Namespace) -> None:
         return
     if not args.out:
         raise UserInputError("--out", "--format png needs --out FILE.png")
-    from pretrain.plots import plot_schedules
+    from dropbench.plots import plot_schedules
 
     label = f"{args.mode}/{args.shape} rate {args.rate}" + (
         f", cutoff {args.cutoff_epoch}" if args.mode != "standard" else ""
@@ -37,9 +37,11 @@ def _schedule(args: argparse.Namespace) -> None:
 
 
 def _pretrain(args: argparse.Namespace) -> None:
-    from pretrain.config import BackboneConfig, Recipe, Regime, parse_overrides
-    from pretrain.diagnostics import DiagnosticsConfig
-    from pretrain.train import pretrain
+    from dropbench.core.configs import parse_key_values
+    from dropbench.core.models import BackboneConfig
+    from dropbench.pretrain.config import Recipe, Regime
+    from dropbench.pretrain.diagnostics import DiagnosticsConfig
+    from dropbench.pretrain.train import pretrain
 
     backbone = BackboneConfig.load(args.backbone)
     regime = Regime.load(args.regime)
@@ -49,7 +51,7 @@ def _pretrain(args: argparse.Namespace) -> None:
     diagnostic_items = [i for i in args.diagnostics or [] if i.partition("=")[0] in diagnostic_keys]
     override_items = args.overrides + [i for i in args.diagnostics or [] if i not in diagnostic_items]
     diagnostics = DiagnosticsConfig.parse(diagnostic_items) if args.diagnostics is not None else None
-    recipe = Recipe.load(args.recipe, parse_overrides(override_items))
+    recipe = Recipe.load(args.recipe, parse_key_values(override_items))
     summary = pretrain(
         backbone,
         regime,
@@ -72,17 +74,17 @@ def _pretrain(args: argparse.Namespace) -> None:
 
 
 def _plot_diagnostics(args: argparse.Namespace) -> None:
-    from pretrain.plots import plot_diagnostics
+    from dropbench.plots import plot_diagnostics
 
     for path in plot_diagnostics(args.run_dirs, Path(args.out)):
         print(path)
 
 
 def _transfer_cls(args: argparse.Namespace) -> None:
-    from pretrain.config import parse_overrides
-    from transfer.classification import transfer_classification
+    from dropbench.core.configs import parse_key_values
+    from dropbench.transfer.classification import transfer_classification
 
-    overrides = parse_overrides(args.overrides)
+    overrides = parse_key_values(args.overrides)
     if args.seed is not None:
         if overrides.get("seed", args.seed) != args.seed:
             raise UserInputError("--seed", f"{args.seed} differs from the override seed={overrides['seed']}; give one")
@@ -101,9 +103,9 @@ def _transfer_cls(args: argparse.Namespace) -> None:
 
 def _transfer_dense(args: argparse.Namespace) -> None:
     if args.task == "det":
-        from transfer.detection import transfer_detection as transfer
+        from dropbench.transfer.detection import transfer_detection as transfer
     else:
-        from transfer.segmentation import transfer_segmentation as transfer
+        from dropbench.transfer.segmentation import transfer_segmentation as transfer
     transfer(
         backbone=Path(args.backbone),
         config=Path(args.config),
@@ -118,7 +120,7 @@ def _transfer_dense(args: argparse.Namespace) -> None:
 
 def _compare(args: argparse.Namespace) -> None:
     from dropbench.compare import read_records, render, summarise
-    from dropbench.io import atomic_write_text
+    from dropbench.core.io import atomic_write_text
 
     def warn(message: str) -> None:
         print(f"warning: {message}", file=sys.stderr)
@@ -149,7 +151,7 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pretrain.schedules import MODES, SHAPES
+    from dropbench.pretrain.schedules import MODES, SHAPES
 
     parser = _Parser(prog="dropbench", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)

@@ -23,15 +23,15 @@ import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
 
-from dropbench import REPO_ROOT
-from dropbench.errors import UserInputError
-from dropbench.identity import LEGACY, REQUIRED_RECORD_FIELDS, SUPERSEDED_FOLDER
+from dropbench.core.configs import PAPER_RESULTS
+from dropbench.core.errors import UserInputError
+from dropbench.core.identity import LEGACY, REQUIRED_RECORD_FIELDS, SUPERSEDED_FOLDER
 
 ROW = ["backbone", "recipe", "regime"]
 COLUMN = ["task", "dataset", "protocol", "metric"]
 PAPER_HASH = "paper"  # the config_hash of the paper's published numbers, shown with their recipe as "<recipe> (paper)"
 PAPER_DIR = "paper"
-SHIPPED_PAPER = REPO_ROOT / "results" / PAPER_DIR
+SHIPPED_PAPER = PAPER_RESULTS
 LEVEL = 0.95
 MIN_SIGNIFICANT_N = 3  # fewer paired seeds never claim significance
 SIGNIFICANT = "†"
@@ -335,7 +335,7 @@ def plot_deltas(stats: pd.DataFrame, out: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from dropbench.io import atomic_write
+    from dropbench.core.io import atomic_write
 
     deltas = stats.dropna(subset=["delta"]).copy()
     deltas["column"] = deltas[COLUMN].astype(str).agg("/".join, axis=1)

@@ -6,11 +6,11 @@ import csv
 import time
 from pathlib import Path
 
-from dropbench import CONFIG_ROOT
 from dropbench.compare import plot_deltas, read_records, render, summarise
-from dropbench.io import atomic_write_text
+from dropbench.core.configs import CONFIG_ROOT
+from dropbench.core.io import atomic_write_text
+from dropbench.plots import plot_curves, plot_schedules
 from dropbench.suite import Suite, execute_local, load_suite, report
-from pretrain.plots import plot_curves, plot_schedules
 
 DEMO_SUITE = CONFIG_ROOT / "suites" / "demo.yaml"
 

@@ -1,95 +1,17 @@
-"""Backbones, regimes and recipes: YAML files under ``configs/``, validated into dataclasses."""
+"""Regimes and recipes: YAML files under ``configs/regimes`` and ``configs/pretrain``, validated into dataclasses."""
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import timm
-import yaml
-from torch import nn
-
-from dropbench import CONFIG_ROOT
-from dropbench.errors import UserInputError, did_you_mean
-from dropbench.identity import Part, RunIdentity
-from dropbench.io import load_yaml
-from pretrain.models import create_timm_model
-from pretrain.schedules import CUTOFF_MODES, drop_schedule, validate_schedule
+from dropbench.core.configs import check_keys, known_configs, load_yaml, resolve_config
+from dropbench.core.errors import UserInputError, did_you_mean
+from dropbench.core.identity import Part, RunIdentity
+from dropbench.core.models import BackboneConfig
+from dropbench.pretrain.schedules import CUTOFF_MODES, drop_schedule, validate_schedule
 
 # The schedulers timm's create_scheduler_v2 knows (timm 1.0).
 TIMM_SCHEDULERS = ("cosine", "tanh", "step", "multistep", "plateau", "poly", "rsqrt", "constant")
-# Constructor keywords that timm models use for plain dropout; a backbone file may list its own.
-DEFAULT_DROPOUT_KWARGS = ("drop_rate", "pos_drop_rate", "proj_drop_rate", "attn_drop_rate")
-
-
-def _resolve_file(value: str, folder: str, field_name: str) -> Path | None:
-    """A config given as a path (with or without ``.yaml``) or as a name under ``configs/<folder>/``."""
-    for candidate in (Path(value), Path(f"{value}.yaml"), CONFIG_ROOT / folder / f"{value}.yaml"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _known_names(folder: str) -> list[str]:
-    return [p.stem for p in (CONFIG_ROOT / folder).glob("*.yaml")]
-
-
-def _check_keys(data: dict, allowed: set[str], field_prefix: str) -> None:
-    for key in data:
-        if key not in allowed:
-            raise UserInputError(f"{field_prefix}{key}", f"unknown key{did_you_mean(key, allowed)}")
-
-
-@dataclass(frozen=True)
-class BackboneConfig:
-    """A timm model name plus constructor kwargs; any timm model works without code."""
-
-    name: str
-    model: str
-    kwargs: dict = field(default_factory=dict)
-    dropout_kwargs: tuple[str, ...] = DEFAULT_DROPOUT_KWARGS
-    drop_path_kwarg: str = "drop_path_rate"
-    drop_path_rule: str = "timm"  # or "linear": linspace(0, rate, blocks) whatever timm's own rule is
-    input_size: int = 224
-
-    @classmethod
-    def load(cls, value: str) -> "BackboneConfig":
-        path = _resolve_file(value, "backbones", "backbone")
-        if path is None:
-            if timm.is_model(value):
-                return cls(name=value, model=value)
-            hint = did_you_mean(value, _known_names("backbones"))
-            raise UserInputError("backbone", f"'{value}' is neither a backbone file nor a timm model{hint}")
-        data = load_yaml(path, "backbone")
-        _check_keys(data, {f.name for f in dataclasses.fields(cls)}, "backbone.")
-        data.setdefault("name", path.stem)
-        if "model" not in data:
-            raise UserInputError("backbone.model", f"'{path}' must name a timm model")
-        if not timm.is_model(data["model"]):
-            raise UserInputError(
-                "backbone.model",
-                f"unknown timm model '{data['model']}'{did_you_mean(data['model'], timm.list_models())}",
-            )
-        kwargs = data.get("kwargs") or {}
-        data["kwargs"] = kwargs
-        data["dropout_kwargs"] = tuple(data.get("dropout_kwargs", DEFAULT_DROPOUT_KWARGS))
-        data.setdefault("input_size", kwargs.get("img_size", 224))
-        return cls(**data)
-
-    def create_model(self, num_classes: int, dropout: float = 0.0, drop_path: float = 0.0) -> nn.Module:
-        """Build the timm model with the given maximum rates (only non-zero rates are passed)."""
-        kwargs = dict(self.kwargs, num_classes=num_classes)
-        # Rates are always passed, 0 included: some models default to a non-zero rate (timm's Swin has
-        # drop_path_rate=0.1). A keyword the model's constructor rejects is dropped, unless its rate is needed.
-        optional = {k: dropout for k in self.dropout_kwargs}
-        if drop_path > 0:
-            kwargs[self.drop_path_kwarg] = drop_path
-        else:
-            optional[self.drop_path_kwarg] = 0.0
-        return create_timm_model(self.model, kwargs, optional)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self) | {"dropout_kwargs": list(self.dropout_kwargs)}
 
 
 @dataclass(frozen=True)
@@ -124,11 +46,11 @@ class Regime:
 
     @classmethod
     def load(cls, value: str) -> "Regime":
-        path = _resolve_file(value, "regimes", "regime")
+        path = resolve_config(value, "regimes")
         if path is None:
-            raise UserInputError("regime", f"unknown regime '{value}'{did_you_mean(value, _known_names('regimes'))}")
+            raise UserInputError("regime", f"unknown regime '{value}'{did_you_mean(value, known_configs('regimes'))}")
         data = load_yaml(path, "regime")
-        _check_keys(data, {"name", "dropout", "drop_path", "description", "train"}, "regime.")
+        check_keys(data, {"name", "dropout", "drop_path", "description", "train"}, "regime.")
         train = data.get("train", True)
         if not isinstance(train, bool):
             raise UserInputError("regime.train", f"{train!r} is not true or false")
@@ -141,7 +63,7 @@ class Regime:
                 continue
             if not isinstance(raw, dict):
                 raise UserInputError(f"regime.{kind}", "must be a mapping with rate, mode, shape, cutoff_epoch")
-            _check_keys(raw, {f.name for f in dataclasses.fields(DropSetting)}, f"regime.{kind}.")
+            check_keys(raw, {f.name for f in dataclasses.fields(DropSetting)}, f"regime.{kind}.")
             setting = DropSetting(**raw)
             if not isinstance(setting.rate, (int, float)) or not 0 <= setting.rate < 1:
                 raise UserInputError(
@@ -214,13 +136,13 @@ class Recipe:
 
     @classmethod
     def load(cls, value: str, overrides: dict[str, Any] | None = None) -> "Recipe":
-        path = _resolve_file(value, "pretrain", "recipe")
+        path = resolve_config(value, "pretrain")
         if path is None:
-            raise UserInputError("recipe", f"unknown recipe '{value}'{did_you_mean(value, _known_names('pretrain'))}")
+            raise UserInputError("recipe", f"unknown recipe '{value}'{did_you_mean(value, known_configs('pretrain'))}")
         data = load_yaml(path, "recipe")
         data.setdefault("name", path.stem)
         allowed = {f.name for f in dataclasses.fields(cls)}
-        _check_keys(data, allowed, "recipe.")
+        check_keys(data, allowed, "recipe.")
         allowed.discard("overrides")
         for key, value_ in (overrides or {}).items():
             if key not in allowed:
@@ -286,20 +208,6 @@ def _as_float(value: Any, field_name: str) -> Any:
         except ValueError:
             raise UserInputError(field_name, f"'{value}' is not a number") from None
     return value
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``key=value`` pairs; values are parsed as YAML scalars (``lr=1e-3``, ``aa=null``, ``scale=[0.5,1]``)."""
-    overrides = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise UserInputError("overrides", f"'{item}' is not key=value")
-        try:
-            overrides[key] = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            raise UserInputError(key, f"cannot parse value '{raw}'") from None
-    return overrides
 
 
 def pretrain_identity(backbone: BackboneConfig, regime: Regime, recipe: Recipe, dataset: str) -> RunIdentity:

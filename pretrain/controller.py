@@ -13,7 +13,7 @@ import numpy as np
 from timm.layers import DropPath
 from torch import nn
 
-from dropbench.errors import UserInputError
+from dropbench.core.errors import UserInputError
 
 DROPOUT = "dropout"
 DROP_PATH = "drop_path"
@@ -113,10 +113,6 @@ class DropController:
                     bases=bases,
                 )
             )
-
-    @property
-    def num_iterations(self) -> int:
-        return min((len(s.rates) for s in self._scheduled), default=0)
 
     def step(self, iteration: int) -> dict[str, float]:
         """Set every module's rate for ``iteration`` (clamped to the last one) and return the current rates."""

@@ -25,7 +25,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from dropbench.errors import UserInputError
+from dropbench.core.configs import parse_key_values
+from dropbench.core.errors import UserInputError
 
 DIAGNOSTIC_COLUMNS = ["update", "epoch", "grad_norm", "model_distance", "gdv", "gde", "dropout", "drop_path"]
 
@@ -39,12 +40,11 @@ class DiagnosticsConfig:
     @classmethod
     def parse(cls, items: Iterable[str]) -> "DiagnosticsConfig":
         """``every=<iterations> batches=<K> [full=<images>]``."""
-        values = {}
-        for item in items:
-            key, sep, raw = item.partition("=")
-            if not sep or key not in cls.__dataclass_fields__:
+        values = parse_key_values(items, "--diagnostics", lambda raw, key: raw)
+        for key, raw in values.items():
+            if key not in cls.__dataclass_fields__:
                 raise UserInputError(
-                    "--diagnostics", f"'{item}' is not one of every=<iterations>, batches=<K>, full=<images>"
+                    "--diagnostics", f"'{key}={raw}' is not one of every=<iterations>, batches=<K>, full=<images>"
                 )
             try:
                 values[key] = int(raw)

@@ -13,7 +13,7 @@ The rate is not checked here, as in the reference: a regime checks that it is a 
 
 import numpy as np
 
-from dropbench.errors import UserInputError
+from dropbench.core.errors import UserInputError
 
 SHAPES_BY_MODE: dict[str, tuple[str, ...]] = {
     "standard": ("constant", "linear", "cosine"),  # the shape is ignored, as in the reference

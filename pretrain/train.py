@@ -14,18 +14,16 @@ import os
 import random
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from timm.data import Mixup
-from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
-from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -33,20 +31,28 @@ from torch.utils.data import DataLoader, Subset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
-from dropbench import code_version
-from dropbench.errors import UserInputError
-from dropbench.io import atomic_write, atomic_write_json, atomic_write_text
-from pretrain.config import BackboneConfig, Recipe, Regime, pretrain_identity
-from pretrain.controller import DropController
-from pretrain.data import build_data, dataset_name
-from pretrain.diagnostics import DIAGNOSTIC_COLUMNS, DiagnosticsConfig, GradientDiagnostics, gradient_norm
-from pretrain.export import SIDECAR_FILE, export_backbone
+from dropbench.core.errors import UserInputError
+from dropbench.core.export import CHECKPOINT_FILE, EXPORT_DIR, SIDECAR_FILE, export_backbone
+from dropbench.core.io import atomic_write, atomic_write_csv, atomic_write_json
+from dropbench.core.loop import (
+    StepHooks,
+    autocast_for,
+    build_criterion,
+    build_scheduler,
+    epoch_seed,
+    evaluate,
+    train_one_epoch,
+)
+from dropbench.core.models import BackboneConfig
+from dropbench.core.version import code_version
+from dropbench.pretrain.config import Recipe, Regime, pretrain_identity
+from dropbench.pretrain.controller import DropController
+from dropbench.pretrain.data import DataSplits, build_data, dataset_name
+from dropbench.pretrain.diagnostics import DIAGNOSTIC_COLUMNS, DiagnosticsConfig, GradientDiagnostics, gradient_norm
 
-CHECKPOINT_FILE = "checkpoint.pt"
 LOG_FILE = "log.csv"
 DIAGNOSTICS_FILE = "diagnostics.csv"
 CONFIG_FILE = "config.json"
-EXPORT_DIR = "export"
 LOG_COLUMNS = [
     "epoch",
     "update",
@@ -170,48 +176,12 @@ def _cosine(start: float, end: float, step: int, total: int) -> float:
     return end + 0.5 * (start - end) * (1 + math.cos(math.pi * min(step, total) / max(total, 1)))
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, autocast, distributed: _Dist) -> dict:
-    """Top-1, top-5 (in percent) and mean cross-entropy over the loader's shard, summed across ranks."""
-    model.eval()
-    totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, top1, top5, count
-    for images, targets in loader:
-        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        with autocast():
-            logits = model(images)
-        logits = logits.float()
-        k = min(5, logits.shape[1])
-        topk = logits.topk(k, dim=1).indices
-        hits = topk.eq(targets[:, None])
-        totals += torch.stack(
-            [
-                nn.functional.cross_entropy(logits, targets, reduction="sum").double(),
-                hits[:, 0].sum().double(),
-                hits.any(dim=1).sum().double(),
-                torch.tensor(float(len(targets)), dtype=torch.float64, device=device),
-            ]
-        )
-    if distributed.world > 1:
-        dist.all_reduce(totals)
-    loss, top1, top5, count = totals.tolist()
-    count = max(count, 1.0)
-    return {"val_loss": loss / count, "val_top1": 100.0 * top1 / count, "val_top5": 100.0 * top5 / count}
-
-
 def _read_rows(path: Path, column: str, upto: int) -> list[dict]:
     """The rows of a CSV log whose ``column`` is at most ``upto`` (what a checkpoint had seen)."""
     if not path.is_file():
         return []
     with path.open(newline="") as f:
         return [row for row in csv.DictReader(f) if int(row[column]) <= upto]
-
-
-def _write_rows(path: Path, columns: list[str], rows: list[dict]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, buffer.getvalue())
 
 
 def check_pairing(backbone: BackboneConfig, regime: Regime, num_classes: int = 10) -> None:
@@ -233,6 +203,34 @@ def run_config(backbone: BackboneConfig, regime: Regime, recipe: Recipe, dataset
     }
 
 
+@dataclass
+class _Place:
+    """Where a run goes: its folder, what its checkpoints record, and the processes and device it runs on."""
+
+    out: Path
+    config: str  # run_config as JSON, compared on resume
+    started: str
+    distributed: _Dist
+    device: torch.device
+
+
+@dataclass
+class _Training:
+    """Everything a pretraining run needs, built before its loop (and before a checkpoint is restored)."""
+
+    splits: DataSplits
+    model: nn.Module
+    controller: DropController
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    ema: ModelEmaV3 | None
+    mixup: Mixup | None
+    criterion: nn.Module
+    accum_steps: int
+    iters_per_epoch: int
+    schedules: dict
+
+
 def pretrain(
     backbone: BackboneConfig,
     regime: Regime,
@@ -250,7 +248,7 @@ def pretrain(
 
     A run whose records exist in ``results_dir`` is finished: it is skipped, unless ``force``, which starts it
     afresh (an earlier run folder is moved aside) and supersedes its records. ``diagnostics`` adds the gradient
-    analysis (``pretrain.diagnostics``) to ``diagnostics.csv`` and TensorBoard.
+    analysis (``dropbench.pretrain.diagnostics``) to ``diagnostics.csv`` and TensorBoard.
     """
     out = Path(out)
     identity = pretrain_identity(backbone, regime, recipe, dataset_name(data, recipe, data_name))
@@ -258,327 +256,32 @@ def pretrain(
     if existing and not force:
         print(identity.finished_message(existing), flush=True)
         return _finished_summary(out, recipe, existing)
-    checkpoint_path = out / CHECKPOINT_FILE
-    # Everything that can be wrong with the input is checked before the run folder is made.
-    if resume and not checkpoint_path.is_file() and not (out / EXPORT_DIR).is_dir():
-        raise UserInputError("resume", f"'{out}' holds no {CHECKPOINT_FILE} to resume; drop --resume to start it")
-    if not resume and not force and out.exists() and any(out.iterdir()):
-        raise UserInputError("out", f"'{out}' already holds a run; pass --resume to continue it or pick a new folder")
-
+    _check_run_folder(out, resume, force)
     distributed, dev = _init_distributed(device)
-    if force and not resume and distributed.main and out.exists() and any(out.iterdir()):
-        aside = out.with_name(f"{out.name}.superseded-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}")
-        os.replace(out, aside)
-        print(f"--force: the earlier run folder is now {aside}", flush=True)
-    if distributed.world > 1:
-        dist.barrier()
-    splits = build_data(data, recipe, backbone.input_size, check_images=distributed.main, data_name=data_name)
-    per_update = recipe.per_device_batch * distributed.world
-    if recipe.batch_size % per_update:
-        raise UserInputError(
-            "recipe.per_device_batch",
-            f"{recipe.per_device_batch} × {distributed.world} processes must divide batch_size={recipe.batch_size}",
-        )
-    accum_steps = recipe.batch_size // per_update
-    iters_per_epoch = len(splits.train) // recipe.batch_size
-    if iters_per_epoch < 1:
-        raise UserInputError(
-            "recipe.batch_size",
-            f"{recipe.batch_size} exceeds the {len(splits.train)} training images; lower it",
-        )
-    total_updates = recipe.epochs * iters_per_epoch
-
-    max_rates = regime.max_rates()
-    torch.manual_seed(recipe.seed)
-    model = backbone.create_model(splits.num_classes, **max_rates)
-    schedules = {
-        kind: (getattr(regime, kind).schedule(recipe.epochs, iters_per_epoch), rate) for kind, rate in max_rates.items()
-    }
-    controller = DropController(model, schedules, backbone.drop_path_rule)
-    config = run_config(backbone, regime, recipe, splits.name)
-    checkpoint = None
-    if resume and checkpoint_path.is_file():
-        checkpoint = load_checkpoint(checkpoint_path)
-        _check_same_config(json.loads(checkpoint["config"]), config)
+    _prepare_run_folder(out, resume, force, distributed)
+    run = _build(backbone, regime, recipe, data, data_name, distributed, dev)
+    config = run_config(backbone, regime, recipe, run.splits.name)
+    checkpoint = _read_checkpoint(out, resume, config)
     started = checkpoint["started"] if checkpoint else datetime.now(timezone.utc).isoformat(timespec="seconds")
-
     if distributed.main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / CONFIG_FILE, config | {"config_hash": identity.digest})
-
-    random.seed(recipe.seed + distributed.rank)
-    np.random.seed(recipe.seed + distributed.rank)
-    torch.manual_seed(recipe.seed + distributed.rank)
-
-    model.to(dev)
-    optimizer = create_optimizer_v2(
-        model, opt=recipe.opt, lr=recipe.lr, weight_decay=recipe.weight_decay, momentum=recipe.momentum
-    )
-    base_weight_decays = [group["weight_decay"] for group in optimizer.param_groups]
-    lr_scheduler, _ = create_scheduler_v2(
-        optimizer,
-        sched=recipe.sched,
-        num_epochs=recipe.epochs,
-        warmup_epochs=recipe.warmup_epochs,
-        warmup_lr=recipe.warmup_lr,
-        min_lr=recipe.min_lr,
-        step_on_epochs=False,
-        updates_per_epoch=iters_per_epoch,
-    )
-    ema = ModelEmaV3(model, decay=recipe.model_ema_decay) if recipe.model_ema else None
-    mixup = None
-    if recipe.mixup > 0 or recipe.cutmix > 0:
-        mixup = Mixup(
-            mixup_alpha=recipe.mixup,
-            cutmix_alpha=recipe.cutmix,
-            prob=recipe.mixup_prob,
-            switch_prob=recipe.mixup_switch_prob,
-            label_smoothing=recipe.smoothing,
-            num_classes=splits.num_classes,
-        )
-        criterion = SoftTargetCrossEntropy()
-    elif recipe.smoothing > 0:
-        criterion = LabelSmoothingCrossEntropy(smoothing=recipe.smoothing)
-    else:
-        criterion = nn.CrossEntropyLoss()
-
-    start_epoch, update = 0, 0
-    if checkpoint:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        if ema is not None:
-            ema.load_state_dict(checkpoint["ema"])
-        start_epoch, update = checkpoint["epoch"], checkpoint["update"]
-        _set_rng_state(checkpoint["rng"][min(distributed.rank, len(checkpoint["rng"]) - 1)])
-
-    train_model: nn.Module = model
-    if distributed.world > 1:
-        train_model = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
-
-    use_cuda = dev.type == "cuda"
-    amp_enabled = recipe.amp and use_cuda
-
-    def autocast():
-        return torch.autocast("cuda", dtype=torch.bfloat16) if amp_enabled else nullcontext()
-
-    sampler = DistributedSampler(
-        splits.train,
-        num_replicas=distributed.world,
-        rank=distributed.rank,
-        shuffle=True,
-        seed=recipe.seed,
-        drop_last=True,
-    )
-    loader_generator = torch.Generator()
-    train_loader = DataLoader(
-        splits.train,
-        batch_size=recipe.per_device_batch,
-        sampler=sampler,
-        num_workers=recipe.workers,
-        pin_memory=use_cuda,
-        drop_last=True,
-        generator=loader_generator,
-        persistent_workers=False,
-    )
-    val_shard = Subset(splits.val, range(distributed.rank, len(splits.val), distributed.world))
-    val_loader = DataLoader(
-        val_shard,
-        batch_size=recipe.per_device_batch,
-        shuffle=False,
-        num_workers=recipe.workers,
-        pin_memory=use_cuda,
-    )
-
-    log_rows = _read_rows(out / LOG_FILE, "epoch", start_epoch) if distributed.main else []
-    probe, diagnostic_rows, measured = None, [], None
-    if diagnostics is not None and distributed.main:
-        probe = GradientDiagnostics(
-            diagnostics,
-            model,
-            splits.train_plain,
-            recipe.per_device_batch,
-            nn.CrossEntropyLoss(),
-            dev,
-            recipe.seed,
-            autocast,
-        )
-        if checkpoint:
-            if "initial_weights" not in checkpoint:
-                raise UserInputError(
-                    "--diagnostics",
-                    "this run was started without diagnostics; model distance needs its initial weights",
-                )
-            probe.initial = checkpoint["initial_weights"].to(dev)
-        diagnostic_rows = _read_rows(out / DIAGNOSTICS_FILE, "update", update - 1)
-    writer = None
-    if distributed.main:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(out / "tensorboard"), purge_step=update if checkpoint else None)
-
-    micro_per_epoch = iters_per_epoch * accum_steps
     epochs = recipe.epochs if regime.train else 0  # random_init: the initialisation, evaluated and exported
-    for epoch in range(start_epoch, epochs):
-        sampler.set_epoch(epoch)
-        loader_generator.manual_seed(recipe.seed * 100_003 + epoch)
-        train_model.train()
-        epoch_start = time.perf_counter()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
-        bar = tqdm(
-            total=iters_per_epoch,
-            desc=f"epoch {epoch + 1}/{recipe.epochs}",
-            unit="it",
-            disable=not (distributed.main and sys.stderr.isatty()),
-            leave=False,
-            dynamic_ncols=True,
-        )
-        rates: dict[str, float] = {}
-        rate_sums = dict.fromkeys(schedules, 0.0)
-        for micro, (images, targets) in enumerate(train_loader):
-            if micro >= micro_per_epoch:
-                break
-            first_micro, last_micro = micro % accum_steps == 0, micro % accum_steps == accum_steps - 1
-            if first_micro:
-                rates = controller.step(update)
-                for kind, rate in rates.items():
-                    rate_sums[kind] += rate
-                if probe is not None and probe.due(update):
-                    measured = probe.measure()
-                lr_scheduler.step_update(num_updates=update)
-                if recipe.weight_decay_end is not None:
-                    wd = _cosine(recipe.weight_decay, recipe.weight_decay_end, update, total_updates)
-                    for group, base in zip(optimizer.param_groups, base_weight_decays, strict=True):
-                        if base > 0:
-                            group["weight_decay"] = wd
-            images, targets = images.to(dev, non_blocking=True), targets.to(dev, non_blocking=True)
-            if mixup is not None:
-                images, targets = mixup(images, targets)
-            sync = last_micro or distributed.world == 1
-            with nullcontext() if sync else train_model.no_sync(), autocast():
-                loss = criterion(train_model(images), targets)
-            (loss / accum_steps).backward()
-            loss_sum += loss.detach().double()
-            if not last_micro:
-                continue
-            if measured is not None:
-                row = {"update": update, "epoch": update / iters_per_epoch}
-                row |= {"grad_norm": gradient_norm(model), **measured}
-                row |= {"dropout": rates.get("dropout", 0.0), "drop_path": rates.get("drop_path", 0.0)}
-                diagnostic_rows.append(row)
-                for key in ("grad_norm", "model_distance", "gdv", "gde"):
-                    writer.add_scalar(f"diagnostics/{key}", row[key], update)
-                measured = None
-            if recipe.clip_grad:
-                nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_grad)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if ema is not None:
-                ema.update(model, step=update)
-            update += 1
-            bar.update(1)
-            if distributed.main and update % recipe.log_every == 0:
-                step_loss = loss.item()
-                bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-                writer.add_scalar("train/loss", step_loss, update)
-                writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], update)
-                for kind, rate in rates.items():
-                    writer.add_scalar(f"train/{kind}", rate, update)
-        bar.close()
-        if distributed.world > 1:
-            dist.all_reduce(loss_sum)
-        train_loss = loss_sum.item() / (micro_per_epoch * distributed.world)
-        epoch_seconds = time.perf_counter() - epoch_start
-        metrics = evaluate(model, val_loader, dev, autocast, distributed)
-        if ema is not None:
-            metrics["val_top1_ema"] = evaluate(ema.module, val_loader, dev, autocast, distributed)["val_top1"]
-        row = {
-            "epoch": epoch + 1,
-            "update": update,
-            "train_loss": train_loss,
-            **metrics,
-            "lr": optimizer.param_groups[0]["lr"],
-            "weight_decay": max(group["weight_decay"] for group in optimizer.param_groups),
-            "dropout": rate_sums.get("dropout", 0.0) / iters_per_epoch,
-            "drop_path": rate_sums.get("drop_path", 0.0) / iters_per_epoch,
-            "epoch_seconds": epoch_seconds,
-            "train_images_per_s": micro_per_epoch * recipe.per_device_batch * distributed.world / epoch_seconds,
-        }
-        rng = _rng_state()
-        if distributed.world > 1:
-            gathered: list = [None] * distributed.world
-            dist.all_gather_object(gathered, rng)
-            rng_states = gathered
-        else:
-            rng_states = [rng]
-        if distributed.main:
-            log_rows.append(row)
-            _write_rows(out / LOG_FILE, LOG_COLUMNS, log_rows)
-            if probe is not None:
-                _write_rows(out / DIAGNOSTICS_FILE, DIAGNOSTIC_COLUMNS, diagnostic_rows)
-            for key in ("train_loss", "val_loss", "val_top1", "val_top5", "dropout", "drop_path"):
-                writer.add_scalar(f"epoch/{key}", row[key], epoch + 1)
-            writer.flush()
-            tqdm.write(
-                f"epoch {epoch + 1}/{recipe.epochs}  train_loss {train_loss:.4f}  val_top1 {metrics['val_top1']:.2f}"
-                f"  dropout {row['dropout']:.4f}  drop_path {row['drop_path']:.4f}  {epoch_seconds:.1f}s"
-            )
-            sys.stdout.flush()
-            state = {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "epoch": epoch + 1,
-                "update": update,
-                "rng": rng_states,
-                "config": json.dumps(config, sort_keys=True),
-                "started": started,
-            }
-            if ema is not None:
-                state["ema"] = ema.state_dict()
-            if probe is not None:
-                state["initial_weights"] = probe.initial.cpu()
-            _save_checkpoint(checkpoint_path, state)
-        if distributed.world > 1:
-            dist.barrier()
-
-    if not regime.train:
-        metrics = evaluate(model, val_loader, dev, autocast, distributed)  # on every rank: it all-reduces
-        if distributed.main and not log_rows:
-            log_rows.append({"epoch": 0, "update": 0, **metrics})
-            _write_rows(out / LOG_FILE, LOG_COLUMNS, log_rows)
-    if writer is not None:
-        writer.close()
+    place = _Place(out, json.dumps(config, sort_keys=True), started, distributed, dev)
+    log_rows = _train(run, recipe, epochs, place, checkpoint, diagnostics)
     final = log_rows[-1] if log_rows else {}
     summary = RunSummary(
         run_dir=out,
         train_loss=float(final.get("train_loss", "nan")),
         val_top1=float(final.get("val_top1", "nan")),
         epochs=epochs,
-        iters_per_epoch=iters_per_epoch,
+        iters_per_epoch=run.iters_per_epoch,
     )
     if not distributed.main:
         return summary
-    already_finished = start_epoch == epochs and (out / EXPORT_DIR / SIDECAR_FILE).is_file()
-    if not already_finished:
-        export_backbone(
-            model,
-            out / EXPORT_DIR,
-            {
-                "model": backbone.model,
-                "kwargs": backbone.kwargs,
-                "num_classes": splits.num_classes,
-                "input_size": backbone.input_size,
-                "backbone": backbone.name,
-                "regime": regime.name,
-                "recipe": recipe.name,
-                "epochs": epochs,
-                "seed": recipe.seed,
-                "dataset": splits.name,
-                "val_top1": summary.val_top1,
-                "code_version": code_version(),
-                "config_hash": identity.digest,
-                "identity": identity.to_json(),
-            },
-        )
+    start_epoch = checkpoint["epoch"] if checkpoint else 0
+    if not (start_epoch == epochs and (out / EXPORT_DIR / SIDECAR_FILE).is_file()):  # else exported before
+        _export(run, backbone, regime, recipe, identity, out, summary)
     if results_dir is not None:
         summary.records = identity.write_records(
             results_dir,
@@ -589,6 +292,378 @@ def pretrain(
             code_version=code_version(),
         )
     return summary
+
+
+def _check_run_folder(out: Path, resume: bool, force: bool) -> None:
+    """Everything that can be wrong with the run folder, checked before anything is made."""
+    if resume and not (out / CHECKPOINT_FILE).is_file() and not (out / EXPORT_DIR).is_dir():
+        raise UserInputError("resume", f"'{out}' holds no {CHECKPOINT_FILE} to resume; drop --resume to start it")
+    if not resume and not force and out.exists() and any(out.iterdir()):
+        raise UserInputError("out", f"'{out}' already holds a run; pass --resume to continue it or pick a new folder")
+
+
+def _prepare_run_folder(out: Path, resume: bool, force: bool, distributed: _Dist) -> None:
+    """``force`` without ``resume`` starts afresh: an earlier run folder is moved aside, not deleted."""
+    if force and not resume and distributed.main and out.exists() and any(out.iterdir()):
+        aside = out.with_name(f"{out.name}.superseded-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}")
+        os.replace(out, aside)
+        print(f"--force: the earlier run folder is now {aside}", flush=True)
+    if distributed.world > 1:
+        dist.barrier()
+
+
+def _build(
+    backbone: BackboneConfig,
+    regime: Regime,
+    recipe: Recipe,
+    data: str,
+    data_name: str | None,
+    distributed: _Dist,
+    device: torch.device,
+) -> _Training:
+    """Data, model (initialised from the recipe's seed), drop controller, optimizer, scheduler, EMA and criterion;
+    the global RNGs are then seeded per process."""
+    splits = build_data(data, recipe, backbone.input_size, check_images=distributed.main, data_name=data_name)
+    per_update = recipe.per_device_batch * distributed.world
+    if recipe.batch_size % per_update:
+        raise UserInputError(
+            "recipe.per_device_batch",
+            f"{recipe.per_device_batch} × {distributed.world} processes must divide batch_size={recipe.batch_size}",
+        )
+    iters_per_epoch = len(splits.train) // recipe.batch_size
+    if iters_per_epoch < 1:
+        raise UserInputError(
+            "recipe.batch_size",
+            f"{recipe.batch_size} exceeds the {len(splits.train)} training images; lower it",
+        )
+    max_rates = regime.max_rates()
+    torch.manual_seed(recipe.seed)
+    model = backbone.create_model(splits.num_classes, **max_rates)
+    schedules = {
+        kind: (getattr(regime, kind).schedule(recipe.epochs, iters_per_epoch), rate) for kind, rate in max_rates.items()
+    }
+    controller = DropController(model, schedules, backbone.drop_path_rule)
+    random.seed(recipe.seed + distributed.rank)
+    np.random.seed(recipe.seed + distributed.rank)
+    torch.manual_seed(recipe.seed + distributed.rank)
+    model.to(device)
+    optimizer = create_optimizer_v2(
+        model, opt=recipe.opt, lr=recipe.lr, weight_decay=recipe.weight_decay, momentum=recipe.momentum
+    )
+    mixup, criterion = build_criterion(
+        splits.num_classes, recipe.smoothing, recipe.mixup, recipe.cutmix, recipe.mixup_prob, recipe.mixup_switch_prob
+    )
+    return _Training(
+        splits=splits,
+        model=model,
+        controller=controller,
+        optimizer=optimizer,
+        scheduler=build_scheduler(optimizer, recipe, iters_per_epoch, "recipe.sched"),
+        ema=ModelEmaV3(model, decay=recipe.model_ema_decay) if recipe.model_ema else None,
+        mixup=mixup,
+        criterion=criterion,
+        accum_steps=recipe.batch_size // per_update,
+        iters_per_epoch=iters_per_epoch,
+        schedules=schedules,
+    )
+
+
+def _read_checkpoint(out: Path, resume: bool, config: dict) -> dict | None:
+    checkpoint_path = out / CHECKPOINT_FILE
+    if not (resume and checkpoint_path.is_file()):
+        return None
+    checkpoint = load_checkpoint(checkpoint_path)
+    _check_same_config(json.loads(checkpoint["config"]), config)
+    return checkpoint
+
+
+def _train(
+    run: _Training,
+    recipe: Recipe,
+    epochs: int,
+    place: _Place,
+    checkpoint: dict | None,
+    diagnostics: DiagnosticsConfig | None,
+) -> list[dict]:
+    """The epoch loop from the checkpoint's epoch (or 0) to ``epochs``; returns the log's rows."""
+    distributed, dev = place.distributed, place.device
+    start_epoch, update = _restore(run, checkpoint, distributed)
+    train_model: nn.Module = run.model
+    if distributed.world > 1:
+        train_model = DistributedDataParallel(run.model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    autocast = autocast_for(dev, recipe.amp)
+    sampler, train_loader, loader_generator, val_loader = _loaders(run.splits, recipe, distributed, dev)
+    monitor = _Monitor(run, recipe, place, start_epoch, update, checkpoint, diagnostics, autocast)
+    for epoch in range(start_epoch, epochs):
+        sampler.set_epoch(epoch)
+        loader_generator.manual_seed(epoch_seed(recipe.seed, epoch))
+        epoch_start = time.perf_counter()
+        result = train_one_epoch(
+            train_model,
+            train_loader,
+            run.optimizer,
+            run.scheduler,
+            run.criterion,
+            dev,
+            updates=run.iters_per_epoch,
+            start_update=update,
+            accum_steps=run.accum_steps,
+            mixup=run.mixup,
+            autocast=autocast,
+            clip_grad=recipe.clip_grad,
+            ema=run.ema,
+            hooks=monitor.hooks(),
+            desc=f"epoch {epoch + 1}/{recipe.epochs}",
+            progress=distributed.main,
+        )
+        update = result.update
+        if distributed.world > 1:
+            dist.all_reduce(result.loss_sum)
+        train_loss = result.loss_sum.item() / (result.micro_batches * distributed.world)
+        epoch_seconds = time.perf_counter() - epoch_start
+        metrics = _validate(run, val_loader, dev, autocast)
+        row = {
+            "epoch": epoch + 1,
+            "update": update,
+            "train_loss": train_loss,
+            **metrics,
+            "lr": run.optimizer.param_groups[0]["lr"],
+            "weight_decay": max(group["weight_decay"] for group in run.optimizer.param_groups),
+            **monitor.mean_rates(run.iters_per_epoch),
+            "epoch_seconds": epoch_seconds,
+            "train_images_per_s": result.micro_batches * recipe.per_device_batch * distributed.world / epoch_seconds,
+        }
+        rng_states = _gather_rng_states(distributed)
+        if distributed.main:
+            monitor.end_epoch(row, epoch, recipe.epochs)
+            _save_checkpoint(
+                place.out / CHECKPOINT_FILE, _checkpoint_state(run, place, epoch + 1, update, rng_states, monitor)
+            )
+        if distributed.world > 1:
+            dist.barrier()
+    if epochs == 0:  # random_init: the initialisation's validation row, on every rank (it all-reduces)
+        monitor.first_row(_validate(run, val_loader, dev, autocast, with_ema=False))
+    monitor.close()
+    return monitor.log_rows
+
+
+def _restore(run: _Training, checkpoint: dict | None, distributed: _Dist) -> tuple[int, int]:
+    """Model, optimizer, EMA and RNG states from ``checkpoint``; returns ``(epoch, update)`` to continue from."""
+    if not checkpoint:
+        return 0, 0
+    run.model.load_state_dict(checkpoint["model"])
+    run.optimizer.load_state_dict(checkpoint["optimizer"])
+    if run.ema is not None:
+        run.ema.load_state_dict(checkpoint["ema"])
+    _set_rng_state(checkpoint["rng"][min(distributed.rank, len(checkpoint["rng"]) - 1)])
+    return checkpoint["epoch"], checkpoint["update"]
+
+
+def _loaders(splits: DataSplits, recipe: Recipe, distributed: _Dist, dev: torch.device):
+    """``(sampler, train loader, its generator, val loader over this rank's shard)``."""
+    sampler = DistributedSampler(
+        splits.train,
+        num_replicas=distributed.world,
+        rank=distributed.rank,
+        shuffle=True,
+        seed=recipe.seed,
+        drop_last=True,
+    )
+    generator = torch.Generator()
+    train_loader = DataLoader(
+        splits.train,
+        batch_size=recipe.per_device_batch,
+        sampler=sampler,
+        num_workers=recipe.workers,
+        pin_memory=dev.type == "cuda",
+        drop_last=True,
+        generator=generator,
+        persistent_workers=False,
+    )
+    val_shard = Subset(splits.val, range(distributed.rank, len(splits.val), distributed.world))
+    val_loader = DataLoader(
+        val_shard,
+        batch_size=recipe.per_device_batch,
+        shuffle=False,
+        num_workers=recipe.workers,
+        pin_memory=dev.type == "cuda",
+    )
+    return sampler, train_loader, generator, val_loader
+
+
+def _validate(run: _Training, loader: DataLoader, dev: torch.device, autocast, with_ema: bool = True) -> dict:
+    classes = run.splits.num_classes
+    metrics = evaluate(run.model, loader, classes, dev, autocast, reduce=True)
+    row = {"val_loss": metrics["loss"], "val_top1": metrics["top1"], "val_top5": metrics["top5"]}
+    if with_ema and run.ema is not None:
+        row["val_top1_ema"] = evaluate(run.ema.module, loader, classes, dev, autocast, reduce=True)["top1"]
+    return row
+
+
+def _gather_rng_states(distributed: _Dist) -> list[dict]:
+    rng = _rng_state()
+    if distributed.world == 1:
+        return [rng]
+    gathered: list = [None] * distributed.world
+    dist.all_gather_object(gathered, rng)
+    return gathered
+
+
+def _checkpoint_state(
+    run: _Training, place: _Place, epoch: int, update: int, rng_states: list[dict], monitor: "_Monitor"
+) -> dict:
+    state = {
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "epoch": epoch,
+        "update": update,
+        "rng": rng_states,
+        "config": place.config,
+        "started": place.started,
+    }
+    if run.ema is not None:
+        state["ema"] = run.ema.state_dict()
+    if monitor.probe is not None:
+        state["initial_weights"] = monitor.probe.initial.cpu()
+    return state
+
+
+class _Monitor:
+    """What a run reports: the per-update hooks (drop rates, weight decay, gradient diagnostics, TensorBoard)
+    and, on the main process, the epoch log, diagnostics CSV and console line."""
+
+    def __init__(self, run, recipe, place, start_epoch, update, checkpoint, diagnostics, autocast):
+        self.run, self.recipe, self.place = run, recipe, place
+        self.main = place.distributed.main
+        self.base_weight_decays = [group["weight_decay"] for group in run.optimizer.param_groups]
+        self.total_updates = recipe.epochs * run.iters_per_epoch
+        self.rates: dict[str, float] = {}
+        self.rate_sums = dict.fromkeys(run.schedules, 0.0)
+        self.log_rows = _read_rows(place.out / LOG_FILE, "epoch", start_epoch) if self.main else []
+        self.probe, self.diagnostic_rows, self.measured = None, [], None
+        if diagnostics is not None and self.main:
+            self.probe = _diagnostics_probe(run, recipe, place.device, checkpoint, diagnostics, autocast)
+            self.diagnostic_rows = _read_rows(place.out / DIAGNOSTICS_FILE, "update", update - 1)
+        self.writer = None
+        if self.main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            tensorboard = str(place.out / "tensorboard")
+            self.writer = SummaryWriter(tensorboard, purge_step=update if checkpoint else None)
+
+    def hooks(self) -> StepHooks:
+        self.rate_sums = dict.fromkeys(self.run.schedules, 0.0)
+        return StepHooks(self.before_update, self.before_step if self.probe else None, self.after_update)
+
+    def before_update(self, update: int) -> None:
+        self.rates = self.run.controller.step(update)
+        for kind, rate in self.rates.items():
+            self.rate_sums[kind] += rate
+        if self.probe is not None and self.probe.due(update):
+            self.measured = self.probe.measure()
+        if self.recipe.weight_decay_end is not None:
+            wd = _cosine(self.recipe.weight_decay, self.recipe.weight_decay_end, update, self.total_updates)
+            for group, base in zip(self.run.optimizer.param_groups, self.base_weight_decays, strict=True):
+                if base > 0:
+                    group["weight_decay"] = wd
+
+    def before_step(self, update: int) -> None:
+        if self.measured is None:
+            return
+        row = {"update": update, "epoch": update / self.run.iters_per_epoch}
+        row |= {"grad_norm": gradient_norm(self.run.model), **self.measured}
+        row |= {"dropout": self.rates.get("dropout", 0.0), "drop_path": self.rates.get("drop_path", 0.0)}
+        self.diagnostic_rows.append(row)
+        for key in ("grad_norm", "model_distance", "gdv", "gde"):
+            self.writer.add_scalar(f"diagnostics/{key}", row[key], update)
+        self.measured = None
+
+    def after_update(self, update: int, loss: torch.Tensor) -> None:
+        if not self.main or update % self.recipe.log_every:
+            return
+        lr = self.run.optimizer.param_groups[0]["lr"]
+        self.writer.add_scalar("train/loss", loss.item(), update)
+        self.writer.add_scalar("train/lr", lr, update)
+        for kind, rate in self.rates.items():
+            self.writer.add_scalar(f"train/{kind}", rate, update)
+
+    def mean_rates(self, iters_per_epoch: int) -> dict[str, float]:
+        return {kind: self.rate_sums.get(kind, 0.0) / iters_per_epoch for kind in ("dropout", "drop_path")}
+
+    def end_epoch(self, row: dict, epoch: int, epochs: int) -> None:
+        self.log_rows.append(row)
+        atomic_write_csv(self.place.out / LOG_FILE, LOG_COLUMNS, self.log_rows)
+        if self.probe is not None:
+            atomic_write_csv(self.place.out / DIAGNOSTICS_FILE, DIAGNOSTIC_COLUMNS, self.diagnostic_rows)
+        for key in ("train_loss", "val_loss", "val_top1", "val_top5", "dropout", "drop_path"):
+            self.writer.add_scalar(f"epoch/{key}", row[key], epoch + 1)
+        self.writer.flush()
+        tqdm.write(
+            f"epoch {epoch + 1}/{epochs}  train_loss {row['train_loss']:.4f}  val_top1 {row['val_top1']:.2f}"
+            f"  dropout {row['dropout']:.4f}  drop_path {row['drop_path']:.4f}  {row['epoch_seconds']:.1f}s"
+        )
+        sys.stdout.flush()
+
+    def first_row(self, metrics: dict) -> None:
+        if self.main and not self.log_rows:
+            self.log_rows.append({"epoch": 0, "update": 0, **metrics})
+            atomic_write_csv(self.place.out / LOG_FILE, LOG_COLUMNS, self.log_rows)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _diagnostics_probe(run, recipe, dev, checkpoint, diagnostics, autocast) -> GradientDiagnostics:
+    probe = GradientDiagnostics(
+        diagnostics,
+        run.model,
+        run.splits.train_plain,
+        recipe.per_device_batch,
+        nn.CrossEntropyLoss(),
+        dev,
+        recipe.seed,
+        autocast,
+    )
+    if checkpoint:
+        if "initial_weights" not in checkpoint:
+            raise UserInputError(
+                "--diagnostics",
+                "this run was started without diagnostics; model distance needs its initial weights",
+            )
+        probe.initial = checkpoint["initial_weights"].to(dev)
+    return probe
+
+
+def _export(
+    run: _Training,
+    backbone: BackboneConfig,
+    regime: Regime,
+    recipe: Recipe,
+    identity,
+    out: Path,
+    summary: RunSummary,
+) -> None:
+    export_backbone(
+        run.model,
+        out / EXPORT_DIR,
+        {
+            "model": backbone.model,
+            "kwargs": backbone.kwargs,
+            "num_classes": run.splits.num_classes,
+            "input_size": backbone.input_size,
+            "backbone": backbone.name,
+            "regime": regime.name,
+            "recipe": recipe.name,
+            "epochs": summary.epochs,
+            "seed": recipe.seed,
+            "dataset": run.splits.name,
+            "val_top1": summary.val_top1,
+            "code_version": code_version(),
+            "config_hash": identity.digest,
+            "identity": identity.to_json(),
+        },
+    )
 
 
 def _finished_summary(out: Path, recipe: Recipe, records: list[Path]) -> RunSummary:

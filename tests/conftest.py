@@ -29,8 +29,9 @@ def cli(capsys):
 @pytest.fixture(scope="session")
 def exports(tmp_path_factory) -> dict[str, Path]:
     """A real (one-epoch, small) pretraining export per micro family, shared by the transfer tests."""
-    from pretrain.config import BackboneConfig, Recipe, Regime
-    from pretrain.train import pretrain
+    from dropbench.core.models import BackboneConfig
+    from dropbench.pretrain.config import Recipe, Regime
+    from dropbench.pretrain.train import pretrain
 
     tiny = dict(epochs=1, train_subset=256, val_subset=64, batch_size=64, per_device_batch=64, warmup_epochs=0)
     root = tmp_path_factory.mktemp("exports")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pretrain.data import load_mnist
+from dropbench.core.readers import load_mnist
 
 
 def _pretrain_args(out: Path, **changes) -> list:

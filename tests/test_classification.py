@@ -14,13 +14,15 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from dropbench.cli import main
-from dropbench.identity import ResultRecord
-from pretrain.config import BackboneConfig, Recipe, Regime
-from pretrain.data import load_mnist
-from pretrain.export import export_backbone
-from pretrain.train import pretrain
-from transfer.classification import accuracy_metrics, fit_linear_probe
-from transfer.cls_data import load_cls_config, load_cls_data
+from dropbench.core.export import export_backbone
+from dropbench.core.identity import ResultRecord
+from dropbench.core.loop import accuracy_metrics
+from dropbench.core.models import BackboneConfig
+from dropbench.core.readers import load_mnist
+from dropbench.pretrain.config import Recipe, Regime
+from dropbench.pretrain.train import pretrain
+from dropbench.transfer.classification import fit_linear_probe
+from dropbench.transfer.cls_data import load_cls_config, load_cls_data
 
 try:
     from sklearn.datasets import load_digits
@@ -358,10 +360,10 @@ def test_a_typo_in_an_override_suggests_the_key(cli, untrained_export, tmp_path)
 
 def test_a_run_whose_records_exist_is_skipped(cli, untrained_export, tmp_path):
     """The identity the run computes names the same records the table and the suite planner read."""
-    from dropbench.identity import RunIdentity
-    from pretrain.export import read_sidecar
-    from transfer.classification import task_identity
-    from transfer.cls_data import load_cls_config
+    from dropbench.core.export import read_sidecar
+    from dropbench.core.identity import RunIdentity
+    from dropbench.transfer.classification import task_identity
+    from dropbench.transfer.cls_data import load_cls_config
 
     config = load_cls_config("optdigits", {"epochs": 2})
     dataset, protocol, part = task_identity(config, "linear", {"epochs": 2})

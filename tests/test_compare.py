@@ -11,7 +11,7 @@ import pytest
 from scipy import stats as scipy_stats
 
 from dropbench.compare import paired_t_interval, read_records, render, summarise
-from dropbench.identity import ResultRecord
+from dropbench.core.identity import ResultRecord
 
 RECIPE = {"digest": "r" * 16, "overrides": ""}
 

@@ -2,10 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-from dropbench.errors import UserInputError
-from pretrain.config import BackboneConfig, Regime
-from pretrain.controller import DropController, drop_modules
-from pretrain.schedules import drop_schedule
+from dropbench.core.errors import UserInputError
+from dropbench.core.models import BackboneConfig
+from dropbench.pretrain.config import Regime
+from dropbench.pretrain.controller import DropController, drop_modules
+from dropbench.pretrain.schedules import drop_schedule
 
 from .conftest import MICRO_BACKBONES
 

@@ -10,14 +10,14 @@ import torch
 from pycocotools.coco import COCO
 from safetensors.torch import load_file, save_file
 
-from dropbench.errors import UserInputError
+from dropbench.core.errors import UserInputError
 
 from .conftest import MICRO_BACKBONES
 
 mmdet = pytest.importorskip("mmdet")
-from transfer.backbone import TimmBackbone, assign_levels  # noqa: E402
-from transfer.detection import validate_coco  # noqa: E402
-from transfer.embedded_data import CanvasSpec, make_coco_digits, make_from_config  # noqa: E402
+from dropbench.transfer.backbone import TimmBackbone, assign_levels  # noqa: E402
+from dropbench.transfer.detection import validate_coco  # noqa: E402
+from dropbench.transfer.embedded_data import CanvasSpec, make_coco_digits, make_from_config  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "detection"
 
@@ -226,7 +226,7 @@ def test_weights_that_do_not_match_the_sidecar_are_refused(cli, exports, tmp_pat
 def test_the_paper_scale_configs_build_mask_rcnn_on_an_export(exports, config):
     from mmdet.registry import MODELS
 
-    from transfer.mm_runner import load_config
+    from dropbench.transfer.mm_runner import load_config
 
     cfg = load_config(CONFIGS / config, [])
     cfg.model.backbone.export = str(exports["convnext_micro"])

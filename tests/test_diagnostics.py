@@ -6,10 +6,11 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from dropbench.errors import UserInputError
-from pretrain.config import BackboneConfig, Recipe, Regime
-from pretrain.diagnostics import DiagnosticsConfig, DirectionStats, cosine_distance
-from pretrain.train import pretrain
+from dropbench.core.errors import UserInputError
+from dropbench.core.models import BackboneConfig
+from dropbench.pretrain.config import Recipe, Regime
+from dropbench.pretrain.diagnostics import DiagnosticsConfig, DirectionStats, cosine_distance
+from dropbench.pretrain.train import pretrain
 
 
 def _brute_force_gdv(gradients: list[torch.Tensor]) -> float:

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from pretrain.export import load_exported_model
+from dropbench.core.export import load_exported_model
 
 pytestmark = pytest.mark.slow
 

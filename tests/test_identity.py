@@ -2,9 +2,10 @@
 
 import json
 
-from dropbench.identity import Part, ResultRecord, RunIdentity
-from pretrain.config import BackboneConfig, Recipe, Regime, pretrain_identity
-from pretrain.data import IMAGENET_1K, dataset_name
+from dropbench.core.identity import Part, ResultRecord, RunIdentity
+from dropbench.core.models import BackboneConfig
+from dropbench.pretrain.config import Recipe, Regime, pretrain_identity
+from dropbench.pretrain.data import IMAGENET_1K, dataset_name
 
 
 def _identity(**recipe_overrides) -> RunIdentity:

@@ -11,10 +11,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dropbench.identity import ResultRecord
-from pretrain.config import BackboneConfig, Recipe, Regime
-from pretrain.export import load_exported_model
-from pretrain.train import CHECKPOINT_FILE, load_checkpoint, pretrain
+from dropbench.core.export import load_exported_model
+from dropbench.core.identity import ResultRecord
+from dropbench.core.models import BackboneConfig
+from dropbench.pretrain.config import Recipe, Regime
+from dropbench.pretrain.train import CHECKPOINT_FILE, load_checkpoint, pretrain
 
 pytestmark = pytest.mark.slow
 

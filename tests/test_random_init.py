@@ -5,9 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from pretrain.config import BackboneConfig, Recipe, Regime
-from pretrain.export import load_exported_model, read_sidecar
-from pretrain.train import pretrain
+from dropbench.core.export import load_exported_model, read_sidecar
+from dropbench.core.models import BackboneConfig
+from dropbench.pretrain.config import Recipe, Regime
+from dropbench.pretrain.train import pretrain
 
 pytest.importorskip("mmdet")
 ROOT = Path(__file__).resolve().parents[1] / "configs"
@@ -25,8 +26,8 @@ def test_a_random_init_export_loads_in_every_transfer(random_init_export):
     from mmdet.registry import MODELS as DET_MODELS
     from mmseg.registry import MODELS as SEG_MODELS
 
-    from transfer.backbone import TimmBackbone
-    from transfer.mm_runner import load_config
+    from dropbench.transfer.backbone import TimmBackbone
+    from dropbench.transfer.mm_runner import load_config
 
     sidecar = read_sidecar(random_init_export)
     assert sidecar["regime"] == "random_init" and sidecar["epochs"] == 0

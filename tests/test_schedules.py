@@ -6,8 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from dropbench.errors import UserInputError
-from pretrain.schedules import SHAPES_BY_MODE, drop_schedule
+from dropbench.core.errors import UserInputError
+from dropbench.pretrain.schedules import SHAPES_BY_MODE, drop_schedule
 
 
 def test_early_linear_decays_to_zero_at_the_cutoff_then_stays_off():

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 mmseg = pytest.importorskip("mmseg")
-from transfer.embedded_data import SEGMENTATION_CLASSES, make_from_config  # noqa: E402
+from dropbench.transfer.embedded_data import SEGMENTATION_CLASSES, make_from_config  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "segmentation"
 
@@ -112,8 +112,8 @@ def test_a_wrong_num_classes_is_named(cli, exports, ade_digits, tmp_path, monkey
 def test_the_paper_scale_config_builds_upernet_on_an_export(exports):
     from mmseg.registry import MODELS
 
-    from transfer.backbone import TimmBackbone
-    from transfer.mm_runner import load_config
+    from dropbench.transfer.backbone import TimmBackbone
+    from dropbench.transfer.mm_runner import load_config
 
     cfg = load_config(CONFIGS / "upernet_160k_ade20k.py", [])
     cfg.model.backbone.export = str(exports["swin_micro"])
@@ -144,7 +144,7 @@ def test_a_short_cpu_fine_tune_writes_finite_miou_records(cli, exports, tmp_path
 def test_the_class_weighted_loss_is_pytorchs_weighted_mean_over_labelled_pixels():
     import torch
 
-    from transfer.segmentation import ClassWeightedCrossEntropyLoss
+    from dropbench.transfer.segmentation import ClassWeightedCrossEntropyLoss
 
     torch.manual_seed(0)
     logits = torch.randn(2, 11, 8, 8)

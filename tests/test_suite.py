@@ -146,23 +146,23 @@ def test_slurm_resources_take_defaults_then_per_stage_values_and_slurm_times(tmp
 
 def test_on_several_gpus_pretraining_and_dense_transfers_go_under_torchrun_and_parse(tmp_path):
     from dropbench.cli import build_parser
-    from dropbench.suite import _command_line
+    from dropbench.suite.running import command_line
 
     suite = load_suite(_suite(tmp_path, transfers=[DET, CLS]))
     pretraining, det, cls = suite.runs
     for run in (pretraining, det):
-        line = _command_line(run, gpus=8)
+        line = command_line(run, gpus=8)
         assert line[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=8", "-m"]
         args = build_parser().parse_args(line[7:])
         assert args.command == run.stage or args.task == run.stage
-    assert build_parser().parse_args(_command_line(det, gpus=8)[7:]).launcher == "pytorch"
-    assert build_parser().parse_args(_command_line(det, gpus=8)[7:]).cfg_options == [
+    assert build_parser().parse_args(command_line(det, gpus=8)[7:]).launcher == "pytorch"
+    assert build_parser().parse_args(command_line(det, gpus=8)[7:]).cfg_options == [
         "train_cfg.max_iters=2",
         "embedded_data.num_train=4",
         "embedded_data.num_val=2",
     ]
-    assert _command_line(cls, gpus=8)[1:3] == ["-m", "dropbench.cli"], "classification runs in one process"
-    assert _command_line(det, gpus=1)[1:3] == ["-m", "dropbench.cli"]
+    assert command_line(cls, gpus=8)[1:3] == ["-m", "dropbench.cli"], "classification runs in one process"
+    assert command_line(det, gpus=1)[1:3] == ["-m", "dropbench.cli"]
 
 
 def _pretrain(**overrides) -> dict:

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dropbench.errors import UserInputError
-from pretrain.export import read_sidecar, read_weights
-from pretrain.models import create_timm_model
+from dropbench.core.errors import UserInputError
+from dropbench.core.export import read_sidecar, read_weights
+from dropbench.core.models import create_timm_model
 
 # Constructor keywords that let a timm model take any input size; models without them are skipped over.
 _DYNAMIC_SIZE_KWARGS = {"dynamic_img_size": True, "strict_img_size": False}

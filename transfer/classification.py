@@ -8,18 +8,17 @@
   multinomial logistic regression on standardised features, fitted full-batch with L-BFGS, its L2 strength ``C``
   chosen on a held-out part of train, then refitted on all of train and evaluated on the test split.
 
-Each metric goes to a result record (``dropbench.records``) in percent.
+Each metric goes to a result record (``dropbench.core.identity``) in percent. Fine-tuning trains with the loop
+pretraining uses (``dropbench.core.loop``).
 """
 
-import csv
 import hashlib
-import io
 import os
 import random
 import sys
 import time
 from collections.abc import Callable
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,19 +29,33 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from timm.data import Mixup, create_transform
-from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
-from timm.scheduler import create_scheduler_v2
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from dropbench import code_version
-from dropbench.errors import UserInputError
-from dropbench.identity import Part, RunIdentity, settings_digest
-from dropbench.io import atomic_write, atomic_write_json, atomic_write_text
-from pretrain.export import WEIGHTS_FILE, load_exported_model, read_sidecar
-from transfer.cls_data import ClsConfig, ClsData, TransformedDataset, load_cls_config, load_cls_data, stratified_split
+from dropbench.core.errors import UserInputError
+from dropbench.core.export import WEIGHTS_FILE, load_exported_model, read_sidecar
+from dropbench.core.identity import Part, RunIdentity, settings_digest
+from dropbench.core.io import atomic_write, atomic_write_csv, atomic_write_json
+from dropbench.core.loop import (
+    accuracy_metrics,
+    autocast_for,
+    build_criterion,
+    build_scheduler,
+    epoch_seed,
+    evaluate,
+    train_one_epoch,
+)
+from dropbench.core.version import code_version
+from dropbench.transfer.cls_data import (
+    ClsConfig,
+    ClsData,
+    TransformedDataset,
+    load_cls_config,
+    load_cls_data,
+    stratified_split,
+)
 
 TASK = "classification"
 PROTOCOLS = ("finetune", "linear")
@@ -70,22 +83,6 @@ class ClsSummary:
     protocol: str
     metrics: dict[str, float]  # the recorded metrics, in percent
     records: list[Path] = field(default_factory=list)
-
-
-# ---------------------------------------------------------------------------------------------------- metrics
-
-
-def accuracy_metrics(predictions: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict[str, float]:
-    """Top-1 and mean per-class accuracy (the mean of per-class recalls over the classes present), in percent."""
-    predictions, labels = predictions.cpu().long(), labels.cpu().long()
-    correct = predictions.eq(labels)
-    per_class_total = torch.bincount(labels, minlength=num_classes).double()
-    per_class_correct = torch.bincount(labels[correct], minlength=num_classes).double()
-    present = per_class_total > 0
-    return {
-        "top1": 100.0 * correct.double().mean().item(),
-        "mean_per_class_accuracy": 100.0 * (per_class_correct[present] / per_class_total[present]).mean().item(),
-    }
 
 
 # ---------------------------------------------------------------------------------------------------- linear probe
@@ -234,7 +231,7 @@ def _workers(config: ClsConfig) -> int:
     return min(config.workers, os.cpu_count() or 1)
 
 
-def _linear_probe(
+def _features(
     model: nn.Module,
     data: ClsData,
     config: ClsConfig,
@@ -243,7 +240,9 @@ def _linear_probe(
     work_dir: Path,
     device,
     autocast,
-) -> tuple[dict[str, float], dict]:
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """Train and test features with labels, from the cache when it holds these weights, images and transform;
+    with what the extraction took."""
     eval_tf = create_transform(
         input_size=input_size, is_training=False, interpolation=config.interpolation, crop_pct=config.crop_pct
     )
@@ -266,6 +265,20 @@ def _linear_probe(
             cached |= {f"{split}_features": features.contiguous(), f"{split}_labels": labels.contiguous()}
             extraction[f"{split}_images_per_s"] = images_per_s
         atomic_write(cache_path, lambda tmp: save_file(cached, tmp, metadata={"key": key}))
+    return cached, extraction
+
+
+def _linear_probe(
+    model: nn.Module,
+    data: ClsData,
+    config: ClsConfig,
+    backbone: Path,
+    input_size: int,
+    work_dir: Path,
+    device,
+    autocast,
+) -> tuple[dict[str, float], dict]:
+    cached, extraction = _features(model, data, config, backbone, input_size, work_dir, device, autocast)
     train_x, train_y = cached["train_features"].to(device), cached["train_labels"].to(device)
     test_x, test_y = cached["test_features"].to(device), cached["test_labels"]
 
@@ -317,31 +330,6 @@ def _linear_probe(
 # ---------------------------------------------------------------------------------------------------- fine-tuning
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, num_classes: int, device: torch.device, autocast) -> dict:
-    """Mean cross-entropy, top-1 and mean per-class accuracy (percent) over the loader."""
-    model.eval()
-    loss_sum, predictions, labels = 0.0, [], []
-    for images, targets in loader:
-        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        with autocast():
-            logits = model(images)
-        logits = logits.float()
-        loss_sum += nn.functional.cross_entropy(logits, targets, reduction="sum").item()
-        predictions.append(logits.argmax(dim=1).cpu())
-        labels.append(targets.cpu())
-    predictions, labels = torch.cat(predictions), torch.cat(labels)
-    return {"loss": loss_sum / max(len(labels), 1), **accuracy_metrics(predictions, labels, num_classes)}
-
-
-def _write_log(path: Path, rows: list[dict]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=LOG_COLUMNS)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, buffer.getvalue())
-
-
 @dataclass
 class _FineTuning:
     """Everything a fine-tuning run needs, built (and so checked) before the work folder is made."""
@@ -390,34 +378,8 @@ def _prepare_finetune(backbone: Path, data: ClsData, config: ClsConfig, input_si
     except (AssertionError, ValueError) as err:
         raise UserInputError("dataset.opt", f"timm cannot build optimizer '{config.opt}' ({err})") from None
     iters_per_epoch = len(data.train) // config.batch_size
-    try:
-        scheduler, _ = create_scheduler_v2(
-            optimizer,
-            sched=config.sched,
-            num_epochs=config.epochs,
-            warmup_epochs=config.warmup_epochs,
-            warmup_lr=config.warmup_lr,
-            min_lr=config.min_lr,
-            step_on_epochs=False,
-            updates_per_epoch=iters_per_epoch,
-        )
-    except (AssertionError, ValueError) as err:
-        raise UserInputError("dataset.sched", f"timm cannot build scheduler '{config.sched}' ({err})") from None
-    if scheduler is None:
-        raise UserInputError("dataset.sched", f"timm has no scheduler '{config.sched}'")
-    mixup = None
-    if config.mixup > 0 or config.cutmix > 0:
-        mixup = Mixup(
-            mixup_alpha=config.mixup,
-            cutmix_alpha=config.cutmix,
-            label_smoothing=config.smoothing,
-            num_classes=data.num_classes,
-        )
-        criterion: nn.Module = SoftTargetCrossEntropy()
-    elif config.smoothing > 0:
-        criterion = LabelSmoothingCrossEntropy(smoothing=config.smoothing)
-    else:
-        criterion = nn.CrossEntropyLoss()
+    scheduler = build_scheduler(optimizer, config, iters_per_epoch, "dataset.sched")
+    mixup, criterion = build_criterion(data.num_classes, config.smoothing, config.mixup, config.cutmix)
     use_cuda = device.type == "cuda"
     loader_generator = torch.Generator()
     train_loader = DataLoader(
@@ -445,55 +407,43 @@ def _finetune(run: _FineTuning, data: ClsData, config: ClsConfig, work_dir: Path
     random.seed(config.seed)
     np.random.seed(config.seed)  # timm's Mixup draws from numpy's global RNG
     torch.manual_seed(config.seed)
-    model, optimizer = run.model, run.optimizer
     rows: list[dict] = []
     update = 0
     metrics: dict = {}
     for epoch in range(config.epochs):
-        run.loader_generator.manual_seed(config.seed * 100_003 + epoch)
-        model.train()
+        run.loader_generator.manual_seed(epoch_seed(config.seed, epoch))
         start = time.perf_counter()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        bar = tqdm(
-            total=run.iters_per_epoch,
+        result = train_one_epoch(
+            run.model,
+            run.train_loader,
+            run.optimizer,
+            run.scheduler,
+            run.criterion,
+            device,
+            updates=run.iters_per_epoch,
+            start_update=update,
+            mixup=run.mixup,
+            autocast=autocast,
+            clip_grad=config.clip_grad,
             desc=f"epoch {epoch + 1}/{config.epochs}",
-            unit="it",
-            disable=not sys.stderr.isatty(),
-            leave=False,
-            dynamic_ncols=True,
         )
-        for images, targets in run.train_loader:
-            run.scheduler.step_update(num_updates=update)
-            images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-            if run.mixup is not None:
-                images, targets = run.mixup(images, targets)
-            with autocast():
-                loss = run.criterion(model(images), targets)
-            loss.backward()
-            if config.clip_grad:
-                nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            loss_sum += loss.detach().double()
-            update += 1
-            bar.update(1)
-        bar.close()
+        update = result.update
         epoch_seconds = time.perf_counter() - start
-        metrics = evaluate(model, run.test_loader, data.num_classes, device, autocast)
+        metrics = evaluate(run.model, run.test_loader, data.num_classes, device, autocast)
         rows.append(
             {
                 "epoch": epoch + 1,
                 "update": update,
-                "train_loss": loss_sum.item() / run.iters_per_epoch,
+                "train_loss": result.loss_sum.item() / result.micro_batches,
                 "test_loss": metrics["loss"],
                 "test_top1": metrics["top1"],
                 "test_mean_per_class_accuracy": metrics["mean_per_class_accuracy"],
-                "lr": max(group["lr"] for group in optimizer.param_groups),
+                "lr": max(group["lr"] for group in run.optimizer.param_groups),
                 "epoch_seconds": epoch_seconds,
                 "train_images_per_s": run.iters_per_epoch * config.batch_size / epoch_seconds,
             }
         )
-        _write_log(work_dir / LOG_FILE, rows)
+        atomic_write_csv(work_dir / LOG_FILE, LOG_COLUMNS, rows)
         tqdm.write(
             f"epoch {epoch + 1}/{config.epochs}  train_loss {rows[-1]['train_loss']:.4f}  "
             f"test_top1 {metrics['top1']:.2f}  mean per-class {metrics['mean_per_class_accuracy']:.2f}  "
@@ -531,6 +481,43 @@ def _resolve_device(device: str | None) -> torch.device:
     return dev
 
 
+def _check_holdout(config: ClsConfig, data: ClsData) -> None:
+    if len(config.linear_c_grid) > 1:
+        if len(stratified_split(data.train_labels, config.holdout_fraction, config.seed)[1]) == 0:
+            raise UserInputError(
+                "dataset.holdout_fraction",
+                f"{config.holdout_fraction} of {len(data.train_labels)} training images holds none out; raise it",
+            )
+
+
+def _write_run_config(
+    work_dir: Path,
+    backbone: Path,
+    protocol: str,
+    config: ClsConfig,
+    input_size: int,
+    data: ClsData,
+    sidecar: dict,
+    digest: str,
+) -> None:
+    work_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(
+        work_dir / CONFIG_FILE,
+        {
+            "backbone": str(backbone.resolve()),
+            "protocol": protocol,
+            "dataset": config.to_dict(),
+            "input_size": input_size,
+            "num_classes": data.num_classes,
+            "train_images": len(data.train_labels),
+            "test_images": len(data.test_labels),
+            "imbalanced": data.imbalanced,
+            "backbone_config_hash": sidecar.get("config_hash"),
+            "config_hash": digest,
+        },
+    )
+
+
 def transfer_classification(
     backbone: Path,
     dataset: str,
@@ -566,16 +553,9 @@ def transfer_classification(
     if existing and not force:
         print(identity.finished_message(existing), flush=True)
         return ClsSummary(work_dir=work_dir, protocol=protocol, metrics={}, records=existing)
-    if protocol == "linear" and len(config.linear_c_grid) > 1:
-        if len(stratified_split(data.train_labels, config.holdout_fraction, config.seed)[1]) == 0:
-            raise UserInputError(
-                "dataset.holdout_fraction",
-                f"{config.holdout_fraction} of {len(data.train_labels)} training images holds none out; raise it",
-            )
-    amp_enabled = config.amp and dev.type == "cuda"
-
-    def autocast():
-        return torch.autocast("cuda", dtype=torch.bfloat16) if amp_enabled else nullcontext()
+    if protocol == "linear":
+        _check_holdout(config, data)
+    autocast = autocast_for(dev, config.amp)
 
     if protocol == "finetune":
         run = _prepare_finetune(backbone, data, config, input_size, dev)
@@ -583,22 +563,7 @@ def transfer_classification(
         model, _ = load_exported_model(backbone)
 
     # Everything is checked: from here on the work folder is written.
-    work_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(
-        work_dir / CONFIG_FILE,
-        {
-            "backbone": str(backbone.resolve()),
-            "protocol": protocol,
-            "dataset": config.to_dict(),
-            "input_size": input_size,
-            "num_classes": data.num_classes,
-            "train_images": len(data.train_labels),
-            "test_images": len(data.test_labels),
-            "imbalanced": data.imbalanced,
-            "backbone_config_hash": sidecar.get("config_hash"),
-            "config_hash": identity.digest,
-        },
-    )
+    _write_run_config(work_dir, backbone, protocol, config, input_size, data, sidecar, identity.digest)
     if protocol == "finetune":
         metrics = _finetune(run, data, config, work_dir, dev, autocast)
     else:

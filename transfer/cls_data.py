@@ -15,14 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from torch.utils.data import ConcatDataset, Dataset, Subset
-from torchvision.datasets import ImageFolder
 
-from dropbench import CONFIG_ROOT
-from dropbench.errors import UserInputError, did_you_mean
-from dropbench.io import load_yaml
-from pretrain.data import ArrayImageDataset, check_readable, read_idx
+from dropbench.core.configs import CONFIG_ROOT, load_yaml
+from dropbench.core.errors import UserInputError, did_you_mean
+from dropbench.core.readers import ArrayImageDataset, image_folders, read_idx
 
 CONFIG_FOLDER = "classification"
 SOURCES = ("imagefolder", "torchvision", "optdigits", "sklearn_digits", "idx")
@@ -325,11 +322,6 @@ def _torchvision(config: ClsConfig) -> tuple[Dataset, Dataset, list[str] | None]
     return train, test, getattr(test, "classes", None)
 
 
-def _load_rgb(path: str) -> Image.Image:
-    with open(path, "rb") as f:
-        return Image.open(f).convert("RGB")
-
-
 def _image_folder(config: ClsConfig) -> tuple[Dataset, Dataset, list[str]]:
     root = Path(config.path)
     if not root.is_dir():
@@ -337,19 +329,7 @@ def _image_folder(config: ClsConfig) -> tuple[Dataset, Dataset, list[str]]:
     test_split = next((s for s in ("test", "val") if (root / s).is_dir()), None)
     if not (root / "train").is_dir() or test_split is None:
         raise UserInputError("dataset", f"'{root}' needs train/ and val/ (or test/) folders of class folders")
-    splits = []
-    for split in ("train", test_split):
-        try:
-            splits.append(ImageFolder(str(root / split), loader=_load_rgb))
-        except (FileNotFoundError, RuntimeError) as err:
-            raise UserInputError("dataset", f"'{root / split}' holds no images in class folders ({err})") from None
-    train, test = splits
-    if train.classes != test.classes:
-        differing = sorted(set(train.classes) ^ set(test.classes))
-        raise UserInputError(
-            "dataset", f"train/ and {test_split}/ class folders differ in '{root}': {', '.join(differing[:5])}"
-        )
-    check_readable([p for p, _ in train.samples] + [p for p, _ in test.samples], field="dataset")
+    train, test = image_folders(root, ("train", test_split), "dataset")
     return train, test, train.classes
 
 

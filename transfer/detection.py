@@ -6,11 +6,11 @@ from pathlib import Path
 from mmdet.registry import MODELS, OPTIM_WRAPPER_CONSTRUCTORS
 from mmengine.config import Config
 
-from dropbench.errors import UserInputError
-from transfer import backbone as backbone_module
-from transfer import optim
-from transfer.embedded_data import make_from_config
-from transfer.mm_runner import TaskSpec, run_transfer
+from dropbench.core.errors import UserInputError
+from dropbench.transfer import backbone as backbone_module
+from dropbench.transfer import optim
+from dropbench.transfer.embedded_data import make_from_config
+from dropbench.transfer.mm_runner import TaskSpec, run_transfer
 
 backbone_module.register(MODELS)
 optim.register(OPTIM_WRAPPER_CONSTRUCTORS)

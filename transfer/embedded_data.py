@@ -22,8 +22,8 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from dropbench.errors import UserInputError
-from pretrain.data import load_mnist
+from dropbench.core.errors import UserInputError
+from dropbench.core.readers import load_mnist
 
 DIGIT_CLASSES = tuple(str(d) for d in range(10))
 # Semantic classes after mmseg's reduce_zero_label (as for ADE20K): 0 background, 1..10 the digits.

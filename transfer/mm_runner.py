@@ -16,11 +16,12 @@ from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
 
-from dropbench import code_version
-from dropbench.errors import UserInputError, did_you_mean
-from dropbench.identity import Part, RunIdentity
-from pretrain.export import read_sidecar
-from transfer.backbone import TimmBackbone
+from dropbench.core.configs import parse_key_values
+from dropbench.core.errors import UserInputError, did_you_mean
+from dropbench.core.export import read_sidecar
+from dropbench.core.identity import Part, RunIdentity
+from dropbench.core.version import code_version
+from dropbench.transfer.backbone import TimmBackbone
 
 
 @dataclass(frozen=True)
@@ -54,13 +55,9 @@ def load_config(config: Path, cfg_options: Sequence[str]) -> Config:
         cfg = Config.fromfile(str(config))
     except Exception as err:  # noqa: BLE001 - a broken config file, whatever mmengine raises
         raise UserInputError("--config", f"cannot load '{config}': {str(err).splitlines()[0]}") from None
-    options = {}
-    for item in cfg_options:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise UserInputError("--cfg-options", f"'{item}' is not key=value")
+    options = parse_key_values(cfg_options, "--cfg-options", lambda raw, key: DictAction._parse_iterable(raw))
+    for key in options:
         _check_key(cfg, key)
-        options[key] = DictAction._parse_iterable(raw)
     cfg.merge_from_dict(options)
     return cfg
 

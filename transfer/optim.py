@@ -11,7 +11,7 @@ from mmengine.optim import DefaultOptimWrapperConstructor
 from timm.optim import param_groups_layer_decay
 from torch import nn
 
-from transfer.backbone import TimmBackbone
+from dropbench.transfer.backbone import TimmBackbone
 
 
 class TimmLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):

@@ -11,11 +11,11 @@ from mmseg.models.losses import CrossEntropyLoss
 from mmseg.registry import MODELS, OPTIM_WRAPPER_CONSTRUCTORS
 from PIL import Image
 
-from dropbench.errors import UserInputError
-from transfer import backbone as backbone_module
-from transfer import optim
-from transfer.embedded_data import IGNORE_INDEX, make_from_config
-from transfer.mm_runner import TaskSpec, run_transfer
+from dropbench.core.errors import UserInputError
+from dropbench.transfer import backbone as backbone_module
+from dropbench.transfer import optim
+from dropbench.transfer.embedded_data import IGNORE_INDEX, make_from_config
+from dropbench.transfer.mm_runner import TaskSpec, run_transfer
 
 backbone_module.register(MODELS)
 optim.register(OPTIM_WRAPPER_CONSTRUCTORS)

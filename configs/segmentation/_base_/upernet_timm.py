@@ -1,7 +1,7 @@
 # UperNet + FCN auxiliary head on any dropbench export. `dropbench transfer seg` sets backbone.export and the
 # heads' in_channels (the adapter's channels at strides 4, 8, 16, 32).
 _base_ = "mmseg::_base_/models/upernet_r50.py"
-custom_imports = dict(imports=["transfer.segmentation"], allow_failed_imports=False)
+custom_imports = dict(imports=["dropbench.transfer.segmentation"], allow_failed_imports=False)
 
 model = dict(
     pretrained=None,

@@ -9,10 +9,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from dropbench.errors import UserInputError
-from dropbench.io import atomic_write, atomic_write_json
-from pretrain.models import create_timm_model
+from dropbench.core.errors import UserInputError
+from dropbench.core.io import atomic_write, atomic_write_json
+from dropbench.core.models import create_timm_model
 
+# A pretraining run folder holds its checkpoint and, once finished, its export folder.
+CHECKPOINT_FILE = "checkpoint.pt"
+EXPORT_DIR = "export"
 WEIGHTS_FILE = "backbone.safetensors"
 SIDECAR_FILE = "backbone.json"
 EXPORT_FORMAT = "dropbench-backbone/1"

@@ -1,15 +1,13 @@
-"""Atomic file writes and config loading."""
+"""Atomic file writes: a temp file beside the target, then ``os.replace``."""
 
+import csv
+import io
 import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import yaml
-
-from dropbench.errors import UserInputError
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
@@ -35,15 +33,10 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def load_yaml(path: str | os.PathLike, field: str) -> dict:
-    """Load a YAML mapping; a missing or malformed file is a UserInputError naming ``field``."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserInputError(field, f"no such file '{path}'")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise UserInputError(field, f"'{path}' is not valid YAML ({str(err).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise UserInputError(field, f"'{path}' must hold a YAML mapping")
-    return data
+def atomic_write_csv(path: str | os.PathLike, columns: list[str], rows: list[dict]) -> Path:
+    """A CSV file with a header of ``columns`` and one line per row (missing values left empty)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    return atomic_write_text(path, buffer.getvalue())

@@ -10,8 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from dropbench.errors import UserInputError  # noqa: E402
-from dropbench.io import atomic_write  # noqa: E402
+from dropbench.core.errors import UserInputError  # noqa: E402
+from dropbench.core.io import atomic_write  # noqa: E402
 
 
 def plot_schedules(schedules: dict[str, np.ndarray], iters_per_epoch: int, out: str | Path) -> Path:

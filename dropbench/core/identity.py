@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from dropbench.io import atomic_write_json
+from dropbench.core.io import atomic_write_json
 
 PERCENT = "%"
 RECORDS_FOLDER = "records"

@@ -1,0 +1,183 @@
+"""The plan: a validated suite file expanded into its runs, each pretraining before the transfers of its export."""
+
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dropbench.core.configs import check_keys, load_yaml
+from dropbench.core.errors import UserInputError
+from dropbench.core.export import EXPORT_DIR
+from dropbench.core.identity import RunIdentity
+from dropbench.suite.schema import (
+    SUITE_KEYS,
+    TRANSFER_KINDS,
+    Grid,
+    Pretraining,
+    Task,
+    grid_section,
+    non_empty_list,
+    output_section,
+    pretrain_section,
+    transfer_tasks,
+)
+from dropbench.suite.slurm import SlurmResources, slurm_section
+
+PRETRAIN_FOLDER = "pretrain"  # the pretraining run folder inside its grid point's folder
+
+
+@dataclass(frozen=True)
+class Run:
+    """One command of the plan: a pretraining run or one transfer of its export."""
+
+    name: str  # "<backbone>-<regime>-seed<seed>/<task>", unique in the suite
+    stage: str  # "pretrain", "det", "seg" or "cls"
+    command: tuple[str, ...]  # the ``dropbench`` arguments
+    work_dir: Path
+    log: Path
+    results_dir: Path
+    identity: RunIdentity  # what its records are called
+    after: str | None = None  # the pretraining run whose export this run reads
+
+    def records(self) -> list[Path]:
+        """This run's result records that exist."""
+        return self.identity.existing_records(self.results_dir)
+
+    def finished(self) -> bool:
+        return bool(self.records())
+
+    def shell_command(self) -> str:
+        return shlex.join(["dropbench", *self.command])
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    path: Path
+    runs: list[Run]  # each pretraining run before the transfers of its export
+    data: str
+    runs_dir: Path
+    results_dir: Path
+    grid: tuple[int, int, int, int]  # backbones, regimes, seeds, transfer tasks × transfer seeds
+    slurm: dict[str, SlurmResources]  # per stage
+    regimes: dict[str, Any] = field(default_factory=dict)  # regime name → Regime
+    recipes: dict[int, Any] = field(default_factory=dict)  # seed → Recipe
+
+    def run(self, name: str) -> Run:
+        return next(run for run in self.runs if run.name == name)
+
+
+def load_suite(path: str | Path) -> Suite:
+    """Validate a suite file and expand its grid into the ordered plan; nothing is run or written.
+
+    Every backbone × regime pairing is built (on the meta device) with its drop controller and every transfer
+    config is loaded with its options, so that a mistake fails here, before any run is started or submitted."""
+    path = Path(path)
+    raw = load_yaml(path, "suite")
+    check_keys(raw, SUITE_KEYS, "")
+    name = raw.get("name", path.stem)
+    if not isinstance(name, str) or not name or "/" in name:
+        raise UserInputError("name", f"{name!r} is not a plain name")
+    grid = grid_section(raw)
+    seeds = non_empty_list(raw, "seeds", int, "whole-number seeds") if "seeds" in raw else [0]
+    transfer_seeds = (
+        non_empty_list(raw, "transfer_seeds", int, "whole-number seeds") if "transfer_seeds" in raw else [0]
+    )
+    pretraining = pretrain_section(raw, seeds)
+    tasks = transfer_tasks(raw.get("transfers"))
+    runs_dir, results_dir = output_section(raw, name)
+    slurm = slurm_section(raw.get("slurm"))
+    runs = []
+    for index, regime_value in grid.pairs:
+        for seed in seeds:
+            pretrain_run = _pretraining_run(grid, index, regime_value, pretraining, seed, runs_dir, results_dir)
+            runs.append(pretrain_run)
+            seeded = transfer_seeds != [0]  # folders name the transfer seed when there are several
+            runs += [_transfer_run(pretrain_run, task, tseed, seeded) for task in tasks for tseed in transfer_seeds]
+    return Suite(
+        name=name,
+        path=path,
+        runs=runs,
+        data=pretraining.data,
+        runs_dir=runs_dir,
+        results_dir=results_dir,
+        grid=(len(grid.backbones), len(grid.regimes), len(seeds), len(tasks) * len(transfer_seeds)),
+        slurm=slurm,
+        regimes={regime.name: regime for _, regime in grid.regimes.values()},
+        recipes=pretraining.recipes,
+    )
+
+
+def _pretraining_run(
+    grid: Grid, index: int, regime_value: str, pretraining: Pretraining, seed: int, runs_dir: Path, results_dir: Path
+) -> Run:
+    from dropbench.pretrain.config import pretrain_identity
+
+    backbone_argument, backbone = grid.backbones[index]
+    regime_argument, regime = grid.regimes[regime_value]
+    recipe = pretraining.recipes[seed]
+    point = f"{backbone.name}-{regime.name}-seed{seed}"
+    folder = runs_dir / point / PRETRAIN_FOLDER
+    return Run(
+        name=f"{point}/{PRETRAIN_FOLDER}",
+        stage="pretrain",
+        command=(
+            "pretrain",
+            *("--backbone", backbone_argument, "--regime", regime_argument),
+            *("--recipe", pretraining.recipe_argument, "--data", pretraining.data),
+            *("--data-name", pretraining.data_name),
+            *("--out", str(folder), "--results", str(results_dir)),
+            f"seed={seed}",
+            *pretraining.overrides,
+        ),
+        work_dir=folder,
+        log=runs_dir / point / f"{PRETRAIN_FOLDER}.log",
+        results_dir=results_dir,
+        identity=pretrain_identity(backbone, regime, recipe, pretraining.data_name),
+    )
+
+
+def _transfer_run(pretraining: Run, task: Task, transfer_seed: int, seeded: bool) -> Run:
+    """A transfer of ``pretraining``'s export, in a folder named after the task (and the seed when ``seeded``)."""
+    folder = f"{task.name}-tseed{transfer_seed}" if seeded else task.name
+    point = pretraining.work_dir.parent
+    work_dir = point / folder
+    return Run(
+        name=f"{point.name}/{folder}",
+        stage=task.kind,
+        command=(
+            "transfer",
+            task.kind,
+            *("--backbone", str(pretraining.work_dir / EXPORT_DIR), *task.arguments),
+            *("--work-dir", str(work_dir), "--results", str(pretraining.results_dir)),
+            *("--seed", str(transfer_seed)),
+            *task.trailing,
+        ),
+        work_dir=work_dir,
+        log=point / f"{folder}.log",
+        results_dir=pretraining.results_dir,
+        identity=pretraining.identity.transfer(
+            TRANSFER_KINDS[task.kind], task.dataset, task.protocol, transfer_seed, task.part
+        ),
+        after=pretraining.name,
+    )
+
+
+def describe(suite: Suite) -> str:
+    """The plan, one line per run in the order they go (each transfer after its pretraining): whether it is
+    finished, its name and its command."""
+    backbones, regimes, seeds, tasks = suite.grid
+    finished = {run.name for run in suite.runs if run.finished()}
+    pretraining = sum(run.stage == "pretrain" for run in suite.runs)
+    lines = [
+        f"suite '{suite.name}': {backbones} backbone(s) × {regimes} regime(s) × {seeds} seed(s) → {pretraining} "
+        f"pretraining run(s), each with {tasks} transfer(s): {len(suite.runs)} runs, {len(finished)} finished, "
+        f"{len(suite.runs) - len(finished)} to run"
+    ]
+    width = max(len(run.name) for run in suite.runs)
+    for run in suite.runs:
+        status = "finished" if run.name in finished else "run"
+        lines.append(f"  {status:<8}  {run.name:<{width}}  $ {run.shell_command()}")
+    if suite.data != "mnist" and not Path(suite.data).is_dir():
+        lines.append(f"note: pretrain.data '{suite.data}' is not a folder on this machine")
+    return "\n".join(lines)

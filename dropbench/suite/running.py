@@ -1,0 +1,115 @@
+"""Running one run of the plan: its command line, its log, and what its exit and records say."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dropbench.core.export import CHECKPOINT_FILE, EXPORT_DIR
+
+if TYPE_CHECKING:
+    from dropbench.suite.plan import Run, Suite
+
+
+@dataclass
+class Outcome:
+    run: Run
+    status: str  # "finished earlier", "done", "failed", "skipped"
+    detail: str = ""
+    seconds: float = 0.0  # wall time of the run's command
+
+
+def _prepare_pretraining(run: Run) -> tuple[str, ...]:
+    """The command for a pretraining run folder as it is now: resumed from its checkpoint, or started afresh.
+
+    A folder left by an attempt that died before its first checkpoint holds nothing to resume and would make
+    ``pretrain`` refuse to start, so it is removed (its output is in the run's log).
+    """
+    folder = run.work_dir
+    if (folder / CHECKPOINT_FILE).is_file() or (folder / EXPORT_DIR).is_dir():
+        return (run.command[0], "--resume", *run.command[1:])
+    if folder.exists():
+        shutil.rmtree(folder)
+    return run.command
+
+
+def command_line(run: Run, gpus: int) -> list[str]:
+    """``python -m dropbench.cli ...``; on several GPUs of one node, pretraining and det/seg go under torchrun."""
+    command = _prepare_pretraining(run) if run.stage == "pretrain" else run.command
+    if gpus > 1 and run.stage in ("pretrain", "det", "seg"):
+        launcher = ("--launcher", "pytorch") if run.stage != "pretrain" else ()
+        return [
+            *(sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}"),
+            *("-m", "dropbench.cli", *command, *launcher),
+        ]
+    return [sys.executable, "-m", "dropbench.cli", *command]
+
+
+def run_logged(argv: Sequence[str], log: str | Path, cwd: str | Path) -> int:
+    """Run ``argv`` in ``cwd`` with stdout and stderr appended to ``log``; returns its exit code."""
+    log = Path(log)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with log.open("a") as stream:
+        stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        stream.write(f"===== {stamp} {shlex.join(argv)}\n")
+        stream.flush()
+        return subprocess.run(list(argv), cwd=cwd, stdout=stream, stderr=subprocess.STDOUT, env=env).returncode
+
+
+def _last_line(log: Path, limit: int = 200) -> str:
+    """The log's last non-empty line (a one-line ``error: ...`` or a traceback's last line)."""
+    try:
+        lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    if not lines or lines[-1].startswith("====="):
+        return ""
+    return lines[-1] if len(lines[-1]) <= limit else lines[-1][: limit - 1] + "…"
+
+
+def conclude(run: Run, code: int) -> Outcome:
+    if code != 0:
+        last = _last_line(run.log)
+        return Outcome(run, "failed", f"exit code {code}" + (f": {last}" if last else ""))
+    if not run.finished():
+        return Outcome(run, "failed", f"exited 0 but wrote no record '{run.identity.stem()}*.json'")
+    return Outcome(run, "done")
+
+
+def skip_or_none(run: Run, outcomes: dict[str, Outcome]) -> Outcome | None:
+    if run.finished():
+        return Outcome(run, "finished earlier")
+    pretraining = outcomes.get(run.after) if run.after else None  # None too while its job is queued
+    if pretraining is not None and pretraining.status in ("failed", "skipped"):
+        return Outcome(run, "skipped", f"its pretraining {run.after} {pretraining.status}")
+    return None
+
+
+def detail(outcome: Outcome) -> str:
+    return f" ({outcome.detail})" if outcome.detail else ""
+
+
+def report(suite: Suite, outcomes: list[Outcome]) -> tuple[str, bool]:
+    """The closing summary (counts, then each failed or skipped run with its log) and whether all went well."""
+    counts = {status: 0 for status in ("done", "finished earlier", "failed", "skipped")}
+    for outcome in outcomes:
+        counts[outcome.status] += 1
+    lines = [f"suite '{suite.name}': " + ", ".join(f"{n} {status}" for status, n in counts.items())]
+    failed = [o for o in outcomes if o.status == "failed"]
+    skipped = [o for o in outcomes if o.status == "skipped"]
+    if failed:
+        lines.append("failed:")
+        lines += [f"  {o.run.name}: {o.detail}\n    log: {o.run.log}" for o in failed]
+    if skipped:
+        lines.append("skipped (their pretraining failed):")
+        lines += [f"  {o.run.name}" for o in skipped]
+    return "\n".join(lines), not failed and not skipped

@@ -1,0 +1,296 @@
+"""The Slurm executor: what each stage's job asks for (the suite file's ``slurm`` section), and every run
+submitted through submitit, a transfer ``afterok`` its pretraining."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dropbench.core.configs import check_keys
+from dropbench.core.errors import UserInputError
+from dropbench.suite.running import Outcome, command_line, conclude, detail, run_logged, skip_or_none
+from dropbench.suite.schema import STAGES
+
+if TYPE_CHECKING:
+    from dropbench.suite.plan import Run, Suite
+
+RESOURCE_KEYS = ("partition", "cpus", "gpus", "mem_gb", "time", "setup", "additional")
+
+
+@dataclass(frozen=True)
+class SlurmResources:
+    """What one Slurm job asks for; ``gpus`` > 1 runs pretraining and det/seg under torchrun on one node."""
+
+    partition: str | None = None
+    cpus: int = 1
+    gpus: int = 0
+    mem_gb: float | None = None
+    time: int = 60  # minutes
+    setup: tuple[str, ...] = ()  # shell lines before the run, e.g. "module load cuda"
+    additional: dict = field(default_factory=dict)  # any other sbatch option, e.g. {"account": "x", "qos": "y"}
+
+
+def _parse_minutes(value: Any, field_name: str) -> int:
+    """Minutes, or one of Slurm's time formats: "M", "M:S", "H:M:S", "D-H", "D-H:M", "D-H:M:S"."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    if isinstance(value, str):
+        days, dash, clock = value.partition("-") if "-" in value else ("0", "", value)
+        try:
+            day_count, numbers = int(days), [int(part) for part in clock.split(":")]
+        except ValueError:
+            numbers = []
+        if numbers and len(numbers) <= 3 and min(numbers) >= 0 and day_count >= 0:
+            if dash:
+                hours, minutes, seconds = (numbers + [0, 0])[:3]
+            else:
+                hours, minutes, seconds = {1: [0, *numbers, 0], 2: [0, *numbers], 3: numbers}[len(numbers)]
+            total = day_count * 1440 + hours * 60 + minutes + math.ceil(seconds / 60)
+            if total > 0:
+                return total
+    raise UserInputError(field_name, f"{value!r} is not a time (minutes, 'H:M:S' or 'D-H:M:S')")
+
+
+def _resources(raw: dict, field_name: str, base: SlurmResources) -> SlurmResources:
+    values = {}
+    for key, value in raw.items():
+        name = f"{field_name}.{key}"
+        if key == "partition":
+            if not isinstance(value, str):
+                raise UserInputError(name, f"{value!r} is not a partition name")
+        elif key in ("cpus", "gpus"):
+            if not isinstance(value, int) or isinstance(value, bool) or value < (1 if key == "cpus" else 0):
+                raise UserInputError(name, f"{value!r} is not a {'positive' if key == 'cpus' else 'whole'} number")
+        elif key == "mem_gb":
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+                raise UserInputError(name, f"{value!r} is not a positive number of GB")
+        elif key == "time":
+            value = _parse_minutes(value, name)
+        elif key == "setup":
+            if not isinstance(value, list) or not all(isinstance(line, str) for line in value):
+                raise UserInputError(name, "must be a list of shell lines")
+            value = tuple(value)
+        elif key == "additional":
+            if not isinstance(value, dict):
+                raise UserInputError(name, "must be a mapping of sbatch options, e.g. {account: x}")
+            if "dependency" in value:
+                raise UserInputError(f"{name}.dependency", "is set by the suite (a transfer waits for its export)")
+        values[key] = value
+    return SlurmResources(**(base.__dict__ | values))
+
+
+def slurm_section(raw: Any) -> dict[str, SlurmResources]:
+    """Resources for every stage: the section's defaults, then its per-stage mappings (pretrain, det, seg, cls)."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserInputError("slurm", "must be a mapping (partition, cpus, gpus, mem_gb, time, setup, additional)")
+    check_keys(raw, (*RESOURCE_KEYS, *STAGES), "slurm.")
+    defaults = _resources({k: v for k, v in raw.items() if k in RESOURCE_KEYS}, "slurm", SlurmResources())
+    resources = {}
+    for stage in STAGES:
+        stage_raw = raw.get(stage) or {}
+        if not isinstance(stage_raw, dict):
+            raise UserInputError(f"slurm.{stage}", "must be a mapping of resources")
+        check_keys(stage_raw, RESOURCE_KEYS, f"slurm.{stage}.")
+        resources[stage] = _resources(stage_raw, f"slurm.{stage}", defaults)
+    return resources
+
+
+SLURM_FOLDER = "slurm"  # submitit's job files, under the runs folder
+
+# Slurm states after which a job will not write a result any more.
+SLURM_ACTIVE_STATES = {
+    *("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT"),
+    *("REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "RESV_DEL_HOLD"),
+}
+
+
+class RunFailed(RuntimeError):
+    """A run's command exited with an error (raised inside a Slurm job, so that the job fails)."""
+
+
+def run_in_job(run: Run, gpus: int, cwd: str) -> int:
+    """What a Slurm job executes: the run's command, logged; a failure fails the job (and ``afterok``)."""
+    code = run_logged(command_line(run, gpus), run.log, cwd)
+    if code != 0:
+        raise RunFailed(f"exit code {code}; see {run.log}")
+    return code
+
+
+def _squeue_states(job_ids: Sequence[str]) -> dict[str, str] | None:
+    """The Slurm state of each job the controller still knows; None when it cannot be asked."""
+    if not job_ids:
+        return {}
+    result = subprocess.run(
+        ["squeue", "--noheader", "--states=all", "--format=%i %T", f"--jobs={','.join(job_ids)}"],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        # A job the controller has forgotten (MinJobAge) is "invalid"; anything else: ask again later.
+        return {} if "Invalid job id" in result.stderr else None
+    states = {}
+    for line in result.stdout.splitlines():
+        job_id, _, state = line.strip().partition(" ")
+        if job_id:
+            states[job_id] = state.strip() or "UNKNOWN"
+    return states
+
+
+def _job_name(suite: Suite, run: Run) -> str:
+    return f"dropbench:{suite.name}:{run.name}"
+
+
+def queued_jobs(names: set[str]) -> dict[str, str]:
+    """Jobs of this user that are still queued or running under one of ``names``: name → job id."""
+    result = subprocess.run(
+        ["squeue", "--noheader", "--format=%j|%i", f"--user={os.getuid()}"], capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        raise UserInputError("--executor", f"cannot ask Slurm for the queue: {result.stderr.strip()}")
+    queued = {}
+    for line in result.stdout.splitlines():
+        name, _, job_id = line.rpartition("|")
+        if name in names:
+            queued[name] = job_id.strip()
+    return queued
+
+
+def execute_slurm(
+    suite: Suite, cwd: Path, echo: Callable[[str], None] = print, poll_seconds: float = 30.0
+) -> list[Outcome]:
+    """Submit every unfinished run through submitit (transfers ``afterok`` their pretraining) and wait for all.
+
+    A run already queued or running under its job name (an earlier invocation that was interrupted) is waited
+    for, not submitted again.
+    """
+    import submitit
+    from submitit.slurm.slurm import SlurmJob
+
+    if shutil.which("sbatch") is None:
+        raise UserInputError("--executor", "slurm needs Slurm's sbatch on the PATH")
+    folder = suite.runs_dir / SLURM_FOLDER / "%j"
+    executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+    outcomes: dict[str, Outcome] = {}
+    jobs: dict[str, Any] = {}  # run name → submitit job
+    queued = queued_jobs({_job_name(suite, run) for run in suite.runs})
+    for run in suite.runs:
+        outcome = skip_or_none(run, outcomes)
+        if outcome is not None:
+            outcomes[run.name] = outcome
+            echo(f"{run.name}: {outcome.status}" + detail(outcome))
+            continue
+        job_name = _job_name(suite, run)
+        if job_name in queued:
+            jobs[run.name] = SlurmJob(folder=folder, job_id=queued[job_name])
+            echo(f"{run.name}: already queued as Slurm job {queued[job_name]}, not submitted again")
+            continue
+        dependency = jobs[run.after].job_id if run.after in jobs else None
+        try:
+            jobs[run.name] = _submit(executor, run, job_name, suite.slurm[run.stage], dependency, cwd)
+        except Exception as err:  # noqa: BLE001 - sbatch refused it (a bad partition; its pretraining failed already)
+            reason = [line for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+            outcomes[run.name] = Outcome(run, "failed", f"not submitted: {reason[-1].strip()}")
+            echo(f"{run.name}: failed" + detail(outcomes[run.name]))
+            continue
+        after = f", after job {dependency}" if dependency else ""
+        echo(f"{run.name}: submitted as Slurm job {jobs[run.name].job_id}{after}, log {run.log}")
+    try:
+        _wait_for_jobs(suite, jobs, outcomes, echo, poll_seconds)
+    except KeyboardInterrupt:
+        echo(
+            "interrupted: the submitted jobs stay in Slurm; run the suite again to wait for them "
+            "(a queued run is not submitted twice), or scancel them"
+        )
+        raise SystemExit(130) from None
+    return [outcomes[run.name] for run in suite.runs]
+
+
+def _submit(executor: Any, run: Run, job_name: str, resources: SlurmResources, after: str | None, cwd: Path) -> Any:
+    """Submit ``run`` as one Slurm job asking for ``resources``, ``afterok`` the job ``after`` when given."""
+    additional = dict(resources.additional)
+    if after:
+        additional["dependency"] = f"afterok:{after}"
+    parameters = dict(
+        name=job_name,
+        timeout_min=resources.time,
+        cpus_per_task=resources.cpus,
+        nodes=1,
+        tasks_per_node=1,
+        slurm_additional_parameters=additional,
+        slurm_setup=list(resources.setup),
+    )
+    if resources.partition:
+        parameters["slurm_partition"] = resources.partition
+    if resources.gpus:
+        parameters["gpus_per_node"] = resources.gpus
+    if resources.mem_gb:
+        parameters["mem_gb"] = resources.mem_gb
+    executor.update_parameters(**parameters)
+    return executor.submit(run_in_job, run, resources.gpus, str(cwd))
+
+
+def _wait_for_jobs(
+    suite: Suite, jobs: dict[str, Any], outcomes: dict[str, Outcome], echo: Callable[[str], None], poll: float
+) -> None:
+    """Poll until every job has ended; the transfers of a failed pretraining are cancelled and skipped.
+
+    A job is finished when submitit's result file is there (the run's function returned or raised). Slurm's
+    accounting (sacct) is not needed: a job that ended without a result file (cancelled, timed out, out of
+    memory) is noticed because it has left squeue's active states.
+    """
+    waiting = dict(jobs)
+    ended_without_result: dict[str, int] = {}
+    delay = 1.0  # seconds; grows while nothing changes, up to ``poll``
+    while waiting:
+        before = len(waiting)
+        states = _squeue_states([job.job_id for job in waiting.values()])
+        for name, job in list(waiting.items()):
+            run = suite.run(name)
+            if job.paths.result_pickle.exists():
+                try:
+                    job.result()
+                    outcome = conclude(run, 0)
+                except Exception as err:  # noqa: BLE001 - the job's error, whatever it was, is the run's failure
+                    outcome = Outcome(run, "failed", _job_failure(run, job, err))
+            elif states is not None and states.get(job.job_id, "GONE").split()[0] not in SLURM_ACTIVE_STATES:
+                # Its result file may lag behind on a network file system: look again at the next poll first.
+                ended_without_result[name] = ended_without_result.get(name, 0) + 1
+                if ended_without_result[name] < 3:
+                    continue
+                state = states.get(job.job_id, "no longer in the queue")
+                outcome = Outcome(run, "failed", f"Slurm job {job.job_id} {state} without a result; {job.paths.stderr}")
+            else:
+                continue
+            outcomes[name] = outcome
+            del waiting[name]
+            echo(f"{name}: {outcome.status}" + detail(outcome))
+            if outcome.status == "failed" and run.stage == "pretrain":
+                for dependent, dependent_job in list(waiting.items()):
+                    if suite.run(dependent).after == name:
+                        dependent_job.cancel(check=False)
+                        del waiting[dependent]
+                        outcomes[dependent] = Outcome(suite.run(dependent), "skipped", f"its pretraining {name} failed")
+                        echo(f"{dependent}: skipped (Slurm job {dependent_job.job_id} cancelled)")
+        if waiting:
+            delay = 1.0 if len(waiting) < before else min(poll, delay * 1.5)
+            time.sleep(delay)
+
+
+def _job_failure(run: Run, job: Any, err: Exception) -> str:
+    """Why a job that left a result failed: its run's exit code and last log line, or submitit's own error."""
+    text = str(err)
+    ran = re.search(r"RunFailed: exit code (\d+)", text)  # submitit passes the job's traceback on as text
+    if ran:
+        return f"{conclude(run, int(ran.group(1))).detail} (Slurm job {job.job_id})"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return f"Slurm job {job.job_id}: {lines[-1] if lines else type(err).__name__}; Slurm output {job.paths.stderr}"
