@@ -5,13 +5,14 @@ import csv
 import io
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from dropbench.cli import main
 from dropbench.core.export import export_backbone
@@ -183,6 +184,22 @@ def test_a_second_probe_in_the_same_work_dir_reuses_the_cached_features(cli, lin
     assert _records(tmp_path)["top1"]["value"] == pytest.approx(_records(results)["top1"]["value"])
 
 
+@pytest.mark.slow
+def test_new_weights_in_the_same_work_dir_are_not_served_cached_features(cli, linear_run, pretrained_export, tmp_path):
+    _, _, work_dir, _ = linear_run
+    changed = tmp_path / "changed"
+    shutil.copytree(pretrained_export, changed)
+    weights = load_file(changed / "backbone.safetensors")
+    torch.manual_seed(1)
+    save_file(
+        {k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v for k, v in weights.items()},
+        changed / "backbone.safetensors",
+    )
+    code, _, err = cli(*_transfer_args(changed, "optdigits", "linear", work_dir, tmp_path / "r"), *LINEAR_OVERRIDES)
+    assert code == 0, err
+    assert json.loads((work_dir / "linear_probe.json").read_text())["feature_extraction"]["cached"] is False
+
+
 @needs_sklearn
 def test_the_torch_probe_solves_scikit_learns_problem_on_digit_pixels():
     digits = load_digits()
@@ -246,6 +263,16 @@ def test_both_protocols_run_on_the_other_micro_families(cli, tmp_path, name):
         assert code == 0, err
         record = _records(results)["top1"]
         assert record["backbone"] == name and math.isfinite(record["value"])
+        if protocol == "finetune":
+            log = list(csv.DictReader((tmp_path / protocol / "log.csv").open()))
+            assert [int(row["update"]) for row in log] == [2], "64 images in batches of 32: two updates"
+            assert float(log[-1]["test_top1"]) == pytest.approx(record["value"])
+        else:
+            probe = json.loads((tmp_path / protocol / "linear_probe.json").read_text())
+            width = BackboneConfig.load(name).create_model(num_classes=10).num_features
+            assert probe["feature_dim"] == width and probe["test_images"] == 32
+            assert probe["test"]["top1"] == pytest.approx(record["value"])
+            assert record["value"] > 20, "even untrained features separate digits far above chance (10 %)"
 
 
 # ---------------------------------------------------------------------------------------------------- other data

@@ -122,3 +122,53 @@ def test_modules_built_at_rate_zero_are_not_scheduled():
 def test_no_dropout_builds_no_active_drop_module_even_where_timm_defaults_to_one(backbone):
     model = _build(backbone)  # timm's Swin defaults to drop_path_rate=0.1
     assert drop_modules(model, "dropout") == [] and drop_modules(model, "drop_path") == []
+
+
+def _block_count(model: torch.nn.Module) -> int:
+    stages = getattr(model, "stages", None) or getattr(model, "layers", None)  # ConvNeXt, Swin
+    return sum(len(stage.blocks) for stage in stages) if stages is not None else len(model.blocks)
+
+
+def _drop_modules_by_type(model: torch.nn.Module, kind: str) -> list[torch.nn.Module]:
+    """The modules timm built with a non-zero rate, found by type (not through the controller), in model order."""
+    from timm.layers import DropPath
+
+    if kind == "dropout":
+        return [m for m in model.modules() if isinstance(m, torch.nn.Dropout) and m.p > 0]
+    return [m for m in model.modules() if isinstance(m, DropPath) and m.drop_prob > 0]
+
+
+def _held(modules: list[torch.nn.Module]) -> list[float]:
+    return [float(getattr(m, "p", getattr(m, "drop_prob", None))) for m in modules]
+
+
+@pytest.mark.parametrize("backbone", MICRO_BACKBONES)
+def test_stochastic_depth_is_linspace_over_all_blocks_then_scaled_each_iteration(backbone):
+    """Whatever the controller records, each block's DropPath must hold ``linspace(0, 0.3, blocks)[block]`` times
+    the schedule's fraction of the maximum (timm's rule; the linear rule gives Mixer the same)."""
+    rates = drop_schedule(0.3, epochs=4, iters_per_epoch=3, cutoff_epoch=2, mode="early", shape="linear")
+    backbone_config = BackboneConfig.load(backbone)
+    torch.manual_seed(0)
+    model = backbone_config.create_model(num_classes=10, drop_path=0.3)
+    modules = _drop_modules_by_type(model, "drop_path")
+    per_block = np.linspace(0, 0.3, _block_count(model))
+    if backbone_config.drop_path_rule == "timm":
+        per_block = per_block[1:]  # block 0 has rate 0: timm builds no DropPath there
+    expected = np.repeat(per_block, len(modules) // len(per_block))
+    controller = DropController(model, {"drop_path": (rates, 0.3)}, backbone_config.drop_path_rule)
+    for iteration in (0, 1, 5, 8, 11):
+        controller.step(iteration)
+        np.testing.assert_allclose(_held(modules), expected * rates[iteration] / 0.3, rtol=1e-6, atol=1e-12)
+
+
+@pytest.mark.parametrize("backbone", ["vit_micro", "swin_micro", "mixer_micro"])
+def test_every_dropout_module_holds_the_scheduled_rate(backbone):
+    rates = drop_schedule(0.1, epochs=3, iters_per_epoch=4, cutoff_epoch=2, mode="early", shape="linear")
+    torch.manual_seed(0)
+    model = BackboneConfig.load(backbone).create_model(num_classes=10, dropout=0.1)
+    modules = _drop_modules_by_type(model, "dropout")
+    assert len(modules) >= 4 and _held(modules) == pytest.approx([0.1] * len(modules))
+    controller = DropController(model, {"dropout": (rates, 0.1)})
+    for iteration in (0, 3, 7, 11):
+        controller.step(iteration)
+        assert _held(modules) == pytest.approx([rates[iteration]] * len(modules), abs=1e-12)

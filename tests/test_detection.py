@@ -11,6 +11,7 @@ from pycocotools.coco import COCO
 from safetensors.torch import load_file, save_file
 
 from dropbench.core.errors import UserInputError
+from dropbench.core.readers import load_mnist
 
 from .conftest import MICRO_BACKBONES
 
@@ -115,12 +116,33 @@ def test_the_generated_coco_json_round_trips_through_pycocotools(coco_digits):
     validate_coco(ann_file, coco_digits / "train2017", tuple(str(d) for d in range(10)), "ann_file")
 
 
+@pytest.mark.parametrize("family", MICRO_BACKBONES)
+def test_the_fine_tunes_drop_path_rate_reaches_the_adapters_model(exports, family):
+    from timm.layers import DropPath
+
+    def rates(adapter) -> list[float]:
+        return [m.drop_prob for m in adapter.modules() if isinstance(m, DropPath) and m.drop_prob > 0]
+
+    assert not rates(TimmBackbone(str(exports[family]))), "exported at rate 0, built at rate 0"
+    scheduled = rates(TimmBackbone(str(exports[family]), drop_path_rate=0.2))
+    assert scheduled and max(scheduled) == pytest.approx(0.2, abs=1e-6), "timm's rule ends at the rate given"
+
+
 def test_train_and_val_canvases_use_disjoint_mnist_test_digits_deterministically(tmp_path):
     first = make_coco_digits(tmp_path / "a", 3, 2, CanvasSpec(seed=5))
     second = make_coco_digits(tmp_path / "b", 3, 2, CanvasSpec(seed=5))
+    sources = {}
     for split in ("train", "val"):
         name = f"annotations/instances_{split}2017.json"
         assert (first / name).read_text() == (second / name).read_text()
+        annotations = json.loads((first / name).read_text())["annotations"]
+        sources[split] = {a["mnist_test_index"] for a in annotations}
+    assert sources["train"] and sources["val"]
+    assert not sources["train"] & sources["val"], "no MNIST digit is in both splits"
+    assert max(sources["train"]) < 5000 <= min(sources["val"]), "train draws from the first half of the test split"
+    _, labels = load_mnist("test")
+    for annotation in json.loads((first / "annotations/instances_val2017.json").read_text())["annotations"]:
+        assert annotation["category_id"] == int(labels[annotation["mnist_test_index"]]) + 1
 
 
 def test_mmdets_coco_dataset_loads_the_generated_data_unchanged(coco_digits):
@@ -226,11 +248,10 @@ def test_weights_that_do_not_match_the_sidecar_are_refused(cli, exports, tmp_pat
 def test_the_paper_scale_configs_build_mask_rcnn_on_an_export(exports, config):
     from mmdet.registry import MODELS
 
-    from dropbench.transfer.mm_runner import load_config
+    from dropbench.transfer.detection import DETECTION
+    from dropbench.transfer.mm_runner import configure
 
-    cfg = load_config(CONFIGS / config, [])
-    cfg.model.backbone.export = str(exports["convnext_micro"])
-    cfg.model.neck.in_channels = TimmBackbone(str(exports["convnext_micro"])).out_channels
+    cfg = configure(DETECTION, exports["convnext_micro"], CONFIGS / config, [])  # as a run does
     model = MODELS.build(cfg.model)
     assert type(model).__name__ == "MaskRCNN" and cfg.optim_wrapper.type == "AmpOptimWrapper"
     assert cfg.train_cfg.max_epochs == (12 if "1x" in config else 36)
@@ -309,3 +330,44 @@ def test_embedded_data_is_reused_with_the_same_settings_and_remade_with_others(t
     make_coco_digits(root, 5, 2)
     assert len(json.loads((root / "annotations" / "instances_train2017.json").read_text())["images"]) == 5
     assert sorted(p.name for p in tmp_path.iterdir()) == ["coco"], "no temp or stale folder left behind"
+
+
+def test_an_evaluation_without_predictions_is_recorded_as_zero_and_a_missing_metric_is_an_error():
+    from dropbench.transfer.detection import DETECTION
+    from dropbench.transfer.mm_runner import recorded_values
+    from dropbench.transfer.segmentation import SEGMENTATION
+
+    logged = []
+    zeros = recorded_values(DETECTION, {}, logged.append)
+    assert set(zeros) == {"box_AP", "box_AP50", "box_AP75", "mask_AP", "mask_AP50", "mask_AP75"}
+    assert set(zeros.values()) == {0.0} and "predicted nothing" in logged[0]
+    box_only = {key: 0.5 for key in DETECTION.metrics if key.startswith("coco/bbox")}
+    with pytest.raises(UserInputError, match="coco/segm_mAP") as err:
+        recorded_values(DETECTION, box_only)
+    assert err.value.field == "val_evaluator"
+    with pytest.raises(UserInputError, match="mIoU"):
+        recorded_values(SEGMENTATION, {})  # mmseg always reports: nothing back is an error, not a zero
+    assert recorded_values(SEGMENTATION, {"mIoU": 40.0, "mAcc": 50.0, "aAcc": 90.0}) == {
+        "mIoU": 40.0,
+        "mAcc": 50.0,
+        "aAcc": 90.0,
+    }
+
+
+@pytest.mark.slow
+def test_a_fine_tune_that_detects_nothing_records_ap_zero(cli, exports, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli(
+        *("transfer", "det", "--backbone", exports["vit_micro"], "--config", CONFIGS / "mask_rcnn_cpu.py"),
+        *("--work-dir", tmp_path / "work", "--results", tmp_path / "results", "--cfg-options"),
+        *("train_cfg.max_iters=2", "embedded_data.num_train=4", "embedded_data.num_val=4"),
+        "model.test_cfg.rcnn.score_thr=1.01",  # no score reaches it: no detections at all
+    )
+    assert code == 0, err
+    values = {
+        json.loads(p.read_text())["metric"]: json.loads(p.read_text())["value"]
+        for p in (tmp_path / "results" / "records").glob("*.json")
+    }
+    assert values == dict.fromkeys(("box_AP", "box_AP50", "box_AP75", "mask_AP", "mask_AP50", "mask_AP75"), 0.0)
+    logs = "".join(p.read_text() for p in (tmp_path / "work").rglob("*.log"))
+    assert "predicted nothing" in logs and logs.count("Iter(val) [") == 1, "evaluated once"

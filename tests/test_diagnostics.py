@@ -1,5 +1,10 @@
 import csv
 import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -125,3 +130,35 @@ def test_the_plot_command_draws_one_png_per_metric_from_real_runs(cli, runs, tmp
             assert image.format == "PNG" and image.width >= 600
     code, _, err = cli("plot", "diagnostics", runs["unmeasured"], "--out", tmp_path)
     assert code == 2 and "diagnostics.csv" in err
+
+
+@pytest.mark.slow
+def test_a_run_killed_mid_epoch_resumes_its_diagnostics_where_they_were(runs, tmp_path):
+    """Killed after its first checkpoint and resumed: the same measurements and weights as the uninterrupted run."""
+    run = tmp_path / "run"
+    command = [
+        *(sys.executable, "-m", "dropbench.cli", "pretrain", "--backbone", "vit_micro"),
+        *("--regime", "standard_dropout", "--recipe", "cpu", "--data", "mnist", "--out", str(run)),
+        *("--results", str(tmp_path / "results"), *(f"{k}={v}" for k, v in TINY.items())),
+        *("--diagnostics", "every=4", "batches=3", "full=128"),
+    ]
+    env = os.environ | {"OMP_NUM_THREADS": str(torch.get_num_threads())}  # the fixture's reduction order
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    deadline = time.monotonic() + 300
+    while not (run / "checkpoint.pt").exists():
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=600, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+
+    def rows(folder):
+        with (folder / "diagnostics.csv").open() as f:
+            return list(csv.DictReader(f))
+
+    assert rows(run) == rows(runs["standard_dropout"])
+    expected = load_file(runs["standard_dropout"] / "export" / "backbone.safetensors")
+    for name, tensor in load_file(run / "export" / "backbone.safetensors").items():
+        assert torch.equal(tensor, expected[name]), name

@@ -112,14 +112,10 @@ def test_a_wrong_num_classes_is_named(cli, exports, ade_digits, tmp_path, monkey
 def test_the_paper_scale_config_builds_upernet_on_an_export(exports):
     from mmseg.registry import MODELS
 
-    from dropbench.transfer.backbone import TimmBackbone
-    from dropbench.transfer.mm_runner import load_config
+    from dropbench.transfer.mm_runner import configure
+    from dropbench.transfer.segmentation import SEGMENTATION
 
-    cfg = load_config(CONFIGS / "upernet_160k_ade20k.py", [])
-    cfg.model.backbone.export = str(exports["swin_micro"])
-    channels = TimmBackbone(str(exports["swin_micro"])).out_channels
-    cfg.model.decode_head.in_channels = channels
-    cfg.model.auxiliary_head.in_channels = channels[2]
+    cfg = configure(SEGMENTATION, exports["swin_micro"], CONFIGS / "upernet_160k_ade20k.py", [])  # as a run does
     model = MODELS.build(cfg.model)
     assert type(model).__name__ == "EncoderDecoder" and cfg.model.test_cfg.mode == "slide"
     assert cfg.train_cfg.max_iters == 160000 and cfg.evaluate_tta and cfg.model.decode_head.num_classes == 150

@@ -549,3 +549,61 @@ def test_the_slurm_executor_runs_transfers_after_their_pretraining_and_reports_f
         assert queued_jobs({name, "dropbench:tiny:other"}) == {name: held.stdout.strip()}
     finally:
         _sh("scancel", held.stdout.strip())
+
+
+class _FakeJob:
+    """What the Slurm executor reads of a submitit job: its id, its result file, its result and its cancel."""
+
+    def __init__(self, job_id: str, folder: Path, error: str | None = None):
+        self.job_id, self.error, self.cancelled = job_id, error, False
+        self.paths = type("Paths", (), {"result_pickle": folder / f"{job_id}_result.pkl", "stderr": folder / "err"})
+
+    def finish(self) -> None:
+        self.paths.result_pickle.write_bytes(b"done")
+
+    def result(self):
+        if self.error:
+            raise RuntimeError(self.error)
+        return 0
+
+    def cancel(self, check: bool = True) -> None:
+        self.cancelled = True
+
+
+def test_slurm_polling_cancels_the_transfers_of_a_failed_pretraining_and_notices_vanished_jobs(tmp_path, monkeypatch):
+    from dropbench.suite import slurm
+
+    suite_file = tmp_path / "s.yaml"
+    suite_file.write_text(
+        "backbones: [vit_micro]\nregimes: [no_dropout, early_dropout]\n"
+        "pretrain: {recipe: cpu, data: mnist}\n"
+        "transfers: [{kind: cls, dataset: sklearn_digits, protocol: linear}]\n"
+        f"output: {{runs: {tmp_path / 'runs'}, results: {tmp_path / 'results'}}}\n"
+    )
+    suite = load_suite(suite_file)
+    failing_pretrain, its_transfer, other_pretrain, other_transfer = (run.name for run in suite.runs)
+    jobs = {
+        failing_pretrain: _FakeJob("11", tmp_path, error="RunFailed: exit code 2; see log"),
+        its_transfer: _FakeJob("12", tmp_path),
+        other_pretrain: _FakeJob("13", tmp_path),
+        other_transfer: _FakeJob("14", tmp_path),
+    }
+    jobs[failing_pretrain].finish()
+    polls = []
+
+    def squeue(job_ids):
+        polls.append(sorted(job_ids))
+        # 13 left the queue without a result (cancelled by hand, out of memory); 14 waits for it.
+        return {job_id: "PENDING" for job_id in job_ids if job_id == "14"}
+
+    monkeypatch.setattr(slurm, "_squeue_states", squeue)
+    monkeypatch.setattr(slurm.time, "sleep", lambda seconds: None)
+    outcomes, lines = {}, []
+    slurm._wait_for_jobs(suite, dict(jobs), outcomes, lines.append, poll=0.01)
+
+    assert outcomes[failing_pretrain].status == "failed" and "exit code 2" in outcomes[failing_pretrain].detail
+    assert jobs[its_transfer].cancelled and outcomes[its_transfer].status == "skipped"
+    assert outcomes[other_pretrain].status == "failed" and "without a result" in outcomes[other_pretrain].detail
+    assert sum("13" in ids for ids in polls) == 3, "a vanished job is looked at three times before it counts"
+    assert jobs[other_transfer].cancelled and outcomes[other_transfer].status == "skipped"
+    assert len(outcomes) == 4 and sum("skipped" in line for line in lines) == 2

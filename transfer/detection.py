@@ -16,17 +16,6 @@ backbone_module.register(MODELS)
 optim.register(OPTIM_WRAPPER_CONSTRUCTORS)
 
 # mmdet's CocoMetric reports fractions; records are in percent.
-DETECTION = TaskSpec(
-    task="detection",
-    metrics={
-        "coco/bbox_mAP": ("box_AP", 100.0),
-        "coco/bbox_mAP_50": ("box_AP50", 100.0),
-        "coco/bbox_mAP_75": ("box_AP75", 100.0),
-        "coco/segm_mAP": ("mask_AP", 100.0),
-        "coco/segm_mAP_50": ("mask_AP50", 100.0),
-        "coco/segm_mAP_75": ("mask_AP75", 100.0),
-    },
-)
 
 
 def validate_coco(ann_file: Path, image_dir: Path, classes: tuple[str, ...] | None, field: str) -> None:
@@ -72,8 +61,11 @@ def validate_coco(ann_file: Path, image_dir: Path, classes: tuple[str, ...] | No
             )
 
 
-def _prepare(cfg: Config, out_channels: list[int]) -> None:
+def _wire(cfg: Config, out_channels: list[int]) -> None:
     cfg.model.neck.in_channels = out_channels
+
+
+def _prepare_data(cfg: Config) -> None:
     embedded = cfg.pop("embedded_data", None)
     if embedded is not None:
         make_from_config(embedded, cfg.data_root, "coco_digits")
@@ -87,6 +79,22 @@ def _prepare(cfg: Config, out_channels: list[int]) -> None:
             tuple(classes) if classes else None,
             f"{split}.dataset.ann_file",
         )
+
+
+DETECTION = TaskSpec(
+    task="detection",
+    metrics={
+        "coco/bbox_mAP": ("box_AP", 100.0),
+        "coco/bbox_mAP_50": ("box_AP50", 100.0),
+        "coco/bbox_mAP_75": ("box_AP75", 100.0),
+        "coco/segm_mAP": ("mask_AP", 100.0),
+        "coco/segm_mAP_50": ("mask_AP50", 100.0),
+        "coco/segm_mAP_75": ("mask_AP75", 100.0),
+    },
+    wire=_wire,
+    prepare_data=_prepare_data,
+    empty_means_zero=True,  # mmdet's CocoMetric returns nothing when no box was predicted
+)
 
 
 def transfer_detection(
@@ -108,7 +116,6 @@ def transfer_detection(
         results_dir,
         cfg_options or [],
         launcher,
-        _prepare,
         seed=seed,
         force=force,
     )

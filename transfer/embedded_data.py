@@ -54,8 +54,9 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
 
 def compose_canvas(
     rng: np.random.Generator, digits: np.ndarray, labels: np.ndarray, spec: CanvasSpec
-) -> tuple[np.ndarray, list[tuple[int, np.ndarray, np.ndarray]]]:
-    """One RGB canvas (grey, like MNIST) and its instances as (label, binary mask, anti-aliased fringe) triples.
+) -> tuple[np.ndarray, list[tuple[int, np.ndarray, np.ndarray, int]]]:
+    """One RGB canvas (grey, like MNIST) and its instances as (label, binary mask, anti-aliased fringe, index of
+    the digit in ``digits``).
 
     A digit's mask is where its (resized) stroke intensity exceeds 0.5; its fringe is the faint rim around it
     (intensity in (0.1, 0.5]), neither clearly digit nor background.
@@ -85,11 +86,11 @@ def compose_canvas(
         alpha[y : y + side, x : x + side] = digit
         image = image * (1 - alpha) + brightness * alpha
         taken[y : y + side, x : x + side] = True
-        instances.append((int(labels[index]), mask, fringe))
+        instances.append((int(labels[index]), mask, fringe, index))
     return np.repeat(image.astype(np.uint8)[..., None], 3, axis=2), instances
 
 
-def _annotation(ann_id: int, image_id: int, label: int, mask: np.ndarray) -> dict:
+def _annotation(ann_id: int, image_id: int, label: int, mask: np.ndarray, source: int) -> dict:
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
     x, y, w, h = (float(v) for v in mask_utils.toBbox(rle))
     return {
@@ -100,21 +101,22 @@ def _annotation(ann_id: int, image_id: int, label: int, mask: np.ndarray) -> dic
         "area": float(mask_utils.area(rle)),
         "bbox": [x, y, w, h],
         "iscrowd": 0,
+        "mnist_test_index": source,  # which digit of MNIST's test split (mmdet ignores the extra key)
     }
 
 
-def _write_split(root: Path, split: str, count: int, digits, labels, spec: CanvasSpec, seed: int) -> None:
+def _write_split(root: Path, split: str, count: int, pool: "_Pool", spec: CanvasSpec, seed: int) -> None:
     rng = np.random.default_rng(seed)
     folder = root / f"{split}2017"
     folder.mkdir(parents=True)
     images, annotations = [], []
     for image_id in range(1, count + 1):
-        canvas, instances = compose_canvas(rng, digits, labels, spec)
+        canvas, instances = compose_canvas(rng, pool.digits, pool.labels, spec)
         file_name = f"{image_id:012d}.png"
         Image.fromarray(canvas).save(folder / file_name)
         images.append({"id": image_id, "file_name": file_name, "height": spec.canvas, "width": spec.canvas})
-        for label, mask, _fringe in instances:
-            annotations.append(_annotation(len(annotations) + 1, image_id, label, mask))
+        for label, mask, _fringe, index in instances:
+            annotations.append(_annotation(len(annotations) + 1, image_id, label, mask, pool.first + index))
     categories = [{"id": i + 1, "name": name, "supercategory": "digit"} for i, name in enumerate(DIGIT_CLASSES)]
     coco = {
         "images": images,
@@ -138,6 +140,15 @@ def make_coco_digits(
 SPEC_FILE = "dropbench_data.json"
 
 
+@dataclass(frozen=True)
+class _Pool:
+    """The MNIST test digits one split draws from; ``first``: the index of ``digits[0]`` in the test split."""
+
+    digits: np.ndarray
+    labels: np.ndarray
+    first: int
+
+
 def _build_once(root, marker: str, write_split, splits: tuple[str, str], num_train: int, num_val: int, spec) -> Path:
     """Write both splits into a temp folder beside ``root`` and rename it into place.
 
@@ -157,8 +168,8 @@ def _build_once(root, marker: str, write_split, splits: tuple[str, str], num_tra
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     try:
-        write_split(tmp, splits[0], num_train, digits[:half], labels[:half], spec, spec.seed)
-        write_split(tmp, splits[1], num_val, digits[half:], labels[half:], spec, spec.seed + 1)
+        write_split(tmp, splits[0], num_train, _Pool(digits[:half], labels[:half], 0), spec, spec.seed)
+        write_split(tmp, splits[1], num_val, _Pool(digits[half:], labels[half:], half), spec, spec.seed + 1)
         (tmp / SPEC_FILE).write_text(json.dumps(settings))
         if root.exists():  # made with other settings: move it aside, then swap
             stale = root.with_name(f".{root.name}.stale-{os.getpid()}")
@@ -176,16 +187,16 @@ def _build_once(root, marker: str, write_split, splits: tuple[str, str], num_tra
     return root
 
 
-def _write_segmentation_split(root: Path, split: str, count: int, digits, labels, spec: CanvasSpec, seed: int) -> None:
+def _write_segmentation_split(root: Path, split: str, count: int, pool: "_Pool", spec: CanvasSpec, seed: int) -> None:
     rng = np.random.default_rng(seed)
     images, annotations = root / "images" / split, root / "annotations" / split
     images.mkdir(parents=True)
     annotations.mkdir(parents=True)
     for index in range(1, count + 1):
-        canvas, instances = compose_canvas(rng, digits, labels, spec)
+        canvas, instances = compose_canvas(rng, pool.digits, pool.labels, spec)
         # ADE20K's encoding: 0 = unlabelled (ignored through reduce_zero_label), 1 = background, 2..11 = digits.
         label_map = np.ones(canvas.shape[:2], dtype=np.uint8)
-        for label, mask, fringe in instances:
+        for label, mask, fringe, _index in instances:
             label_map[fringe] = 0
             label_map[mask] = label + 2
         name = f"ADE_{split}_{index:08d}"

@@ -26,8 +26,15 @@ from dropbench.transfer.backbone import TimmBackbone
 
 @dataclass(frozen=True)
 class TaskSpec:
+    """What a dense task adds to the shared run: its metrics and the steps that know its config's layout."""
+
     task: str  # "detection" or "segmentation"
     metrics: dict[str, tuple[str, float]]  # mm* metric key → (record metric name, factor to percent)
+    wire: Callable[[Config, list[int]], None]  # the adapter's channels into the task's neck or heads
+    prepare_data: Callable[[Config], None]  # embedded data made, the dataset checked, before training
+    optional: tuple[str, ...] = ()  # metric keys only some configs produce (e.g. multi-scale + flip)
+    empty_means_zero: bool = False  # an evaluator that returns nothing saw no predictions: AP 0 (mmdet's COCO)
+    extra_evaluation: Callable | None = None  # (runner, cfg) → more metrics, after the validation
 
 
 def _check_key(cfg: Config, dotted: str) -> None:
@@ -97,6 +104,23 @@ def _seed(cfg: Config, seed: int) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def configure(spec: TaskSpec, backbone: Path, config: Path, cfg_options: Sequence[str]) -> Config:
+    """The config a run trains: loaded with its options, the export in ``model.backbone``, the adapter's
+    channels wired into the task's neck or heads. Nothing about the data is checked here."""
+    cfg = load_config(config, cfg_options)
+    backbone_cfg = cfg.model.backbone
+    if backbone_cfg.get("type") != "TimmBackbone":
+        raise UserInputError("model.backbone.type", "must be 'TimmBackbone' to transfer a dropbench export")
+    backbone_cfg.export = str(backbone)
+    adapter_args = {k: v for k, v in backbone_cfg.items() if k not in ("type", "init_cfg")}
+    try:
+        adapter = TimmBackbone(**adapter_args)
+    except TypeError as err:
+        raise UserInputError("model.backbone", str(err)) from None
+    spec.wire(cfg, list(adapter.out_channels))
+    return cfg
+
+
 def run_transfer(
     spec: TaskSpec,
     backbone: Path,
@@ -105,8 +129,6 @@ def run_transfer(
     results_dir: Path | None,
     cfg_options: Sequence[str],
     launcher: str,
-    prepare: Callable[[Config, list[int]], None],
-    extra_evaluation: Callable | None = None,
     seed: int = 0,
     force: bool = False,
 ) -> list[Path]:
@@ -123,19 +145,9 @@ def run_transfer(
     if existing and not force:
         print(identity.finished_message(existing), flush=True)
         return []
+    cfg = configure(spec, backbone, config, cfg_options)
     cfg.pop("dataset_name", None)
-    backbone_cfg = cfg.model.backbone
-    if backbone_cfg.get("type") != "TimmBackbone":
-        raise UserInputError("model.backbone.type", "must be 'TimmBackbone' to transfer a dropbench export")
-    backbone_cfg.export = str(backbone)
-    adapter_args = {k: v for k, v in backbone_cfg.items() if k not in ("type", "init_cfg")}
-    try:
-        adapter = TimmBackbone(**adapter_args)
-    except TypeError as err:
-        raise UserInputError("model.backbone", str(err)) from None
-    out_channels = list(adapter.out_channels)
-    del adapter
-    prepare(cfg, out_channels)  # channels into the neck or heads; data checks (and embedded data)
+    spec.prepare_data(cfg)
     cfg.work_dir = str(work_dir)
     cfg.launcher = launcher
     _seed(cfg, seed)
@@ -147,12 +159,12 @@ def run_transfer(
     keeper = _KeepLastMetrics()
     runner.register_hook(keeper)
     runner.train()
-    metrics = keeper.metrics if keeper.metrics else runner.val()
-    if extra_evaluation is not None:
-        metrics.update(extra_evaluation(runner, cfg))
+    metrics = keeper.metrics if keeper.metrics is not None else runner.val()  # evaluated once
+    if spec.extra_evaluation is not None:
+        metrics = dict(metrics) | spec.extra_evaluation(runner, cfg)
+    values = recorded_values(spec, metrics, runner.logger.info)
     if results_dir is None or not is_main_process():
         return []
-    values = {name: float(metrics[key]) * factor for key, (name, factor) in spec.metrics.items() if key in metrics}
     return identity.write_records(
         results_dir,
         values,
@@ -161,3 +173,21 @@ def run_transfer(
         run_dir=work_dir,
         code_version=code_version(),
     )
+
+
+def recorded_values(spec: TaskSpec, metrics: dict, log: Callable[[str], None] = print) -> dict[str, float]:
+    """The record values (percent) of an evaluation's metrics. An evaluation that returned nothing, for a task
+    whose evaluator does that when there are no predictions, is recorded as 0 (and logged as such); a metric
+    missing for any other reason is an error naming it, before any record is written."""
+    metrics = dict(metrics or {})
+    if not metrics and spec.empty_means_zero:
+        log(f"{spec.task}: the model predicted nothing on the validation set; every metric is recorded as 0.0")
+        return {name: 0.0 for key, (name, _) in spec.metrics.items() if key not in spec.optional}
+    missing = [key for key in spec.metrics if key not in metrics and key not in spec.optional]
+    if missing:
+        raise UserInputError(
+            "val_evaluator",
+            f"the evaluation produced no {', '.join(missing)} (it gave: {', '.join(sorted(metrics)) or 'nothing'}); "
+            "check the evaluator's metrics",
+        )
+    return {name: float(metrics[key]) * factor for key, (name, factor) in spec.metrics.items() if key in metrics}

@@ -58,15 +58,6 @@ if MODELS.get("ClassWeightedCrossEntropyLoss") is None:
     MODELS.register_module(module=ClassWeightedCrossEntropyLoss)
 
 # mmseg's IoUMetric already reports percent.
-SEGMENTATION = TaskSpec(
-    task="segmentation",
-    metrics={
-        "mIoU": ("mIoU", 1.0),
-        "mAcc": ("mAcc", 1.0),
-        "aAcc": ("aAcc", 1.0),
-        "tta/mIoU": ("mIoU_ms_flip", 1.0),
-    },
-)
 LABEL_SPOT_CHECK = 200  # annotation maps per split whose label values are read before training
 
 
@@ -100,11 +91,14 @@ def _check_split(dataset: Config, num_classes: int, field: str) -> None:
                     )
 
 
-def _prepare(cfg: Config, out_channels: list[int]) -> None:
+def _wire(cfg: Config, out_channels: list[int]) -> None:
     cfg.model.decode_head.in_channels = out_channels
     auxiliary = cfg.model.get("auxiliary_head")
     if auxiliary is not None:
         auxiliary.in_channels = out_channels[auxiliary.in_index]
+
+
+def _prepare_data(cfg: Config) -> None:
     embedded = cfg.pop("embedded_data", None)
     if embedded is not None:
         make_from_config(embedded, cfg.data_root, "ade_digits")
@@ -144,6 +138,21 @@ def _evaluate_multi_scale_flip(runner, cfg: Config) -> dict[str, float]:
     return {f"tta/{key}": value for key, value in evaluator.evaluate(len(loader.dataset)).items()}
 
 
+SEGMENTATION = TaskSpec(
+    task="segmentation",
+    metrics={
+        "mIoU": ("mIoU", 1.0),
+        "mAcc": ("mAcc", 1.0),
+        "aAcc": ("aAcc", 1.0),
+        "tta/mIoU": ("mIoU_ms_flip", 1.0),
+    },
+    wire=_wire,
+    prepare_data=_prepare_data,
+    optional=("tta/mIoU",),  # with evaluate_tta = True only
+    extra_evaluation=_evaluate_multi_scale_flip,
+)
+
+
 def transfer_segmentation(
     backbone: Path,
     config: Path,
@@ -163,8 +172,6 @@ def transfer_segmentation(
         results_dir,
         cfg_options or [],
         launcher,
-        _prepare,
-        _evaluate_multi_scale_flip,
         seed=seed,
         force=force,
     )
