@@ -15,7 +15,6 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from dropbench.cli import main
-from dropbench.core.export import export_backbone
 from dropbench.core.identity import ResultRecord
 from dropbench.core.loop import accuracy_metrics
 from dropbench.core.models import BackboneConfig
@@ -24,6 +23,8 @@ from dropbench.pretrain.config import Recipe, Regime
 from dropbench.pretrain.train import pretrain
 from dropbench.transfer.classification import fit_linear_probe
 from dropbench.transfer.cls_data import load_cls_config, load_cls_data
+
+from .conftest import make_untrained_export
 
 try:
     from sklearn.datasets import load_digits
@@ -53,19 +54,10 @@ def pretrained_export(tmp_path_factory) -> Path:
     return root / "run" / "export"
 
 
-def _untrained_export(name: str, folder: Path) -> Path:
-    """A freshly initialised micro backbone in the export format."""
-    backbone = BackboneConfig.load(name)
-    sidecar = dict(model=backbone.model, kwargs=backbone.kwargs, num_classes=10, input_size=backbone.input_size)
-    sidecar |= dict(backbone=name, regime="no_dropout", recipe="cpu", seed=0, config_hash="0" * 16)
-    torch.manual_seed(0)
-    return export_backbone(backbone.create_model(10), folder, sidecar)
-
-
 @pytest.fixture(scope="module")
 def untrained_export(tmp_path_factory) -> Path:
     """An untrained micro ViT export: enough for the checks that refuse bad input."""
-    return _untrained_export("vit_micro", tmp_path_factory.mktemp("untrained") / "export")
+    return make_untrained_export("vit_micro", tmp_path_factory.mktemp("untrained") / "export")
 
 
 def _transfer_args(backbone: Path, dataset, protocol: str, work_dir: Path, results: Path, *overrides) -> list:
@@ -255,7 +247,7 @@ def test_finetuning_on_optdigits_logs_each_epoch_and_writes_a_record(cli, pretra
 @pytest.mark.parametrize("name", ["swin_micro", "convnext_micro", "mixer_micro"])
 def test_both_protocols_run_on_the_other_micro_families(cli, tmp_path, name):
     """Layer decay (timm's group_matcher), a new head, drop path and pooled pre-logits on every family."""
-    export = _untrained_export(name, tmp_path / "export")
+    export = make_untrained_export(name, tmp_path / "export")
     tiny = ["train_subset=64", "test_subset=32", "batch_size=32", "epochs=1", "warmup_epochs=0", "drop_path=0.1"]
     for protocol in ("finetune", "linear"):
         results = tmp_path / f"results-{protocol}"

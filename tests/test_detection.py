@@ -179,6 +179,9 @@ def _write_coco(tmp_path: Path, source: Path, edit) -> Path:
         (lambda c: c["annotations"][0].update(bbox=[3, 4, -2, 5]), "negative"),
         (lambda c: c["annotations"][0].update(category_id=77), "category_id 77"),
         (lambda c: c["categories"][0].update(name="zero"), "not categories"),
+        (lambda c: c["annotations"][0].update(bbox=[90, 4, 20, 5]), "outside its 96×96 image"),
+        (lambda c: c["annotations"][0].update(segmentation=[[1, 2, 3, 4]]), "fewer than 3 points"),
+        (lambda c: c["images"][0].update(file_name="gone.png"), "missing"),
     ],
 )
 def test_bad_coco_files_are_named(cli, exports, coco_digits, tmp_path, edit, words, monkeypatch):

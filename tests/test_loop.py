@@ -55,9 +55,10 @@ def test_gradient_accumulation_ends_where_one_large_batch_does(tmp_path):
 @pytest.mark.slow
 def test_mixup_reaches_the_fine_tuning_loop(cli, tmp_path):
     """The same fine-tune with mixup and cutmix on trains on other targets: its logged loss differs."""
-    from .test_classification import _transfer_args, _untrained_export
+    from .conftest import make_untrained_export
+    from .test_classification import _transfer_args
 
-    export = _untrained_export("vit_micro", tmp_path / "export")
+    export = make_untrained_export("vit_micro", tmp_path / "export")
     tiny = ["train_subset=128", "test_subset=32", "batch_size=32", "epochs=1", "warmup_epochs=0"]
     losses = {}
     for name, extra in (("plain", []), ("mixed", ["mixup=0.8", "cutmix=1.0"])):

@@ -533,7 +533,10 @@ def test_the_slurm_executor_runs_transfers_after_their_pretraining_and_reports_f
     assert any(p.startswith(segmentation) and p.endswith("__mIoU.json") for p in records)
     seg_log = (runs / "vit_micro-no_dropout-seed0" / "seg-upernet_cpu.log").read_text()
     assert "mIoU" in seg_log, "the run's own output goes to its log"
-    pending = _sh("squeue", "--noheader", "--format=%i %T").stdout.split()
+    # A job whose result is written may still be exiting; one left waiting on a failed dependency never leaves.
+    deadline = time.monotonic() + 30
+    while (pending := _sh("squeue", "--noheader", "--format=%i %T").stdout.split()) and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert not pending, f"no job is left in the queue: {pending}"
 
     # A second invocation submits nothing that has finished.

@@ -7,7 +7,10 @@ up-sampling steps or max-pooling. For plain ViTs and MLP-Mixers, whose maps all 
 the ViTDet simple feature pyramid built from the last map; for Swin and ConvNeXt it is mostly identity.
 Input size: ViT and Swin are built with ``dynamic_img_size`` (position embeddings resampled to each input);
 models that fix their token count (MLP-Mixer) are rebuilt for ``img_size`` with their token-mixing weights
-resampled from the pretraining grid.
+resampled from the pretraining grid. Any input size works: an image is zero-padded at the bottom and right to the
+multiple the backbone needs (its total stride, which covers a patch size and Swin's windows, and the coarsest
+output stride), or to a fixed-size model's own size, and every output map is cropped back to
+``ceil(input / stride)``, so heads and the mm* resizing of predictions see the image, not the padding.
 """
 
 import math
@@ -15,6 +18,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from timm.layers import PatchEmbed
 from torch import nn
 
 from dropbench.core.errors import UserInputError
@@ -142,6 +146,8 @@ class TimmBackbone(nn.Module):
             self.out_channels.append(channels)
         self.out_strides = tuple(out_strides)
         self.native_strides = tuple(native_strides)
+        self.size_multiple = math.lcm(round(max(native_strides)), max(out_strides))
+        self.fixed_size = _fixed_input_size(model)
         self.resamplers = resamplers
         self.indices = sorted(set(self.levels))
         if hasattr(model, "prune_intermediate_layers"):
@@ -177,10 +183,40 @@ class TimmBackbone(nn.Module):
     def init_weights(self) -> None:
         """The weights come from the export (mm* calls this after building the model)."""
 
+    def padded_size(self, height: int, width: int) -> tuple[int, int]:
+        """The input size the model is run at for an image of ``height × width``."""
+        if self.fixed_size is not None:
+            if height > self.fixed_size[0] or width > self.fixed_size[1]:
+                raise ValueError(
+                    f"a {height}×{width} input exceeds the {self.fixed_size[0]}×{self.fixed_size[1]} this "
+                    f"{self.sidecar['model']} was built for (its token count is fixed): raise model.backbone.img_size "
+                    "or use slide inference (model.test_cfg mode='slide') with crops no larger"
+                )
+            return self.fixed_size
+        multiple = self.size_multiple
+        return math.ceil(height / multiple) * multiple, math.ceil(width / multiple) * multiple
+
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        height, width = images.shape[-2:]
+        padded_height, padded_width = self.padded_size(height, width)
+        if (padded_height, padded_width) != (height, width):
+            images = F.pad(images, (0, padded_width - width, 0, padded_height - height))
         native = self.model.forward_intermediates(images, indices=self.indices, intermediates_only=True)
         by_level = dict(zip(self.indices, native, strict=True))
-        return tuple(resample(by_level[level]) for level, resample in zip(self.levels, self.resamplers, strict=True))
+        return tuple(
+            resample(by_level[level])[..., : math.ceil(height / stride), : math.ceil(width / stride)]
+            for level, resample, stride in zip(self.levels, self.resamplers, self.out_strides, strict=True)
+        )
+
+
+def _fixed_input_size(model: nn.Module) -> tuple[int, int] | None:
+    """The one input size a model takes (MLP-Mixer: its token count is part of the weights), else None."""
+    patch_embed = next((m for m in model.modules() if isinstance(m, PatchEmbed)), None)  # Mixer calls it stem
+    if patch_embed is None or not getattr(patch_embed, "strict_img_size", False):
+        return None
+    if getattr(model, "dynamic_img_size", False) or getattr(patch_embed, "dynamic_img_pad", False):
+        return None
+    return tuple(patch_embed.img_size)
 
 
 def register(registry) -> None:

@@ -32,6 +32,7 @@ class TaskSpec:
     metrics: dict[str, tuple[str, float]]  # mm* metric key → (record metric name, factor to percent)
     wire: Callable[[Config, list[int]], None]  # the adapter's channels into the task's neck or heads
     prepare_data: Callable[[Config], None]  # embedded data made, the dataset checked, before training
+    use_data: Callable[[Config, ConfigDict], None]  # a config's custom_data into its dataloaders, evaluator, heads
     optional: tuple[str, ...] = ()  # metric keys only some configs produce (e.g. multi-scale + flip)
     empty_means_zero: bool = False  # an evaluator that returns nothing saw no predictions: AP 0 (mmdet's COCO)
     extra_evaluation: Callable | None = None  # (runner, cfg) → more metrics, after the validation
@@ -66,7 +67,27 @@ def load_config(config: Path, cfg_options: Sequence[str]) -> Config:
     for key in options:
         _check_key(cfg, key)
     cfg.merge_from_dict(options)
+    _check_custom_data(cfg)
     return cfg
+
+
+def _check_custom_data(cfg: Config) -> None:
+    """A config with a ``custom_data`` section (configs/*/custom_*.py) needs its folder and class names; the
+    records then name the data after ``custom_data.name`` or the folder."""
+    data = cfg.get("custom_data")
+    if data is None:
+        return
+    hint = 'e.g. --cfg-options custom_data.root=/data/mine "custom_data.classes=[cat,dog]"'
+    for key in ("root", "classes"):
+        if not data.get(key):
+            raise UserInputError(f"--cfg-options custom_data.{key}", f"is not set; {hint}")
+    classes = data.classes if isinstance(data.classes, (list, tuple)) else [data.classes]
+    data.classes = tuple(str(name) for name in classes)
+    root = Path(str(data.root)).expanduser()
+    if not root.is_dir():
+        raise UserInputError("--cfg-options custom_data.root", f"no such folder '{root}'")
+    data.root = str(root)
+    cfg.dataset_name = data.get("name") or root.resolve().name
 
 
 class _KeepLastMetrics(Hook):
@@ -91,7 +112,7 @@ def task_identity(cfg: Config, config: Path, cfg_options: Sequence[str]) -> tupl
     for key in _RUN_KEYS:
         settings.pop(key, None)
     settings.get("model", {}).get("backbone", {}).pop("export", None)
-    return str(cfg.get("dataset_name", Path(config).stem)), Path(config).stem, Part.of(settings, list(cfg_options))
+    return str(cfg.get("dataset_name") or Path(config).stem), Path(config).stem, Part.of(settings, list(cfg_options))
 
 
 def _seed(cfg: Config, seed: int) -> None:
@@ -105,9 +126,12 @@ def _seed(cfg: Config, seed: int) -> None:
 
 
 def configure(spec: TaskSpec, backbone: Path, config: Path, cfg_options: Sequence[str]) -> Config:
-    """The config a run trains: loaded with its options, the export in ``model.backbone``, the adapter's
-    channels wired into the task's neck or heads. Nothing about the data is checked here."""
+    """The config a run trains: loaded with its options, its ``custom_data`` (if any) written where the task reads
+    it, the export in ``model.backbone``, the adapter's channels wired into the task's neck or heads. The data
+    itself is checked later (``TaskSpec.prepare_data``)."""
     cfg = load_config(config, cfg_options)
+    if cfg.get("custom_data") is not None:
+        spec.use_data(cfg, cfg.custom_data)
     backbone_cfg = cfg.model.backbone
     if backbone_cfg.get("type") != "TimmBackbone":
         raise UserInputError("model.backbone.type", "must be 'TimmBackbone' to transfer a dropbench export")

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from mmengine.config import Config
+from mmengine.config import Config, ConfigDict
 from mmseg.models.losses import CrossEntropyLoss
 from mmseg.registry import MODELS, OPTIM_WRAPPER_CONSTRUCTORS
 from PIL import Image
@@ -98,6 +98,30 @@ def _wire(cfg: Config, out_channels: list[int]) -> None:
         auxiliary.in_channels = out_channels[auxiliary.in_index]
 
 
+def _use_data(cfg: Config, data: ConfigDict) -> None:
+    """Your own ADE-layout data: folder, image and label folders, suffixes and classes into every dataloader
+    (as mmseg's ``BaseSegDataset``: ``ADE20KDataset`` fixes ADE20K's 150 names) and both heads."""
+    classes = tuple(data.classes)
+    palette = [[(37 * i) % 256, (101 * i) % 256, (173 * i) % 256] for i in range(len(classes))]
+    splits = {"train_dataloader": "train", "val_dataloader": "val", "test_dataloader": "val"}
+    for loader, split in splits.items():
+        if cfg.get(loader) is None:
+            continue
+        dataset = cfg[loader].dataset
+        dataset.type = "BaseSegDataset"
+        dataset.data_root = data.root
+        dataset.data_prefix = dict(img_path=data[f"{split}_img"], seg_map_path=data[f"{split}_ann"])
+        dataset.metainfo = dict(classes=classes, palette=palette)
+        dataset.img_suffix, dataset.seg_map_suffix = data.img_suffix, data.seg_map_suffix
+        dataset.reduce_zero_label = data.reduce_zero_label
+        for transform in dataset.get("pipeline", []):
+            if transform.get("type") == "LoadAnnotations":
+                transform.reduce_zero_label = data.reduce_zero_label
+    cfg.model.decode_head.num_classes = len(classes)
+    if cfg.model.get("auxiliary_head") is not None:
+        cfg.model.auxiliary_head.num_classes = len(classes)
+
+
 def _prepare_data(cfg: Config) -> None:
     embedded = cfg.pop("embedded_data", None)
     if embedded is not None:
@@ -148,6 +172,7 @@ SEGMENTATION = TaskSpec(
     },
     wire=_wire,
     prepare_data=_prepare_data,
+    use_data=_use_data,
     optional=("tta/mIoU",),  # with evaluate_tta = True only
     extra_evaluation=_evaluate_multi_scale_flip,
 )

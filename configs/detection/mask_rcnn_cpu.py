@@ -36,10 +36,11 @@ train_pipeline = [
     dict(type="Pad", size=(image_size, image_size)),
     dict(type="PackDetInputs"),
 ]
+# No Pad at test time: it would make the padding part of img_shape, and boxes clipped to that and scaled back to a
+# non-square original fall outside it (mmdet's batch padding to 32 px does not have that effect).
 test_pipeline = [
     dict(type="LoadImageFromFile", backend_args=None),
     dict(type="Resize", scale=(image_size, image_size), keep_ratio=True),
-    dict(type="Pad", size=(image_size, image_size)),
     dict(type="LoadAnnotations", with_bbox=True, with_mask=True),
     dict(type="PackDetInputs", meta_keys=("img_id", "img_path", "ori_shape", "img_shape", "scale_factor")),
 ]
