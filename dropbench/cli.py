@@ -1,5 +1,5 @@
 """The ``dropbench`` command: ``schedule``, ``pretrain``, ``transfer cls|det|seg``, ``compare``, ``plot``,
-``suite`` and ``demo``."""
+``suite``, ``demo``, ``import`` and ``eval``."""
 
 import argparse
 import json
@@ -118,6 +118,40 @@ def _transfer_dense(args: argparse.Namespace) -> None:
     )
 
 
+def _import(args: argparse.Namespace) -> None:
+    from dropbench.importing import import_official, import_weights
+
+    source, out = Path(args.source), Path(args.out)
+    if (out / "backbone.json").exists() and not args.force:
+        raise UserInputError("--out", f"'{out}' already holds an export; pass --force to replace it")
+    if args.kind == "official":
+        path = import_official(source, out, args.ema, args.regime, args.recipe, args.seed)
+    elif args.kind == "timm":
+        weights = Path(args.weights) if args.weights else None
+        path = import_weights(
+            args.source, weights, out, args.regime or "timm_pretrained", args.recipe or "timm", args.seed or 0
+        )
+    else:
+        if not args.backbone:
+            raise UserInputError("--backbone", "--from file needs the backbone config the weights belong to")
+        regime, recipe = args.regime or "imported", args.recipe or "imported"
+        path = import_weights(args.backbone, source, out, regime, recipe, args.seed or 0)
+    print(path)
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from dropbench.evaluation import evaluate_export
+
+    evaluate_export(
+        Path(args.backbone),
+        args.data,
+        Path(args.results) if args.results else None,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+    )
+
+
 def _compare(args: argparse.Namespace) -> None:
     from dropbench.compare import read_records, render, summarise
     from dropbench.core.io import atomic_write_text
@@ -223,6 +257,30 @@ def build_parser() -> argparse.ArgumentParser:
         dense.add_argument("--seed", type=int, default=0, help="the transfer seed: mmengine's randomness (default 0)")
         dense.add_argument("--force", action="store_true", help=FORCE_HELP)
         dense.set_defaults(run=_transfer_dense)
+
+    imports = commands.add_parser(
+        "import", help="released weights as an export: the paper's checkpoints, timm weights or any state dict"
+    )
+    imports.add_argument("--from", dest="kind", choices=("official", "timm", "file"), required=True)
+    imports.add_argument("source", help="official: the checkpoint; timm: the model name; file: the weights file")
+    imports.add_argument("--out", required=True, help="the export folder to write")
+    imports.add_argument("--weights", help="timm: a local .safetensors/.pth/.bin (default: the local HF cache)")
+    imports.add_argument("--backbone", help="file: the backbone config (or timm name) the weights belong to")
+    imports.add_argument("--ema", action="store_true", help="official: take model_ema instead of model")
+    imports.add_argument("--regime", help="the regime the records name (official: read from the checkpoint's args)")
+    imports.add_argument("--recipe", help="the recipe the records name (official: read from the checkpoint's args)")
+    imports.add_argument("--seed", type=int, help="the pretraining seed the records name")
+    imports.add_argument("--force", action="store_true", help="replace an export already in --out")
+    imports.set_defaults(run=_import)
+
+    evaluation = commands.add_parser("eval", help="top-1/top-5 of an export on ImageNet-layout val/ or MNIST")
+    evaluation.add_argument("--backbone", required=True, help="an export folder")
+    evaluation.add_argument("--data", required=True, help="'mnist' or a folder with val/<class>/*")
+    evaluation.add_argument("--results", default="results", help="records go to RESULTS/records ('' for none)")
+    evaluation.add_argument("--batch-size", type=int, default=128)
+    evaluation.add_argument("--workers", type=int, default=4)
+    evaluation.add_argument("--device")
+    evaluation.set_defaults(run=_eval)
 
     compare = commands.add_parser("compare", help="the comparison table from result records")
     compare.add_argument("--results", default="results", help="folder of records, searched recursively")

@@ -1,0 +1,95 @@
+"""``dropbench eval``: an export's top-1 / top-5 on ImageNet-layout val images (or MNIST's test split), with the
+export's own evaluation transform, written as a record of stage ``eval``."""
+
+import dataclasses
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform, resolve_data_config
+from torch.utils.data import DataLoader
+
+from dropbench.core.errors import UserInputError
+from dropbench.core.export import load_exported_model
+from dropbench.core.identity import Part, RunIdentity
+from dropbench.core.loop import autocast_for, evaluate
+from dropbench.core.readers import ArrayImageDataset, image_folders, load_mnist
+from dropbench.core.version import code_version
+
+
+def eval_transform_settings(sidecar: dict, model: torch.nn.Module) -> dict:
+    """crop_pct, interpolation, mean, std: the sidecar's ``eval_transform``, else a dropbench recipe's, else the
+    timm pretrained config of the architecture."""
+    if "eval_transform" in sidecar:
+        return dict(sidecar["eval_transform"])
+    if sidecar.get("recipe") and "imported_from" not in sidecar:
+        from dropbench.pretrain.config import Recipe
+
+        try:
+            recipe = Recipe.load(sidecar["recipe"])
+        except UserInputError:
+            recipe = None
+        if recipe is not None:  # dropbench's pretraining: timm's default mean/std, the recipe's crop and resize
+            return {
+                "crop_pct": recipe.crop_pct,
+                "interpolation": recipe.interpolation,
+                "mean": IMAGENET_DEFAULT_MEAN,
+                "std": IMAGENET_DEFAULT_STD,
+            }
+    config = resolve_data_config({}, model=model)
+    return {key: config[key] for key in ("crop_pct", "interpolation", "mean", "std")}
+
+
+def _dataset(data: str, transform) -> tuple[torch.utils.data.Dataset, str]:
+    if data == "mnist":
+        return ArrayImageDataset(*load_mnist("test"), transform=transform), "mnist"
+    root = Path(data)
+    if not root.is_dir():
+        raise UserInputError("--data", f"'{data}' is neither 'mnist' nor a folder with val/")
+    (val,) = image_folders(root, ("val",), "--data")
+    val.transform = transform
+    classes = {entry.name for entry in (root / "val").iterdir() if entry.is_dir()}
+    return val, "imagenet-1k" if len(classes) == 1000 else root.resolve().name
+
+
+def evaluate_export(
+    backbone: Path,
+    data: str,
+    results_dir: Path | None,
+    batch_size: int = 128,
+    workers: int = 4,
+    device: str | None = None,
+) -> dict[str, float]:
+    """Top-1 and top-5 (percent) of the export's classifier; one record per metric unless ``results_dir`` is None."""
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    model, sidecar = load_exported_model(backbone)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    settings = eval_transform_settings(sidecar, model)
+    size = int(sidecar.get("input_size") or 224)
+    transform = create_transform(input_size=size, is_training=False, **settings)
+    dataset, name = _dataset(data, transform)
+    if len(getattr(dataset, "classes", [])) > sidecar["num_classes"]:
+        raise UserInputError(
+            "--data", f"{len(dataset.classes)} classes, the export's head has {sidecar['num_classes']}"
+        )
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=min(workers, 8), pin_memory=dev.type == "cuda")
+    metrics = evaluate(model.to(dev), loader, sidecar["num_classes"], dev, autocast_for(dev, True))
+    values = {"top1": metrics["top1"], "top5": metrics["top5"]}
+    if results_dir is not None:
+        part = Part.of({"input_size": size, **{k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}})
+        identity = dataclasses.replace(
+            RunIdentity.of_export(sidecar).transfer("classification", name, "val", 0, part), stage="eval"
+        )
+        identity.write_records(
+            results_dir,
+            values,
+            model=sidecar["model"],
+            started=started,
+            run_dir=Path(backbone),
+            code_version=code_version(),
+        )
+    print(
+        f"{sidecar.get('backbone', sidecar['model'])} / {sidecar.get('regime', '?')} on {name}: "
+        f"top1 {values['top1']:.2f}%  top5 {values['top5']:.2f}%  ({len(dataset)} images)"
+    )
+    return values
