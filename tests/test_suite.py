@@ -610,3 +610,34 @@ def test_slurm_polling_cancels_the_transfers_of_a_failed_pretraining_and_notices
     assert sum("13" in ids for ids in polls) == 3, "a vanished job is looked at three times before it counts"
     assert jobs[other_transfer].cancelled and outcomes[other_transfer].status == "skipped"
     assert len(outcomes) == 4 and sum("skipped" in line for line in lines) == 2
+
+
+def test_a_suite_of_imported_exports_runs_only_their_transfers(cli, exports, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    suite = tmp_path / "imported.yaml"
+    suite.write_text(
+        yaml.safe_dump(
+            {
+                "name": "imported",
+                "exports": [str(exports["vit_micro"])],
+                "transfers": [
+                    {
+                        "kind": "cls",
+                        "dataset": "sklearn_digits",
+                        "protocol": "linear",
+                        "overrides": {"train_subset": 100, "test_subset": 50},
+                    }
+                ],
+                "output": {"runs": str(tmp_path / "runs"), "results": str(tmp_path / "results")},
+            }
+        )
+    )
+    plan = load_suite(suite)
+    assert [run.stage for run in plan.runs] == ["cls"] and plan.runs[0].after is None
+    assert str(exports["vit_micro"]) in plan.runs[0].command
+    code, out, err = cli("suite", suite)
+    assert code == 0, out + err
+    assert plan.runs[0].finished(), "the transfer wrote the records the plan expects"
+    suite.write_text(suite.read_text().replace(str(exports["vit_micro"]), str(tmp_path / "nowhere")))
+    code, _, err = cli("suite", suite, "--dry-run")
+    assert code == 2 and "exports[0]" in err

@@ -11,7 +11,7 @@ from dropbench.suite.running import Outcome, command_line, conclude, detail, run
 
 def execute_local(suite: Suite, cwd: Path, echo: Callable[[str], None] = print) -> list[Outcome]:
     """Run the plan one subprocess at a time, in order."""
-    if suite.data != "mnist" and not Path(suite.data).is_dir():
+    if suite.data and suite.data != "mnist" and not Path(suite.data).is_dir():
         raise UserInputError("pretrain.data", f"'{suite.data}' is neither 'mnist' nor a folder")
     outcomes: dict[str, Outcome] = {}
     for index, run in enumerate(suite.runs, 1):

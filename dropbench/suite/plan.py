@@ -15,6 +15,7 @@ from dropbench.suite.schema import (
     Grid,
     Pretraining,
     Task,
+    export_section,
     grid_section,
     non_empty_list,
     output_section,
@@ -78,33 +79,43 @@ def load_suite(path: str | Path) -> Suite:
     name = raw.get("name", path.stem)
     if not isinstance(name, str) or not name or "/" in name:
         raise UserInputError("name", f"{name!r} is not a plain name")
-    grid = grid_section(raw)
+    pretrains = "backbones" in raw or "exports" not in raw  # a suite of imported exports needs no pretraining
+    grid = grid_section(raw) if pretrains else None
     seeds = non_empty_list(raw, "seeds", int, "whole-number seeds") if "seeds" in raw else [0]
     transfer_seeds = (
         non_empty_list(raw, "transfer_seeds", int, "whole-number seeds") if "transfer_seeds" in raw else [0]
     )
-    pretraining = pretrain_section(raw, seeds)
+    pretraining = pretrain_section(raw, seeds) if pretrains else None
     tasks = transfer_tasks(raw.get("transfers"))
     runs_dir, results_dir = output_section(raw, name)
     slurm = slurm_section(raw.get("slurm"))
-    runs = []
-    for index, regime_value in grid.pairs:
+    seeded = transfer_seeds != [0]  # folders name the transfer seed when there are several
+    sources: list[tuple[Run | None, _Source]] = []
+    for index, regime_value in grid.pairs if grid else []:
         for seed in seeds:
-            pretrain_run = _pretraining_run(grid, index, regime_value, pretraining, seed, runs_dir, results_dir)
-            runs.append(pretrain_run)
-            seeded = transfer_seeds != [0]  # folders name the transfer seed when there are several
-            runs += [_transfer_run(pretrain_run, task, tseed, seeded) for task in tasks for tseed in transfer_seeds]
+            run = _pretraining_run(grid, index, regime_value, pretraining, seed, runs_dir, results_dir)
+            sources.append((run, _Source(run.work_dir.parent, run.work_dir / EXPORT_DIR, run.identity, run.name)))
+    for export, sidecar in export_section(raw):
+        identity = RunIdentity.of_export(sidecar)
+        point = runs_dir / f"{identity.backbone}-{identity.regime}-seed{identity.seed}"
+        sources.append((None, _Source(point, export, identity, None)))
+    runs = []
+    for pretraining_run, source in sources:
+        runs += [pretraining_run] if pretraining_run else []
+        runs += [_transfer_run(source, results_dir, t, tseed, seeded) for t in tasks for tseed in transfer_seeds]
     return Suite(
         name=name,
         path=path,
         runs=runs,
-        data=pretraining.data,
+        data=pretraining.data if pretraining else "",
         runs_dir=runs_dir,
         results_dir=results_dir,
-        grid=(len(grid.backbones), len(grid.regimes), len(seeds), len(tasks) * len(transfer_seeds)),
+        grid=(len(grid.backbones), len(grid.regimes), len(seeds), len(tasks) * len(transfer_seeds))
+        if grid
+        else (0, 0, 0, len(tasks) * len(transfer_seeds)),
         slurm=slurm,
-        regimes={regime.name: regime for _, regime in grid.regimes.values()},
-        recipes=pretraining.recipes,
+        regimes={regime.name: regime for _, regime in grid.regimes.values()} if grid else {},
+        recipes=pretraining.recipes if pretraining else {},
     )
 
 
@@ -137,29 +148,38 @@ def _pretraining_run(
     )
 
 
-def _transfer_run(pretraining: Run, task: Task, transfer_seed: int, seeded: bool) -> Run:
-    """A transfer of ``pretraining``'s export, in a folder named after the task (and the seed when ``seeded``)."""
+@dataclass(frozen=True)
+class _Source:
+    """Where a grid point's transfers read their export: a pretraining run of the suite, or an imported export."""
+
+    point: Path  # the grid point's folder under the runs folder
+    export: Path
+    identity: RunIdentity  # the pretraining's (or the import's)
+    after: str | None  # the pretraining run to wait for; None for an export that exists
+
+
+def _transfer_run(source: _Source, results_dir: Path, task: Task, transfer_seed: int, seeded: bool) -> Run:
+    """A transfer of the source's export, in a folder named after the task (and the seed when ``seeded``)."""
     folder = f"{task.name}-tseed{transfer_seed}" if seeded else task.name
-    point = pretraining.work_dir.parent
-    work_dir = point / folder
+    work_dir = source.point / folder
     return Run(
-        name=f"{point.name}/{folder}",
+        name=f"{source.point.name}/{folder}",
         stage=task.kind,
         command=(
             "transfer",
             task.kind,
-            *("--backbone", str(pretraining.work_dir / EXPORT_DIR), *task.arguments),
-            *("--work-dir", str(work_dir), "--results", str(pretraining.results_dir)),
+            *("--backbone", str(source.export), *task.arguments),
+            *("--work-dir", str(work_dir), "--results", str(results_dir)),
             *("--seed", str(transfer_seed)),
             *task.trailing,
         ),
         work_dir=work_dir,
-        log=point / f"{folder}.log",
-        results_dir=pretraining.results_dir,
-        identity=pretraining.identity.transfer(
+        log=source.point / f"{folder}.log",
+        results_dir=results_dir,
+        identity=source.identity.transfer(
             TRANSFER_KINDS[task.kind], task.dataset, task.protocol, transfer_seed, task.part
         ),
-        after=pretraining.name,
+        after=source.after,
     )
 
 
@@ -178,6 +198,6 @@ def describe(suite: Suite) -> str:
     for run in suite.runs:
         status = "finished" if run.name in finished else "run"
         lines.append(f"  {status:<8}  {run.name:<{width}}  $ {run.shell_command()}")
-    if suite.data != "mnist" and not Path(suite.data).is_dir():
+    if suite.data and suite.data != "mnist" and not Path(suite.data).is_dir():
         lines.append(f"note: pretrain.data '{suite.data}' is not a folder on this machine")
     return "\n".join(lines)

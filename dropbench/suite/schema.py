@@ -19,7 +19,18 @@ DENSE_CONFIG_FOLDERS = {"det": "detection", "seg": "segmentation"}
 
 CLS_PROTOCOLS = ("finetune", "linear")
 
-SUITE_KEYS = ("name", "backbones", "regimes", "seeds", "transfer_seeds", "pretrain", "transfers", "output", "slurm")
+SUITE_KEYS = (
+    "name",
+    "backbones",
+    "exports",
+    "regimes",
+    "seeds",
+    "transfer_seeds",
+    "pretrain",
+    "transfers",
+    "output",
+    "slurm",
+)
 
 PRETRAIN_KEYS = ("recipe", "data", "data_name", "overrides")
 
@@ -346,3 +357,18 @@ def output_section(raw: dict, name: str) -> tuple[Path, Path]:
     runs_dir = Path(output.get("runs", f"runs/suites/{name}")).expanduser().absolute()
     results_dir = Path(output.get("results", "results")).expanduser().absolute()
     return runs_dir, results_dir
+
+
+def export_section(raw: dict) -> list[tuple[Path, dict]]:
+    """``exports``: export folders (``dropbench import`` or an earlier pretraining) whose transfers the suite runs
+    without pretraining them; each folder's sidecar is read here, so a wrong path fails before anything runs."""
+    from dropbench.core.export import read_sidecar
+
+    if "exports" not in raw:
+        return []
+    found = []
+    for index, value in enumerate(non_empty_list(raw, "exports", str, "export folders")):
+        folder = shipped_path(value) or Path(value).expanduser().absolute()
+        with renamed_fields(lambda _field, index=index: f"exports[{index}]"):
+            found.append((folder, read_sidecar(folder)))
+    return found
