@@ -65,7 +65,7 @@ def _pretrain(args: argparse.Namespace) -> None:
         force=args.force,
         data_name=args.data_name,
     )
-    if summary.finished_earlier:
+    if summary.finished_earlier or not summary.main_process:
         return
     print(
         f"{backbone.name} / {regime.name}: train_loss {summary.train_loss:.4f}, val_top1 {summary.val_top1:.2f}% "

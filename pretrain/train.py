@@ -79,6 +79,7 @@ class RunSummary:
     iters_per_epoch: int
     records: list[Path] = field(default_factory=list)
     finished_earlier: bool = False  # its records existed: nothing was run
+    main_process: bool = True  # under torchrun only rank 0 holds the log: the others report nothing
 
 
 @dataclass
@@ -278,6 +279,7 @@ def pretrain(
         iters_per_epoch=run.iters_per_epoch,
     )
     if not distributed.main:
+        summary.main_process = False
         return summary
     start_epoch = checkpoint["epoch"] if checkpoint else 0
     if not (start_epoch == epochs and (out / EXPORT_DIR / SIDECAR_FILE).is_file()):  # else exported before

@@ -52,3 +52,5 @@ def test_two_process_ddp_under_torchrun_trains_and_exports(tmp_path):
     records = list((tmp_path / "results" / "records").glob("*.json"))
     assert len(records) == 1, "only rank 0 writes the record"
     assert json.loads(records[0].read_text())["value"] > 10
+    summaries = [line for line in result.stdout.splitlines() if "val_top1" in line and "→" in line]
+    assert len(summaries) == 1 and "nan" not in summaries[0], "one summary, from rank 0"
