@@ -13,7 +13,7 @@ from dropbench.core.errors import UserInputError
 from dropbench.core.export import load_exported_model
 from dropbench.core.identity import Part, RunIdentity
 from dropbench.core.loop import autocast_for, evaluate
-from dropbench.core.readers import ArrayImageDataset, image_folders, load_mnist
+from dropbench.core.readers import IMAGENET_1K, ArrayImageDataset, image_folders, imagenet_1k_layout, load_mnist
 from dropbench.core.version import code_version
 
 
@@ -48,8 +48,7 @@ def _dataset(data: str, transform) -> tuple[torch.utils.data.Dataset, str]:
         raise UserInputError("--data", f"'{data}' is neither 'mnist' nor a folder with val/")
     (val,) = image_folders(root, ("val",), "--data")
     val.transform = transform
-    classes = {entry.name for entry in (root / "val").iterdir() if entry.is_dir()}
-    return val, "imagenet-1k" if len(classes) == 1000 else root.resolve().name
+    return val, IMAGENET_1K if imagenet_1k_layout(root / "val") else root.resolve().name
 
 
 def evaluate_export(

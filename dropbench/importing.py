@@ -25,6 +25,7 @@ from dropbench.core.errors import UserInputError, did_you_mean
 from dropbench.core.export import export_backbone
 from dropbench.core.identity import Part, RunIdentity
 from dropbench.core.models import BackboneConfig
+from dropbench.core.readers import IMAGENET_1K
 from dropbench.core.version import code_version
 
 # The authors' model names → the paper's backbone configs (configs/backbones/), same widths and depths.
@@ -36,7 +37,7 @@ OFFICIAL_BACKBONES = {
     "swin_femto": "swin_femto",
     "convnext_femto": "convnext_femto",
 }
-IMAGENET = "imagenet-1k"
+
 # How the authors' code evaluates (DeiT/ConvNeXt lineage): resize to 256/224 of the crop, centre crop, bicubic,
 # ImageNet mean and std.
 OFFICIAL_EVAL = {
@@ -200,7 +201,7 @@ def import_official(
     head = next((v for k, v in weights.items() if k in ("head.weight", "head.fc.weight")), None)
     model = backbone.create_model(head.shape[0] if head is not None else 1000)
     _load_strictly(model, weights, str(checkpoint))
-    identity = pretrain_identity(backbone, regime_config, recipe_config, IMAGENET)
+    identity = pretrain_identity(backbone, regime_config, recipe_config, IMAGENET_1K)
     extra = {"epochs": int(_args_value(args, "epochs", 0)), "imported_from": str(checkpoint), "ema": ema}
     extra["eval_transform"] = OFFICIAL_EVAL
     return _write(model, backbone, out, identity, extra)
@@ -222,7 +223,7 @@ def _plain_identity(backbone: BackboneConfig, regime: str, recipe: str, seed: in
         seed=seed,
         stage="pretrain",
         task="classification",
-        dataset=IMAGENET,
+        dataset=IMAGENET_1K,
         protocol="from_scratch",
         parts={
             "backbone": Part.of({k: v for k, v in backbone.to_dict().items() if k != "name"}),

@@ -1,7 +1,5 @@
 """Training data: an ImageNet-layout folder (``train/`` and ``val/`` of class folders) or embedded MNIST."""
 
-import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,11 +9,9 @@ from torchvision import transforms
 from torchvision.datasets import ImageFolder
 
 from dropbench.core.errors import UserInputError
-from dropbench.core.readers import ArrayImageDataset, image_folders, load_mnist
+from dropbench.core.readers import IMAGENET_1K, ArrayImageDataset, image_folders, imagenet_1k_layout, load_mnist
 
 MNIST = "mnist"
-IMAGENET_1K = "imagenet-1k"
-_WORDNET_ID = re.compile(r"n\d{8}")
 
 
 def dataset_name(data: str, recipe=None, data_name: str | None = None) -> str:
@@ -26,12 +22,8 @@ def dataset_name(data: str, recipe=None, data_name: str | None = None) -> str:
         return data_name or recipe.dataset_name
     if data == MNIST:
         return MNIST
-    train = Path(data) / "train"
-    if train.is_dir():
-        with os.scandir(train) as entries:
-            classes = [e.name for e in entries if e.is_dir()]
-        if len(classes) == 1000 and all(_WORDNET_ID.fullmatch(c) for c in classes):
-            return IMAGENET_1K
+    if imagenet_1k_layout(Path(data) / "train"):
+        return IMAGENET_1K
     return Path(data).resolve().name
 
 

@@ -11,7 +11,7 @@ from dropbench.core.errors import UserInputError
 from dropbench.transfer import backbone as backbone_module
 from dropbench.transfer import optim
 from dropbench.transfer.embedded_data import make_from_config
-from dropbench.transfer.mm_runner import TaskSpec, run_transfer
+from dropbench.transfer.mm_runner import TaskSpec, custom_data_datasets, run_transfer
 
 backbone_module.register(MODELS)
 optim.register(OPTIM_WRAPPER_CONSTRUCTORS)
@@ -90,11 +90,7 @@ def _wire(cfg: Config, out_channels: list[int]) -> None:
 def _use_data(cfg: Config, data: ConfigDict) -> None:
     """Your own COCO-format data: folder, json files, image folders and classes into every dataloader, the
     evaluators and both heads."""
-    splits = {"train_dataloader": "train", "val_dataloader": "val", "test_dataloader": "val"}
-    for loader, split in splits.items():
-        if cfg.get(loader) is None:
-            continue
-        dataset = cfg[loader].dataset
+    for dataset, split in custom_data_datasets(cfg):
         dataset.data_root = data.root
         dataset.ann_file = data[f"{split}_ann"]
         dataset.data_prefix = dict(img=data[f"{split}_img"])

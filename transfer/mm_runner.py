@@ -6,7 +6,7 @@ channels (``TimmBackbone.out_channels``) to the task, which puts them into its n
 once (plus the task's extra evaluation), and writes one record per metric.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -71,6 +71,13 @@ def load_config(config: Path, cfg_options: Sequence[str]) -> Config:
     return cfg
 
 
+def custom_data_datasets(cfg: Config) -> Iterator[tuple[ConfigDict, str]]:
+    """Each dataloader's dataset with the ``custom_data`` split it reads (``train``; ``val`` for val and test)."""
+    for loader, split in (("train_dataloader", "train"), ("val_dataloader", "val"), ("test_dataloader", "val")):
+        if cfg.get(loader) is not None:
+            yield cfg[loader].dataset, split
+
+
 def _check_custom_data(cfg: Config) -> None:
     """A config with a ``custom_data`` section (configs/*/custom_*.py) needs its folder and class names; the
     records then name the data after ``custom_data.name`` or the folder."""
@@ -126,10 +133,14 @@ def _seed(cfg: Config, seed: int) -> None:
 
 
 def configure(spec: TaskSpec, backbone: Path, config: Path, cfg_options: Sequence[str]) -> Config:
-    """The config a run trains: loaded with its options, its ``custom_data`` (if any) written where the task reads
-    it, the export in ``model.backbone``, the adapter's channels wired into the task's neck or heads. The data
-    itself is checked later (``TaskSpec.prepare_data``)."""
-    cfg = load_config(config, cfg_options)
+    """The config a run trains: loaded with its options, then ``wire``d to the export."""
+    return wire(spec, backbone, load_config(config, cfg_options))
+
+
+def wire(spec: TaskSpec, backbone: Path, cfg: Config) -> Config:
+    """``cfg`` with its ``custom_data`` (if any) written where the task reads it, the export in
+    ``model.backbone``, the adapter's channels wired into the task's neck or heads. The data itself is checked
+    later (``TaskSpec.prepare_data``)."""
     if cfg.get("custom_data") is not None:
         spec.use_data(cfg, cfg.custom_data)
     backbone_cfg = cfg.model.backbone
@@ -169,7 +180,7 @@ def run_transfer(
     if existing and not force:
         print(identity.finished_message(existing), flush=True)
         return []
-    cfg = configure(spec, backbone, config, cfg_options)
+    cfg = wire(spec, backbone, cfg)  # the identity was computed from the config as loaded
     cfg.pop("dataset_name", None)
     spec.prepare_data(cfg)
     cfg.work_dir = str(work_dir)

@@ -15,7 +15,7 @@ from dropbench.core.errors import UserInputError
 from dropbench.transfer import backbone as backbone_module
 from dropbench.transfer import optim
 from dropbench.transfer.embedded_data import IGNORE_INDEX, make_from_config
-from dropbench.transfer.mm_runner import TaskSpec, run_transfer
+from dropbench.transfer.mm_runner import TaskSpec, custom_data_datasets, run_transfer
 
 backbone_module.register(MODELS)
 optim.register(OPTIM_WRAPPER_CONSTRUCTORS)
@@ -103,11 +103,7 @@ def _use_data(cfg: Config, data: ConfigDict) -> None:
     (as mmseg's ``BaseSegDataset``: ``ADE20KDataset`` fixes ADE20K's 150 names) and both heads."""
     classes = tuple(data.classes)
     palette = [[(37 * i) % 256, (101 * i) % 256, (173 * i) % 256] for i in range(len(classes))]
-    splits = {"train_dataloader": "train", "val_dataloader": "val", "test_dataloader": "val"}
-    for loader, split in splits.items():
-        if cfg.get(loader) is None:
-            continue
-        dataset = cfg[loader].dataset
+    for dataset, split in custom_data_datasets(cfg):
         dataset.type = "BaseSegDataset"
         dataset.data_root = data.root
         dataset.data_prefix = dict(img_path=data[f"{split}_img"], seg_map_path=data[f"{split}_ann"])

@@ -2,6 +2,8 @@
 
 import gzip
 import importlib.util
+import os
+import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -103,3 +105,16 @@ def image_folders(root: Path, splits: tuple[str, ...], field: str, check_images:
     if check_images:
         check_readable([path for folder in folders for path, _ in folder.samples], field)
     return folders
+
+
+IMAGENET_1K = "imagenet-1k"
+_WORDNET_ID = re.compile(r"n\d{8}")
+
+
+def imagenet_1k_layout(split_folder: Path) -> bool:
+    """Whether a split folder holds ImageNet-1k's 1000 WordNet-id class folders."""
+    if not split_folder.is_dir():
+        return False
+    with os.scandir(split_folder) as entries:
+        classes = [e.name for e in entries if e.is_dir()]
+    return len(classes) == 1000 and all(_WORDNET_ID.fullmatch(c) for c in classes)
