@@ -171,7 +171,7 @@ def _compare(args: argparse.Namespace) -> None:
 def _suite(args: argparse.Namespace) -> None:
     from dropbench.suite import run_suite
 
-    code = run_suite(args.suite, executor=args.executor, dry_run=args.dry_run)
+    code = run_suite(args.suite, executor=args.executor, dry_run=args.dry_run, gpus=args.gpus)
     if code:
         raise SystemExit(code)  # some run failed: the summary above lists them with their logs
 
@@ -311,6 +311,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("local", "slurm"),
         default="local",
         help="local: one subprocess after another; slurm: submitit jobs with pretrain → transfer dependencies",
+    )
+    suite.add_argument(
+        "--gpus",
+        type=int,
+        default=None,
+        help="local executor: GPUs to use (default: every visible one; 0: the CPU). Pretraining and det/seg run "
+        "under torchrun on all of them, classification transfers one per GPU, N at a time",
     )
     suite.set_defaults(run=_suite)
 

@@ -121,7 +121,7 @@ def test_a_plan_marks_the_runs_whose_records_exist_and_dry_run_runs_nothing(cli,
     status = {line.split()[1]: line.split()[0] for line in lines[1:]}
     assert status["vit_micro-late_dropout-seed0/pretrain"] == "finished"
     assert {s for n, s in status.items() if n != "vit_micro-late_dropout-seed0/pretrain"} == {"run"}
-    assert "$ dropbench pretrain --backbone vit_micro --regime late_dropout" in lines[4]
+    assert "-m dropbench.cli pretrain --backbone vit_micro --regime late_dropout" in lines[4]
     assert not (tmp_path / "runs").exists(), "a dry run writes nothing"
 
 
@@ -163,6 +163,67 @@ def test_on_several_gpus_pretraining_and_dense_transfers_go_under_torchrun_and_p
     ]
     assert command_line(cls, gpus=8)[1:3] == ["-m", "dropbench.cli"], "classification runs in one process"
     assert command_line(det, gpus=1)[1:3] == ["-m", "dropbench.cli"]
+
+
+CLS_FINETUNE = dict(CLS, protocol="finetune", overrides={"epochs": 1, "warmup_epochs": 0})
+
+
+@pytest.mark.parametrize("gpus", [1, 2, 8])
+def test_the_local_dry_run_prints_the_exact_commands_for_n_gpus(cli, tmp_path, monkeypatch, gpus):
+    """Pretraining and det/seg on every GPU under torchrun, in plan order; then the classification transfers
+    packed one per GPU, ids taken from this process's own CUDA_VISIBLE_DEVICES."""
+    from dropbench.cli import build_parser
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", ",".join(str(10 + i) for i in range(8)))
+    path = _suite(tmp_path, seeds=[0, 1], transfers=[DET, SEG, CLS, CLS_FINETUNE])
+    code, out, err = cli("suite", path, "--dry-run", "--gpus", gpus)
+    assert code == 0, err
+    lines = [line.split(None, 2) for line in out.strip().splitlines()[1:]]
+    names, commands = [name for _, name, _ in lines], [command.removeprefix("$ ") for _, _, command in lines]
+    devices = [command.split()[0].removeprefix("CUDA_VISIBLE_DEVICES=") for command in commands]
+    node = ("pretrain", "det-mask_rcnn_cpu", "seg-upernet_cpu")
+    if gpus == 1:
+        assert names == [run.name for run in load_suite(path).runs] and set(devices) == {"10"}
+        assert all(command.split()[2:4] == ["-m", "dropbench.cli"] for command in commands)
+        return
+    assert [name.split("/")[1] for name in names[:6]] == [*node, *node]
+    assert devices[:6] == [",".join(str(10 + i) for i in range(gpus))] * 6
+    for name, command in zip(names[:6], commands[:6], strict=True):
+        argv = command.split()[1:]
+        assert argv[1:6] == ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}", "-m"]
+        args = build_parser().parse_args(argv[7:])
+        assert (getattr(args, "launcher", None) == "pytorch") == (not name.endswith("pretrain"))
+    assert [name.split("/")[1] for name in names[6:]] == ["cls-optdigits-linear", "cls-optdigits-finetune"] * 2
+    assert devices[6:] == [str(10 + i % gpus) for i in range(4)], "one GPU each, in turn"
+    assert all(command.split()[2:4] == ["-m", "dropbench.cli"] for command in commands[6:])
+
+
+@pytest.mark.slow
+def test_on_two_devices_pretraining_uses_both_and_classification_runs_go_side_by_side(tmp_path, monkeypatch):
+    """The scheduler itself, on this machine's CPU: pretraining under torchrun with 2 processes (gloo), then both
+    classification transfers started before either ends, each in its own log with its own device. (mmengine's
+    launcher needs CUDA, so det/seg under torchrun are checked by the dry run only.)"""
+    from dropbench.suite import execute_local
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    pretraining = {"recipe": "cpu", "data": "mnist", "overrides": TINY_PRETRAIN | {"per_device_batch": 32}}
+    suite = load_suite(_suite(tmp_path, pretrain=pretraining, transfers=[CLS, CLS_FINETUNE]))
+    lines: list[str] = []
+    outcomes = execute_local(suite, tmp_path, lines.append, gpus=2)
+    assert [o.status for o in outcomes] == ["done"] * 3, [o.detail for o in outcomes]
+    assert "CUDA_VISIBLE_DEVICES=0,1 " in outcomes[0].run.log.read_text().splitlines()[0]
+    assert "--nproc_per_node=2" in outcomes[0].run.log.read_text().splitlines()[0]
+    events = [line.split(": ", 1)[1].split()[0].rstrip(",") for line in lines if "/cls-" in line]
+    assert events[:2] == ["running", "running"], lines
+    for outcome, device in zip(outcomes[1:], ("0", "1"), strict=True):
+        assert f"CUDA_VISIBLE_DEVICES={device} " in outcome.run.log.read_text().splitlines()[0]
+
+
+def test_more_gpus_than_visible_are_refused_before_anything_runs(cli, tmp_path):
+    code, _, err = cli("suite", _suite(tmp_path), "--gpus", "64")
+    assert code == 2 and "--gpus" in err and "visible" in err
+    assert not (tmp_path / "runs").exists()
 
 
 def _pretrain(**overrides) -> dict:

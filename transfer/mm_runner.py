@@ -6,10 +6,12 @@ channels (``TimmBackbone.out_channels``) to the task, which puts them into its n
 once (plus the task's extra evaluation), and writes one record per metric.
 """
 
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import torch
 from mmengine.config import Config, ConfigDict, DictAction
@@ -84,17 +86,30 @@ def _check_custom_data(cfg: Config) -> None:
     data = cfg.get("custom_data")
     if data is None:
         return
-    hint = 'e.g. --cfg-options custom_data.root=/data/mine "custom_data.classes=[cat,dog]"'
+    hint = 'e.g. --cfg-options custom_data.root=/data/mine "custom_data.classes=[cat,dog]" (or a classes.txt)'
     for key in ("root", "classes"):
         if not data.get(key):
             raise UserInputError(f"--cfg-options custom_data.{key}", f"is not set; {hint}")
-    classes = data.classes if isinstance(data.classes, (list, tuple)) else [data.classes]
-    data.classes = tuple(str(name) for name in classes)
+    data.classes = _class_names(data.classes)
     root = Path(str(data.root)).expanduser()
     if not root.is_dir():
         raise UserInputError("--cfg-options custom_data.root", f"no such folder '{root}'")
     data.root = str(root)
     cfg.dataset_name = data.get("name") or root.resolve().name
+
+
+def _class_names(value: Any) -> tuple[str, ...]:
+    """``custom_data.classes``: a list, or a ``.txt`` file with one name per line (names with spaces, which
+    ``--cfg-options`` lists drop, and long lists such as COCO's 80)."""
+    if isinstance(value, str) and value.endswith(".txt"):
+        path = Path(value).expanduser()
+        if not path.is_file():
+            raise UserInputError("--cfg-options custom_data.classes", f"no such class-name file '{path}'")
+        names = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+        if not names:
+            raise UserInputError("--cfg-options custom_data.classes", f"'{path}' names no class (one per line)")
+        return names
+    return tuple(str(name) for name in (value if isinstance(value, (list, tuple)) else [value]))
 
 
 class _KeepLastMetrics(Hook):
@@ -119,6 +134,9 @@ def task_identity(cfg: Config, config: Path, cfg_options: Sequence[str]) -> tupl
     for key in _RUN_KEYS:
         settings.pop(key, None)
     settings.get("model", {}).get("backbone", {}).pop("export", None)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1:  # the total batch is the per-process one times this: another experiment
+        settings["world_size"] = world_size
     return str(cfg.get("dataset_name") or Path(config).stem), Path(config).stem, Part.of(settings, list(cfg_options))
 
 

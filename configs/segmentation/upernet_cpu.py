@@ -21,6 +21,8 @@ model = dict(
     backbone=dict(img_size=image_size, drop_path_rate=0.0),
     decode_head=dict(num_classes=11, channels=64, norm_cfg=norm_cfg, loss_decode=losses),
     auxiliary_head=dict(num_classes=11, channels=32, norm_cfg=norm_cfg, loss_decode=aux_losses),
+    # Whole-image inference; `--cfg-options model.test_cfg.mode=slide` slides these windows instead.
+    test_cfg=dict(mode="whole", crop_size=(image_size, image_size), stride=(image_size * 2 // 3, image_size * 2 // 3)),
 )
 train_pipeline = [
     dict(type="LoadImageFromFile"),
@@ -78,6 +80,7 @@ max_iters = 200
 train_cfg = dict(type="IterBasedTrainLoop", max_iters=max_iters, val_interval=max_iters)
 val_cfg = dict(type="ValLoop")
 test_cfg = dict(type="TestLoop")
+auto_scale_lr = dict(enable=True, base_batch_size=16)  # the lr is the one for 16 images per step
 optim_wrapper = dict(
     type="OptimWrapper",
     constructor="TimmLayerDecayOptimizerConstructor",

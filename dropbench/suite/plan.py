@@ -183,9 +183,9 @@ def _transfer_run(source: _Source, results_dir: Path, task: Task, transfer_seed:
     )
 
 
-def describe(suite: Suite) -> str:
+def describe(suite: Suite, commands: list[tuple[Run, str]] | None = None) -> str:
     """The plan, one line per run in the order they go (each transfer after its pretraining): whether it is
-    finished, its name and its command."""
+    finished, its name and its command (``commands``: each run with the exact command line an executor starts)."""
     backbones, regimes, seeds, tasks = suite.grid
     finished = {run.name for run in suite.runs if run.finished()}
     pretraining = sum(run.stage == "pretrain" for run in suite.runs)
@@ -195,9 +195,9 @@ def describe(suite: Suite) -> str:
         f"{len(suite.runs) - len(finished)} to run"
     ]
     width = max(len(run.name) for run in suite.runs)
-    for run in suite.runs:
+    for run, command in commands or [(run, run.shell_command()) for run in suite.runs]:
         status = "finished" if run.name in finished else "run"
-        lines.append(f"  {status:<8}  {run.name:<{width}}  $ {run.shell_command()}")
+        lines.append(f"  {status:<8}  {run.name:<{width}}  $ {command}")
     if suite.data and suite.data != "mnist" and not Path(suite.data).is_dir():
         lines.append(f"note: pretrain.data '{suite.data}' is not a folder on this machine")
     return "\n".join(lines)

@@ -41,10 +41,15 @@ def _prepare_pretraining(run: Run) -> tuple[str, ...]:
     return run.command
 
 
-def command_line(run: Run, gpus: int) -> list[str]:
-    """``python -m dropbench.cli ...``; on several GPUs of one node, pretraining and det/seg go under torchrun."""
-    command = _prepare_pretraining(run) if run.stage == "pretrain" else run.command
-    if gpus > 1 and run.stage in ("pretrain", "det", "seg"):
+NODE_STAGES = ("pretrain", "det", "seg")  # the stages that use every GPU of a node (torchrun)
+
+
+def command_line(run: Run, gpus: int, prepare: bool = True) -> list[str]:
+    """``python -m dropbench.cli ...``; on several GPUs of one node, pretraining and det/seg go under torchrun (det/seg
+    with mmengine's ``pytorch`` launcher). ``prepare``: a pretraining folder is made ready to resume or start afresh
+    (``False`` for a dry run, which changes nothing)."""
+    command = _prepare_pretraining(run) if run.stage == "pretrain" and prepare else run.command
+    if gpus > 1 and run.stage in NODE_STAGES:
         launcher = ("--launcher", "pytorch") if run.stage != "pretrain" else ()
         return [
             *(sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}"),
@@ -53,16 +58,25 @@ def command_line(run: Run, gpus: int) -> list[str]:
     return [sys.executable, "-m", "dropbench.cli", *command]
 
 
-def run_logged(argv: Sequence[str], log: str | Path, cwd: str | Path) -> int:
-    """Run ``argv`` in ``cwd`` with stdout and stderr appended to ``log``; returns its exit code."""
+def start_logged(argv: Sequence[str], log: str | Path, cwd: str | Path, env: dict[str, str] | None = None):
+    """Start ``argv`` in ``cwd`` with stdout and stderr appended to ``log`` (``env`` added to this environment);
+    returns the process (its log stream closes with it)."""
     log = Path(log)
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    with log.open("a") as stream:
-        stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        stream.write(f"===== {stamp} {shlex.join(argv)}\n")
-        stream.flush()
-        return subprocess.run(list(argv), cwd=cwd, stdout=stream, stderr=subprocess.STDOUT, env=env).returncode
+    stream = log.open("a")
+    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    prefix = " ".join(f"{key}={value}" for key, value in (env or {}).items())
+    stream.write(f"===== {stamp} {(prefix + ' ') if prefix else ''}{shlex.join(argv)}\n")
+    stream.flush()
+    environment = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+    process = subprocess.Popen(list(argv), cwd=cwd, stdout=stream, stderr=subprocess.STDOUT, env=environment)
+    stream.close()  # the child holds its own copy
+    return process
+
+
+def run_logged(argv: Sequence[str], log: str | Path, cwd: str | Path, env: dict[str, str] | None = None) -> int:
+    """Run ``argv`` in ``cwd`` with stdout and stderr appended to ``log``; returns its exit code."""
+    return start_logged(argv, log, cwd, env).wait()
 
 
 def _last_line(log: Path, limit: int = 200) -> str:

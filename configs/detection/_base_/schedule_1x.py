@@ -13,4 +13,5 @@ optim_wrapper = dict(
     optimizer=dict(type="AdamW", lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
     paramwise_cfg=dict(layer_decay_rate=0.75),
 )
-auto_scale_lr = dict(enable=False, base_batch_size=16)
+# The lr is the one for 16 images per step (8 GPUs × 2); other totals scale it linearly (mmengine's scale_lr).
+auto_scale_lr = dict(enable=True, base_batch_size=16)
