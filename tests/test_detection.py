@@ -278,8 +278,11 @@ def test_a_short_cpu_fine_tune_writes_finite_box_and_mask_ap_records(cli, export
         "train_cfg.max_iters=4",
         "embedded_data.num_train=8",
         "embedded_data.num_val=4",
+        "train_dataloader.batch_size=2",  # half the batch the config's lr is for
     )
     assert code == 0, err
+    (log,) = (tmp_path / "work").glob("*/*.log")
+    assert "Scaling the original LR by 0.5" in log.read_text(), "auto_scale_lr follows the actual total batch"
     records = {
         json.loads(p.read_text())["metric"]: json.loads(p.read_text())
         for p in (tmp_path / "results" / "records").glob("*.json")

@@ -220,6 +220,21 @@ def test_on_two_devices_pretraining_uses_both_and_classification_runs_go_side_by
         assert f"CUDA_VISIBLE_DEVICES={device} " in outcome.run.log.read_text().splitlines()[0]
 
 
+def test_the_slurm_dry_run_shows_multi_node_pretraining_as_one_torchrun_per_node(cli, tmp_path):
+    slurm = {"gpus": 8, "time": "2-00:00:00", "pretrain": {"nodes": 2}, "cls": {"gpus": 1}}
+    path = _suite(tmp_path, transfers=[DET, CLS], slurm=slurm)
+    code, out, err = cli("suite", path, "--executor", "slurm", "--dry-run")
+    assert code == 0, err
+    pretraining, det, cls = out.strip().splitlines()[1:]
+    assert "[2 node(s) × 8 GPU(s), 2880 min]" in pretraining
+    rendezvous = "--nnodes=2 --rdzv_backend=c10d '--rdzv_endpoint=$FIRST_NODE:29500' '--rdzv_id=$SLURM_JOB_ID'"
+    assert f"-m torch.distributed.run {rendezvous} --nproc_per_node=8 -m dropbench.cli pretrain " in pretraining
+    assert "[1 node(s) × 8 GPU(s)" in det and "--standalone --nproc_per_node=8" in det and "--launcher pytorch" in det
+    assert "[1 node(s) × 1 GPU(s)" in cls and "torch.distributed.run" not in cls
+    code, _, err = cli("suite", _suite(tmp_path, slurm={"cls": {"nodes": 2}}), "--executor", "slurm", "--dry-run")
+    assert code == 2 and "slurm.cls.nodes" in err
+
+
 def test_more_gpus_than_visible_are_refused_before_anything_runs(cli, tmp_path):
     code, _, err = cli("suite", _suite(tmp_path), "--gpus", "64")
     assert code == 2 and "--gpus" in err and "visible" in err
@@ -613,6 +628,36 @@ def test_the_slurm_executor_runs_transfers_after_their_pretraining_and_reports_f
         assert queued_jobs({name, "dropbench:tiny:other"}) == {name: held.stdout.strip()}
     finally:
         _sh("scancel", held.stdout.strip())
+
+
+@pytest.mark.slow
+def test_a_run_past_its_time_limit_requeues_itself_and_ends_as_an_uninterrupted_run(
+    slurm_cluster, cli, tmp_path, monkeypatch
+):
+    """A pretraining that needs more than its job's one-minute limit: Slurm signals the job before the limit,
+    submitit requeues it, the requeued job resumes from the last epoch's checkpoint, and its transfer starts after
+    it (afterok holds through the requeue). The records equal those of the same pretraining made in one go."""
+    monkeypatch.chdir(tmp_path)
+    overrides = TINY_PRETRAIN | {"epochs": 12, "train_subset": 2048}
+    pretraining = {"recipe": "cpu", "data": "mnist", "overrides": overrides}
+    path = _suite(tmp_path, pretrain=pretraining, transfers=[CLS], slurm={"cpus": 2, "time": 1})
+    code, out, err = cli("suite", path, "--executor", "slurm")
+    assert code == 0, out + err
+    run = load_suite(path).run("vit_micro-no_dropout-seed0/pretrain")
+    starts = [line for line in run.log.read_text().splitlines() if line.startswith("=====")]
+    assert len(starts) >= 2 and all("--resume" in line for line in starts[1:]), starts
+
+    command = list(run.command)
+    command[command.index("--out") + 1] = str(tmp_path / "in_one_go")
+    command[command.index("--results") + 1] = str(tmp_path / "in_one_go_results")
+    code, _, err = cli(*command)
+    assert code == 0, err
+
+    def values(results: Path) -> dict[str, float]:
+        records = (json.loads(p.read_text()) for p in (results / "records").glob("*__pretrain__*.json"))
+        return {r["metric"]: r["value"] for r in records}
+
+    assert values(tmp_path / "results") == values(tmp_path / "in_one_go_results") != {}
 
 
 class _FakeJob:

@@ -85,7 +85,9 @@ optim_wrapper = dict(
     type="OptimWrapper",
     constructor="TimmLayerDecayOptimizerConstructor",
     optimizer=dict(type="AdamW", lr=2e-3, betas=(0.9, 0.999), weight_decay=0.05),
-    paramwise_cfg=dict(layer_decay_rate=0.9),
+    # As in the embedded detection: the new heads learn fast, the backbone's blocks slowly. With 0.9 a random-init
+    # backbone trained along and its rows spread (mIoU 13.0-19.8 over 3 seeds) more than the pretrained ones.
+    paramwise_cfg=dict(layer_decay_rate=0.5),
     clip_grad=dict(max_norm=5.0),
 )
 param_scheduler = [

@@ -20,7 +20,7 @@ from dropbench.core.errors import UserInputError
 from dropbench.suite.local import check_gpus, execute_local, launches
 from dropbench.suite.plan import Run, Suite, describe, load_suite
 from dropbench.suite.running import Outcome, report
-from dropbench.suite.slurm import SlurmResources, execute_slurm, queued_jobs
+from dropbench.suite.slurm import SlurmResources, execute_slurm, job_command, queued_jobs
 
 __all__ = [
     "Outcome",
@@ -57,7 +57,7 @@ def run_suite(
             count = gpus if gpus is not None else check_gpus(None)
             print(describe(suite, [(launch.run, launch.shell(count)) for launch in launches(suite, count)]))
         else:
-            print(describe(suite))
+            print(describe(suite, [(run, job_command(suite, run)) for run in suite.runs]))
         return 0
     cwd = Path.cwd()
     echo = lambda line: print(line, flush=True)  # noqa: E731 - progress lines must appear as runs go

@@ -27,35 +27,50 @@ class Outcome:
     seconds: float = 0.0  # wall time of the run's command
 
 
-def _prepare_pretraining(run: Run) -> tuple[str, ...]:
+def _pretraining_command(run: Run, remove_stale: bool) -> tuple[str, ...]:
     """The command for a pretraining run folder as it is now: resumed from its checkpoint, or started afresh.
 
     A folder left by an attempt that died before its first checkpoint holds nothing to resume and would make
-    ``pretrain`` refuse to start, so it is removed (its output is in the run's log).
+    ``pretrain`` refuse to start, so it is removed (``remove_stale``; its output is in the run's log).
     """
     folder = run.work_dir
     if (folder / CHECKPOINT_FILE).is_file() or (folder / EXPORT_DIR).is_dir():
         return (run.command[0], "--resume", *run.command[1:])
-    if folder.exists():
+    if remove_stale and folder.exists():
         shutil.rmtree(folder)
     return run.command
 
 
 NODE_STAGES = ("pretrain", "det", "seg")  # the stages that use every GPU of a node (torchrun)
+RENDEZVOUS_PORT = 29500
+# What a multi-node command's rendezvous reads, as a dry run shows it; a job fills in its first node and its id.
+RENDEZVOUS_PLACEHOLDER = (f"$FIRST_NODE:{RENDEZVOUS_PORT}", "$SLURM_JOB_ID")
 
 
-def command_line(run: Run, gpus: int, prepare: bool = True) -> list[str]:
-    """``python -m dropbench.cli ...``; on several GPUs of one node, pretraining and det/seg go under torchrun (det/seg
-    with mmengine's ``pytorch`` launcher). ``prepare``: a pretraining folder is made ready to resume or start afresh
-    (``False`` for a dry run, which changes nothing)."""
-    command = _prepare_pretraining(run) if run.stage == "pretrain" and prepare else run.command
-    if gpus > 1 and run.stage in NODE_STAGES:
-        launcher = ("--launcher", "pytorch") if run.stage != "pretrain" else ()
-        return [
-            *(sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}"),
-            *("-m", "dropbench.cli", *command, *launcher),
-        ]
-    return [sys.executable, "-m", "dropbench.cli", *command]
+def command_line(
+    run: Run,
+    gpus: int,
+    prepare: bool = True,
+    nodes: int = 1,
+    rendezvous: tuple[str, str] = RENDEZVOUS_PLACEHOLDER,
+) -> list[str]:
+    """``python -m dropbench.cli ...``; on several GPUs, pretraining and det/seg go under torchrun (det/seg with
+    mmengine's ``pytorch`` launcher): ``--standalone`` on one node, on ``nodes`` > 1 one torchrun per node meeting
+    at ``rendezvous`` (endpoint, id) through c10d. ``prepare``: a stale pretraining folder is removed (``False``
+    for a dry run, which changes nothing, and on every node but the first)."""
+    command = _pretraining_command(run, prepare) if run.stage == "pretrain" else run.command
+    if run.stage not in NODE_STAGES or (gpus <= 1 and nodes <= 1):
+        return [sys.executable, "-m", "dropbench.cli", *command]
+    if nodes > 1:
+        endpoint, job = rendezvous
+        where = (f"--nnodes={nodes}", "--rdzv_backend=c10d", f"--rdzv_endpoint={endpoint}", f"--rdzv_id={job}")
+    else:
+        where = ("--standalone",)
+    launcher = ("--launcher", "pytorch") if run.stage != "pretrain" else ()
+    return [
+        *(sys.executable, "-m", "torch.distributed.run", *where, f"--nproc_per_node={max(gpus, 1)}"),
+        *("-m", "dropbench.cli", *command, *launcher),
+    ]
 
 
 def start_logged(argv: Sequence[str], log: str | Path, cwd: str | Path, env: dict[str, str] | None = None):

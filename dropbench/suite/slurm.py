@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import time
@@ -16,20 +17,31 @@ from typing import TYPE_CHECKING, Any
 
 from dropbench.core.configs import check_keys
 from dropbench.core.errors import UserInputError
-from dropbench.suite.running import Outcome, command_line, conclude, detail, run_logged, skip_or_none
+from dropbench.suite.running import (
+    NODE_STAGES,
+    RENDEZVOUS_PORT,
+    Outcome,
+    command_line,
+    conclude,
+    detail,
+    run_logged,
+    skip_or_none,
+)
 from dropbench.suite.schema import STAGES
 
 if TYPE_CHECKING:
     from dropbench.suite.plan import Run, Suite
 
-RESOURCE_KEYS = ("partition", "cpus", "gpus", "mem_gb", "time", "setup", "additional")
+RESOURCE_KEYS = ("partition", "nodes", "cpus", "gpus", "mem_gb", "time", "setup", "additional")
 
 
 @dataclass(frozen=True)
 class SlurmResources:
-    """What one Slurm job asks for; ``gpus`` > 1 runs pretraining and det/seg under torchrun on one node."""
+    """What one Slurm job asks for; ``gpus`` > 1 or ``nodes`` > 1 runs pretraining and det/seg under torchrun (one
+    per node; ``cpus`` and ``gpus`` are per node)."""
 
     partition: str | None = None
+    nodes: int = 1
     cpus: int = 1
     gpus: int = 0
     mem_gb: float | None = None
@@ -66,9 +78,9 @@ def _resources(raw: dict, field_name: str, base: SlurmResources) -> SlurmResourc
         if key == "partition":
             if not isinstance(value, str):
                 raise UserInputError(name, f"{value!r} is not a partition name")
-        elif key in ("cpus", "gpus"):
-            if not isinstance(value, int) or isinstance(value, bool) or value < (1 if key == "cpus" else 0):
-                raise UserInputError(name, f"{value!r} is not a {'positive' if key == 'cpus' else 'whole'} number")
+        elif key in ("nodes", "cpus", "gpus"):
+            if not isinstance(value, int) or isinstance(value, bool) or value < (0 if key == "gpus" else 1):
+                raise UserInputError(name, f"{value!r} is not a {'whole' if key == 'gpus' else 'positive'} number")
         elif key == "mem_gb":
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
                 raise UserInputError(name, f"{value!r} is not a positive number of GB")
@@ -102,6 +114,8 @@ def slurm_section(raw: Any) -> dict[str, SlurmResources]:
             raise UserInputError(f"slurm.{stage}", "must be a mapping of resources")
         check_keys(stage_raw, RESOURCE_KEYS, f"slurm.{stage}.")
         resources[stage] = _resources(stage_raw, f"slurm.{stage}", defaults)
+        if resources[stage].nodes > 1 and stage not in NODE_STAGES:
+            raise UserInputError(f"slurm.{stage}.nodes", "a classification transfer runs on one node; set it to 1")
     return resources
 
 
@@ -118,12 +132,57 @@ class RunFailed(RuntimeError):
     """A run's command exited with an error (raised inside a Slurm job, so that the job fails)."""
 
 
-def run_in_job(run: Run, gpus: int, cwd: str) -> int:
-    """What a Slurm job executes: the run's command, logged; a failure fails the job (and ``afterok``)."""
-    code = run_logged(command_line(run, gpus), run.log, cwd)
+def run_in_job(run: Run, gpus: int, cwd: str, nodes: int = 1) -> int:
+    """What a Slurm job executes on each of its nodes: the run's command, logged (node k > 0 into
+    ``<log>.node<k>``); a failure fails the job (and ``afterok``)."""
+    node = int(os.environ.get("SLURM_NODEID", "0"))
+    meeting = {"rendezvous": _rendezvous()} if nodes > 1 else {}
+    argv = command_line(run, gpus, prepare=node == 0, nodes=nodes, **meeting)
+    log = run.log if node == 0 else run.log.with_name(f"{run.log.name}.node{node}")
+    code = run_logged(argv, log, cwd)
     if code != 0:
-        raise RunFailed(f"exit code {code}; see {run.log}")
+        raise RunFailed(f"exit code {code}; see {log}")
     return code
+
+
+def job_command(suite: Suite, run: Run) -> str:
+    """What a dry run shows of a run's job: its resources, and the command each of its nodes runs (the
+    rendezvous' first node and job id as the job fills them in)."""
+    resources = suite.slurm[run.stage]
+    argv = command_line(run, resources.gpus, prepare=False, nodes=resources.nodes)
+    return f"[{resources.nodes} node(s) × {resources.gpus} GPU(s), {resources.time} min] {shlex.join(argv)}"
+
+
+def _rendezvous() -> tuple[str, str]:
+    """``(first node:port, job id)`` of the job this process runs in: where its nodes' torchruns meet."""
+    hosts = subprocess.run(
+        ["scontrol", "show", "hostnames", os.environ["SLURM_JOB_NODELIST"]], capture_output=True, text=True, check=True
+    ).stdout.split()
+    return f"{hosts[0]}:{RENDEZVOUS_PORT}", os.environ["SLURM_JOB_ID"]
+
+
+class RunInJob:
+    """``run_in_job`` as a submitit checkpointable: at its time limit or on preemption (Slurm's ``USR2``, sent
+    ``signal_delay_s`` before the end) the job requeues itself with the same arguments, and the requeued job's
+    command resumes the run from its checkpoint (``command_line`` adds ``--resume`` to a pretraining that has one;
+    a transfer starts again, seeded, to the same records)."""
+
+    def __call__(self, run: Run, gpus: int, cwd: str, nodes: int = 1) -> int:
+        return run_in_job(run, gpus, cwd, nodes)
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+
+MAX_REQUEUES = 50  # time limits and preemptions a run may meet before it fails (submitit's default is 3)
+
+
+def signal_delay_seconds(minutes: int) -> int:
+    """How long before its time limit a job is told to requeue: 90 s, or 40 s of a limit under 3 minutes
+    (slurmctld looks at time limits every 30 s, so a shorter warning could come after the end)."""
+    return 90 if minutes >= 3 else 40
 
 
 def _squeue_states(job_ids: Sequence[str]) -> dict[str, str] | None:
@@ -179,7 +238,7 @@ def execute_slurm(
     if shutil.which("sbatch") is None:
         raise UserInputError("--executor", "slurm needs Slurm's sbatch on the PATH")
     folder = suite.runs_dir / SLURM_FOLDER / "%j"
-    executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+    executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=MAX_REQUEUES)
     outcomes: dict[str, Outcome] = {}
     jobs: dict[str, Any] = {}  # run name → submitit job
     queued = queued_jobs({_job_name(suite, run) for run in suite.runs})
@@ -224,10 +283,11 @@ def _submit(executor: Any, run: Run, job_name: str, resources: SlurmResources, a
         name=job_name,
         timeout_min=resources.time,
         cpus_per_task=resources.cpus,
-        nodes=1,
+        nodes=resources.nodes,
         tasks_per_node=1,
         slurm_additional_parameters=additional,
         slurm_setup=list(resources.setup),
+        slurm_signal_delay_s=signal_delay_seconds(resources.time),
     )
     if resources.partition:
         parameters["slurm_partition"] = resources.partition
@@ -236,7 +296,7 @@ def _submit(executor: Any, run: Run, job_name: str, resources: SlurmResources, a
     if resources.mem_gb:
         parameters["mem_gb"] = resources.mem_gb
     executor.update_parameters(**parameters)
-    return executor.submit(run_in_job, run, resources.gpus, str(cwd))
+    return executor.submit(RunInJob(), run, resources.gpus, str(cwd), resources.nodes)
 
 
 def _wait_for_jobs(
