@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.dropbench-installed
 CONSTRAINTS := requirements/constraints.txt
 
-.PHONY: install demo test test-fast lint format bench
+.PHONY: install demo test test-fast test-long lint format bench
 
 install: $(STAMP)
 
@@ -28,7 +28,10 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow and not long"
+
+test-long: $(STAMP)
+	$(BIN)/python -m pytest -m long
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -630,17 +630,19 @@ def test_the_slurm_executor_runs_transfers_after_their_pretraining_and_reports_f
         _sh("scancel", held.stdout.strip())
 
 
-@pytest.mark.slow
+@pytest.mark.long  # about 10 minutes: each requeued job waits about 2 minutes in Slurm before it starts again
 def test_a_run_past_its_time_limit_requeues_itself_and_ends_as_an_uninterrupted_run(
     slurm_cluster, cli, tmp_path, monkeypatch
 ):
-    """A pretraining that needs more than its job's one-minute limit: Slurm signals the job before the limit,
+    """A pretraining that needs more than its job's two-minute limit: Slurm signals the job before the limit,
     submitit requeues it, the requeued job resumes from the last epoch's checkpoint, and its transfer starts after
     it (afterok holds through the requeue). The records equal those of the same pretraining made in one go."""
     monkeypatch.chdir(tmp_path)
-    overrides = TINY_PRETRAIN | {"epochs": 12, "train_subset": 2048}
+    # About 150 s of training in 2-minute jobs (Slurm may signal up to a minute early: a 1-minute job could get its
+    # warning before Python has set up the handler).
+    overrides = TINY_PRETRAIN | {"epochs": 40, "train_subset": 6144}
     pretraining = {"recipe": "cpu", "data": "mnist", "overrides": overrides}
-    path = _suite(tmp_path, pretrain=pretraining, transfers=[CLS], slurm={"cpus": 2, "time": 1})
+    path = _suite(tmp_path, pretrain=pretraining, transfers=[CLS], slurm={"cpus": 2, "time": 2})
     code, out, err = cli("suite", path, "--executor", "slurm")
     assert code == 0, out + err
     run = load_suite(path).run("vit_micro-no_dropout-seed0/pretrain")

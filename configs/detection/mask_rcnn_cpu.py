@@ -1,5 +1,5 @@
 # The embedded CPU config: MNIST test-split digits on 96 px grey canvases in the COCO layout (made on first use
-# under data/coco_digits), 10 classes, about 95 s on 2 cores. mmdet's Mask R-CNN with FPN, RPN and RoI box and
+# under data/coco_digits), 10 classes, about 85 s on 2 cores. mmdet's Mask R-CNN with FPN, RPN and RoI box and
 # mask heads, as at paper scale, narrowed to the micro backbones (48 channels instead of 256, fewer RoIs).
 # 300 iterations: at 180 (60 s) both rows were still learning fast (box AP ~25 pretrained,
 # ~20 random), and one pretraining seed's export detected no better than random init.

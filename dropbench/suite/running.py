@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -73,9 +74,20 @@ def command_line(
     ]
 
 
-def start_logged(argv: Sequence[str], log: str | Path, cwd: str | Path, env: dict[str, str] | None = None):
+def _ignore_usr2() -> None:
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+
+
+def start_logged(
+    argv: Sequence[str],
+    log: str | Path,
+    cwd: str | Path,
+    env: dict[str, str] | None = None,
+    shield_usr2: bool = False,
+):
     """Start ``argv`` in ``cwd`` with stdout and stderr appended to ``log`` (``env`` added to this environment);
-    returns the process (its log stream closes with it)."""
+    returns the process (its log stream closes with it). ``shield_usr2``: the process ignores ``USR2``, which Slurm
+    sends to every process of a job before its time limit and which only the job's own handler should act on."""
     log = Path(log)
     log.parent.mkdir(parents=True, exist_ok=True)
     stream = log.open("a")
@@ -84,14 +96,21 @@ def start_logged(argv: Sequence[str], log: str | Path, cwd: str | Path, env: dic
     stream.write(f"===== {stamp} {(prefix + ' ') if prefix else ''}{shlex.join(argv)}\n")
     stream.flush()
     environment = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
-    process = subprocess.Popen(list(argv), cwd=cwd, stdout=stream, stderr=subprocess.STDOUT, env=environment)
+    process = subprocess.Popen(
+        list(argv),
+        cwd=cwd,
+        stdout=stream,
+        stderr=subprocess.STDOUT,
+        env=environment,
+        preexec_fn=_ignore_usr2 if shield_usr2 else None,  # noqa: PLW1509 - the job's process has no other threads
+    )
     stream.close()  # the child holds its own copy
     return process
 
 
-def run_logged(argv: Sequence[str], log: str | Path, cwd: str | Path, env: dict[str, str] | None = None) -> int:
+def run_logged(argv: Sequence[str], log: str | Path, cwd: str | Path, shield_usr2: bool = False) -> int:
     """Run ``argv`` in ``cwd`` with stdout and stderr appended to ``log``; returns its exit code."""
-    return start_logged(argv, log, cwd, env).wait()
+    return start_logged(argv, log, cwd, shield_usr2=shield_usr2).wait()
 
 
 def _last_line(log: Path, limit: int = 200) -> str:

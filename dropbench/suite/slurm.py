@@ -139,7 +139,7 @@ def run_in_job(run: Run, gpus: int, cwd: str, nodes: int = 1) -> int:
     meeting = {"rendezvous": _rendezvous()} if nodes > 1 else {}
     argv = command_line(run, gpus, prepare=node == 0, nodes=nodes, **meeting)
     log = run.log if node == 0 else run.log.with_name(f"{run.log.name}.node{node}")
-    code = run_logged(argv, log, cwd)
+    code = run_logged(argv, log, cwd, shield_usr2=True)
     if code != 0:
         raise RunFailed(f"exit code {code}; see {log}")
     return code
