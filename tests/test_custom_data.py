@@ -131,6 +131,31 @@ def test_a_custom_config_without_its_folder_names_the_option(cli, exports, tmp_p
     assert not (tmp_path / "work").exists()
 
 
+def test_a_missing_class_name_file_is_named_before_anything_is_made(cli, exports, tmp_path):
+    work = tmp_path / "work"
+    code, _, err = cli(
+        *("transfer", "seg", "--backbone", exports["vit_micro"]),
+        *("--config", CONFIGS / "segmentation" / "custom_ade_cpu.py", "--work-dir", work),
+        *("--cfg-options", f"custom_data.root={tmp_path}"),
+        f"custom_data.classes={tmp_path / 'no_such_classes.txt'}",
+    )
+    assert code == 2 and err.count("\n") == 1 and "custom_data.classes" in err and "no_such_classes.txt" in err
+    assert not work.exists()
+
+
+def test_a_run_on_several_processes_is_another_experiment(exports, tmp_path, monkeypatch):
+    """The total batch grows with the processes (auto_scale_lr scales the lr to it): the settings digest says so."""
+    from dropbench.transfer.mm_runner import load_config, task_identity
+
+    config = CONFIGS / "segmentation" / "custom_ade_cpu.py"
+    options = [f"custom_data.root={tmp_path}", "custom_data.classes=[a,b]"]
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    alone = task_identity(load_config(config, options), config, options)[2]
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    eight = task_identity(load_config(config, options), config, options)[2]
+    assert alone.digest != eight.digest
+
+
 @pytest.mark.parametrize(
     ("task", "config"),
     [("detection", "custom_coco_1x.py"), ("segmentation", "custom_ade_160k.py"), ("segmentation", "custom_ade_cpu.py")],

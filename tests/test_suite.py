@@ -239,6 +239,8 @@ def test_more_gpus_than_visible_are_refused_before_anything_runs(cli, tmp_path):
     code, _, err = cli("suite", _suite(tmp_path), "--gpus", "64")
     assert code == 2 and "--gpus" in err and "visible" in err
     assert not (tmp_path / "runs").exists()
+    code, _, err = cli("suite", _suite(tmp_path), "--gpus", "-1", "--dry-run")
+    assert code == 2 and "--gpus" in err and err.count("\n") == 1
 
 
 def _pretrain(**overrides) -> dict:

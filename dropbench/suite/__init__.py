@@ -54,7 +54,7 @@ def run_suite(
         raise UserInputError("--gpus", "is the local executor's; a Slurm job's GPUs are the suite's slurm.gpus")
     if dry_run:
         if executor == "local":
-            count = gpus if gpus is not None else check_gpus(None)
+            count = check_gpus(gpus, dry_run=True)
             print(describe(suite, [(launch.run, launch.shell(count)) for launch in launches(suite, count)]))
         else:
             print(describe(suite, [(run, job_command(suite, run)) for run in suite.runs]))

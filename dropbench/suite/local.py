@@ -38,7 +38,7 @@ class Launch:
         return {} if self.devices is None else {"CUDA_VISIBLE_DEVICES": self.devices}
 
     def argv(self, gpus: int, prepare: bool = True) -> list[str]:
-        return command_line(self.run, gpus if self.run.stage in NODE_STAGES else 1, prepare)
+        return command_line(self.run, gpus, prepare)  # a single-GPU stage runs in one process whatever ``gpus``
 
     def shell(self, gpus: int) -> str:
         """The exact command line, as a dry run prints it."""
@@ -72,12 +72,17 @@ def launches(suite: Suite, gpus: int) -> list[Launch]:
     return node + [Launch(run, ids[index % gpus]) for index, run in enumerate(single)]
 
 
-def check_gpus(gpus: int | None) -> int:
-    """``--gpus``: default every visible GPU; more than are visible is refused."""
+def check_gpus(gpus: int | None, dry_run: bool = False) -> int:
+    """``--gpus``: default every visible GPU; a negative count is refused, and more than are visible unless it is a
+    dry run (which prints what a larger node would run)."""
+    if gpus is not None and gpus < 0:
+        raise UserInputError("--gpus", f"{gpus} is not a number of GPUs (0 runs on the CPU)")
+    if gpus is not None and dry_run:
+        return gpus
     visible = visible_gpus()
     if gpus is None:
         return visible
-    if gpus < 0 or gpus > visible:
+    if gpus > visible:
         raise UserInputError("--gpus", f"{gpus} asked, {visible} visible on this machine (0 runs on the CPU)")
     return gpus
 

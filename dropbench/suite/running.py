@@ -96,16 +96,17 @@ def start_logged(
     stream.write(f"===== {stamp} {(prefix + ' ') if prefix else ''}{shlex.join(argv)}\n")
     stream.flush()
     environment = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
-    process = subprocess.Popen(
-        list(argv),
-        cwd=cwd,
-        stdout=stream,
-        stderr=subprocess.STDOUT,
-        env=environment,
-        preexec_fn=_ignore_usr2 if shield_usr2 else None,  # noqa: PLW1509 - the job's process has no other threads
-    )
-    stream.close()  # the child holds its own copy
-    return process
+    try:
+        return subprocess.Popen(
+            list(argv),
+            cwd=cwd,
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+            env=environment,
+            preexec_fn=_ignore_usr2 if shield_usr2 else None,  # noqa: PLW1509 - the job's process has no threads
+        )
+    finally:
+        stream.close()  # the child holds its own copy
 
 
 def run_logged(argv: Sequence[str], log: str | Path, cwd: str | Path, shield_usr2: bool = False) -> int:
