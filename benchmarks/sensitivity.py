@@ -1,6 +1,6 @@
 """What the embedded benchmark can resolve: the sensitivity suite, then its table with the noise floor.
 
-Runs ``configs/suites/sensitivity.yaml`` (the micro ViT under random init, no dropout and early dropout, 3
+Runs ``configs/suites/sensitivity.yaml`` (the micro ViT under random init, no dropout and early dropout, 4
 pretraining seeds, every embedded transfer; finished runs are skipped), then prints the comparison table with
 each column's seed-to-seed std and minimum detectable Δ, the (no_dropout − random_init) Δ of every column with
 its paired 95 % interval, and the wall time per stage.

@@ -3,6 +3,8 @@
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import torch
 from timm.data import create_transform
 from torch.utils.data import Dataset, Subset
 from torchvision import transforms
@@ -10,6 +12,7 @@ from torchvision.datasets import ImageFolder
 
 from dropbench.core.errors import UserInputError
 from dropbench.core.readers import IMAGENET_1K, ArrayImageDataset, image_folders, imagenet_1k_layout, load_mnist
+from dropbench.pretrain.augment import geometric_only
 
 MNIST = "mnist"
 
@@ -27,20 +30,33 @@ def dataset_name(data: str, recipe=None, data_name: str | None = None) -> str:
     return Path(data).resolve().name
 
 
+class ArrayBatches(Dataset):
+    """Grey images held in memory, served a batch at a time (index with a list) as raw uint8 ``(B, 1, H, W)``
+    tensors: the crop, flip and normalisation happen for the whole batch on the device (``DeviceAugment``)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray):
+        self.images, self.labels = images, labels.astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.from_numpy(self.images[indices])[:, None], torch.from_numpy(self.labels[indices])
+
+
 @dataclass
 class DataSplits:
     name: str
-    train: Dataset
+    train: Dataset  # uint8 images; an ArrayBatches when ``raw_batches``
     val: Dataset
     num_classes: int
     train_plain: Dataset  # the training images through the evaluation transform (for measurements)
+    raw_batches: bool  # the training set serves whole uncropped batches, augmented on the device
 
 
-def build_data(
-    data: str, recipe, input_size: int, check_images: bool = True, data_name: str | None = None
-) -> DataSplits:
-    """Train and val datasets with timm's transforms for ``recipe`` at ``input_size`` px."""
-    train_tf = create_transform(
+def _train_transform(recipe, input_size: int):
+    """timm's per-image training transform up to a uint8 tensor (normalisation and erasing are on the device)."""
+    tf = create_transform(
         input_size=input_size,
         is_training=True,
         scale=recipe.scale,
@@ -48,17 +64,31 @@ def build_data(
         color_jitter=recipe.color_jitter,
         auto_augment=recipe.aa,
         interpolation=recipe.interpolation,
-        re_prob=recipe.reprob,
+        use_prefetcher=True,
     )
     if recipe.pad:  # a border to crop from: objects land anywhere in the frame, at any size the crop scale allows
-        train_tf = transforms.Compose([transforms.Pad(recipe.pad), train_tf])
+        tf = transforms.Compose([transforms.Pad(recipe.pad), tf])
+    return tf
+
+
+def build_data(
+    data: str, recipe, input_size: int, check_images: bool = True, data_name: str | None = None
+) -> DataSplits:
+    """Train and val datasets for ``recipe`` at ``input_size`` px: training images as uint8 (finished on the
+    device by ``DeviceAugment``), validation images through timm's evaluation transform."""
     val_tf = create_transform(
         input_size=input_size, is_training=False, interpolation=recipe.interpolation, crop_pct=recipe.crop_pct
     )
     if data == MNIST:
-        train_arrays = load_mnist("train")
-        train = ArrayImageDataset(*train_arrays, transform=train_tf)
-        train_plain = ArrayImageDataset(*train_arrays, transform=val_tf)
+        images, labels = load_mnist("train")
+        if recipe.train_subset:
+            images, labels = images[: recipe.train_subset], labels[: recipe.train_subset]
+        raw = geometric_only(recipe)
+        if raw:
+            train = ArrayBatches(images, labels)
+        else:
+            train = ArrayImageDataset(images, labels, transform=_train_transform(recipe, input_size))
+        train_plain = ArrayImageDataset(images, labels, transform=val_tf)
         val = ArrayImageDataset(*load_mnist("test"), transform=val_tf)
         name, num_classes = dataset_name(data, recipe, data_name), 10
     else:
@@ -67,12 +97,14 @@ def build_data(
             raise UserInputError("data", f"'{data}' is neither 'mnist' nor an existing folder")
         train, val = image_folders(root, ("train", "val"), "data", check_images)
         train_plain = ImageFolder(str(root / "train"), loader=train.loader, transform=val_tf)
-        train.transform, val.transform = train_tf, val_tf
-        num_classes = len(train.classes)
+        train.transform, val.transform = _train_transform(recipe, input_size), val_tf
+        num_classes, raw = len(train.classes), False
         name = dataset_name(data, recipe, data_name)
-    if recipe.train_subset:
-        keep = range(min(recipe.train_subset, len(train)))
-        train, train_plain = Subset(train, keep), Subset(train_plain, keep)
+        if recipe.train_subset:
+            keep = range(min(recipe.train_subset, len(train)))
+            train, train_plain = Subset(train, keep), Subset(train_plain, keep)
     if recipe.val_subset:
         val = Subset(val, range(min(recipe.val_subset, len(val))))
-    return DataSplits(name=name, train=train, val=val, num_classes=num_classes, train_plain=train_plain)
+    return DataSplits(
+        name=name, train=train, val=val, num_classes=num_classes, train_plain=train_plain, raw_batches=raw
+    )

@@ -27,7 +27,7 @@ from timm.optim import create_optimizer_v2
 from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import BatchSampler, DataLoader, Subset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
@@ -45,6 +45,7 @@ from dropbench.core.loop import (
 )
 from dropbench.core.models import BackboneConfig
 from dropbench.core.version import code_version
+from dropbench.pretrain.augment import DeviceAugment
 from dropbench.pretrain.config import Recipe, Regime, pretrain_identity
 from dropbench.pretrain.controller import DropController
 from dropbench.pretrain.data import DataSplits, build_data, dataset_name
@@ -227,6 +228,7 @@ class _Training:
     ema: ModelEmaV3 | None
     mixup: Mixup | None
     criterion: nn.Module
+    augment: DeviceAugment
     accum_steps: int
     iters_per_epoch: int
     schedules: dict
@@ -364,6 +366,7 @@ def _build(
         ema=ModelEmaV3(model, decay=recipe.model_ema_decay) if recipe.model_ema else None,
         mixup=mixup,
         criterion=criterion,
+        augment=DeviceAugment(recipe, backbone.input_size, device, geometric=splits.raw_batches),
         accum_steps=recipe.batch_size // per_update,
         iters_per_epoch=iters_per_epoch,
         schedules=schedules,
@@ -411,6 +414,7 @@ def _train(
             start_update=update,
             accum_steps=run.accum_steps,
             mixup=run.mixup,
+            batch_transform=run.augment,
             autocast=autocast,
             clip_grad=recipe.clip_grad,
             ema=run.ema,
@@ -472,13 +476,15 @@ def _loaders(splits: DataSplits, recipe: Recipe, distributed: _Dist, dev: torch.
         drop_last=True,
     )
     generator = torch.Generator()
+    if splits.raw_batches:  # the dataset takes a batch's index list and returns the batch as one array slice
+        batches = {"sampler": BatchSampler(sampler, recipe.per_device_batch, drop_last=True), "batch_size": None}
+    else:
+        batches = {"sampler": sampler, "batch_size": recipe.per_device_batch, "drop_last": True}
     train_loader = DataLoader(
         splits.train,
-        batch_size=recipe.per_device_batch,
-        sampler=sampler,
+        **batches,
         num_workers=recipe.workers,
         pin_memory=dev.type == "cuda",
-        drop_last=True,
         generator=generator,
         persistent_workers=False,
     )

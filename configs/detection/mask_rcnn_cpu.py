@@ -54,6 +54,9 @@ train_dataloader = dict(
     batch_size=4,
     num_workers=1,  # decoding and augmenting beside the model's step: about 15 % faster per iteration on 2 cores
     persistent_workers=True,
+    # Iteration-based training: mmengine restarts an epoch-based sampler's iterator with a 2 s pause at every pass
+    # over the 200 canvases (10 s of an 85 s run).
+    sampler=dict(type="InfiniteSampler", shuffle=True),
     dataset=dict(
         data_root=data_root,
         metainfo=dict(classes=classes),

@@ -110,6 +110,7 @@ def train_one_epoch(
     start_update: int,
     accum_steps: int = 1,
     mixup: Mixup | None = None,
+    batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     autocast: Autocast = nullcontext,
     clip_grad: float | None = None,
     ema=None,
@@ -120,7 +121,8 @@ def train_one_epoch(
     """``updates`` optimizer updates of ``accum_steps`` micro-batches each from ``loader``.
 
     ``model`` may be wrapped in DistributedDataParallel: gradients are synchronised on an update's last
-    micro-batch only. The scheduler is stepped at the start of every update, the EMA after it."""
+    micro-batch only. ``batch_transform`` finishes each batch on the device (uint8 loaders: normalisation and
+    augmentation). The scheduler is stepped at the start of every update, the EMA after it."""
     hooks = hooks or StepHooks()
     inner = model.module if isinstance(model, DistributedDataParallel) else model
     model.train()
@@ -138,6 +140,8 @@ def train_one_epoch(
                 hooks.before_update(update)
             scheduler.step_update(num_updates=update)
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        if batch_transform is not None:
+            images = batch_transform(images)
         if mixup is not None:
             images, targets = mixup(images, targets)
         deferred_sync = not last and isinstance(model, DistributedDataParallel)
