@@ -130,6 +130,7 @@ class Recipe:
     val_subset: int | None = None
     seed: int = 0
     log_every: int = 50
+    recovery_every: int = 0  # also checkpoint every N updates inside an epoch, to resume there (0: epoch ends only)
     dataset_name: str | None = None  # the records' dataset name (default: from the data, see pretrain.data)
     # what was given on top of the recipe file (command line, suite): labels a variant in the table
     overrides: dict = field(default_factory=dict, compare=False, repr=False)
@@ -162,6 +163,8 @@ class Recipe:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise UserInputError(f"recipe.{name}", f"{value!r} must be a positive integer")
+        if not isinstance(self.recovery_every, int) or self.recovery_every < 0:
+            raise UserInputError("recipe.recovery_every", f"{self.recovery_every!r} must be an integer >= 0 (0: off)")
         if self.batch_size % self.per_device_batch:
             raise UserInputError(
                 "recipe.per_device_batch",
@@ -193,8 +196,10 @@ class Recipe:
         return settings
 
     def settings(self) -> dict:
-        """What changes a run's result: every field but its name, seed, logging cadence and dataset name."""
-        return {k: v for k, v in self.to_dict().items() if k not in ("name", "seed", "log_every", "dataset_name")}
+        """What changes a run's result: every field but its name, seed, logging and checkpoint cadence and dataset
+        name."""
+        unchanged = ("name", "seed", "log_every", "recovery_every", "dataset_name")
+        return {k: v for k, v in self.to_dict().items() if k not in unchanged}
 
 
 _FLOAT_FIELDS = {f.name for f in dataclasses.fields(Recipe) if f.type in (float, float | None)}

@@ -1,5 +1,6 @@
 """Training data: an ImageNet-layout folder (``train/`` and ``val/`` of class folders) or embedded MNIST."""
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -8,7 +9,6 @@ import torch
 from timm.data import create_transform
 from torch.utils.data import Dataset, Subset
 from torchvision import transforms
-from torchvision.datasets import ImageFolder
 
 from dropbench.core.errors import UserInputError
 from dropbench.core.readers import IMAGENET_1K, ArrayImageDataset, image_folders, imagenet_1k_layout, load_mnist
@@ -96,8 +96,8 @@ def build_data(
         if not root.is_dir():
             raise UserInputError("data", f"'{data}' is neither 'mnist' nor an existing folder")
         train, val = image_folders(root, ("train", "val"), "data", check_images)
-        train_plain = ImageFolder(str(root / "train"), loader=train.loader, transform=val_tf)
-        train.transform, val.transform = _train_transform(recipe, input_size), val_tf
+        train_plain = copy.copy(train)  # the same scan of the folder, another transform
+        train.transform, train_plain.transform, val.transform = _train_transform(recipe, input_size), val_tf, val_tf
         num_classes, raw = len(train.classes), False
         name = dataset_name(data, recipe, data_name)
         if recipe.train_subset:

@@ -8,6 +8,7 @@ weights as an uninterrupted one.
 
 import csv
 import io
+import itertools
 import json
 import math
 import os
@@ -27,7 +28,7 @@ from timm.optim import create_optimizer_v2
 from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import BatchSampler, DataLoader, Subset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, Subset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
@@ -147,9 +148,12 @@ def _flatten(config: dict, prefix: str = "") -> dict:
     return flat
 
 
+_CADENCE = {"recipe.recovery_every"}  # how often a run checkpoints: free to change when it resumes
+
+
 def _check_same_config(saved: dict, current: dict) -> None:
     saved_flat, current_flat = _flatten(saved), _flatten(current)
-    for key in sorted(saved_flat.keys() | current_flat.keys()):
+    for key in sorted((saved_flat.keys() | current_flat.keys()) - _CADENCE):
         if saved_flat.get(key) != current_flat.get(key):
             raise UserInputError(
                 f"resume.{key}",
@@ -262,7 +266,7 @@ def pretrain(
     _check_run_folder(out, resume, force)
     distributed, dev = _init_distributed(device)
     _prepare_run_folder(out, resume, force, distributed)
-    run = _build(backbone, regime, recipe, data, data_name, distributed, dev)
+    run = _build(backbone, regime, recipe, data, data_name, distributed, dev, check_images=not resume)
     config = run_config(backbone, regime, recipe, run.splits.name)
     checkpoint = _read_checkpoint(out, resume, config)
     started = checkpoint["started"] if checkpoint else datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -324,10 +328,13 @@ def _build(
     data_name: str | None,
     distributed: _Dist,
     device: torch.device,
+    check_images: bool = True,
 ) -> _Training:
     """Data, model (initialised from the recipe's seed), drop controller, optimizer, scheduler, EMA and criterion;
-    the global RNGs are then seeded per process."""
-    splits = build_data(data, recipe, backbone.input_size, check_images=distributed.main, data_name=data_name)
+    the global RNGs are then seeded per process. Every image's header is checked on the main process when
+    ``check_images`` (a resumed run's folder was checked when it started)."""
+    check = check_images and distributed.main
+    splits = build_data(data, recipe, backbone.input_size, check_images=check, data_name=data_name)
     per_update = recipe.per_device_batch * distributed.world
     if recipe.batch_size % per_update:
         raise UserInputError(
@@ -392,15 +399,17 @@ def _train(
 ) -> list[dict]:
     """The epoch loop from the checkpoint's epoch (or 0) to ``epochs``; returns the log's rows."""
     distributed, dev = place.distributed, place.device
-    start_epoch, update = _restore(run, checkpoint, distributed)
+    resumed = _restore(run, checkpoint, distributed)
     train_model: nn.Module = run.model
     if distributed.world > 1:
         train_model = DistributedDataParallel(run.model, device_ids=[dev.index] if dev.type == "cuda" else None)
     autocast = autocast_for(dev, recipe.amp)
     sampler, train_loader, loader_generator, val_loader = _loaders(run.splits, recipe, distributed, dev)
-    monitor = _Monitor(run, recipe, place, start_epoch, update, checkpoint, diagnostics, autocast)
-    for epoch in range(start_epoch, epochs):
-        sampler.set_epoch(epoch)
+    monitor = _Monitor(run, recipe, place, resumed.epoch, resumed.update, checkpoint, diagnostics, autocast)
+    update = resumed.update
+    for epoch in range(resumed.epoch, epochs):
+        done = resumed if epoch == resumed.epoch else _Position(epoch, update)  # updates a recovery point had done
+        sampler.set_epoch(epoch, skip=done.updates * run.accum_steps * recipe.per_device_batch)
         loader_generator.manual_seed(epoch_seed(recipe.seed, epoch))
         epoch_start = time.perf_counter()
         result = train_one_epoch(
@@ -410,7 +419,7 @@ def _train(
             run.scheduler,
             run.criterion,
             dev,
-            updates=run.iters_per_epoch,
+            updates=run.iters_per_epoch - done.updates,
             start_update=update,
             accum_steps=run.accum_steps,
             mixup=run.mixup,
@@ -418,14 +427,16 @@ def _train(
             autocast=autocast,
             clip_grad=recipe.clip_grad,
             ema=run.ema,
-            hooks=monitor.hooks(),
+            hooks=monitor.start_epoch(done),
             desc=f"epoch {epoch + 1}/{recipe.epochs}",
             progress=distributed.main,
         )
         update = result.update
+        if distributed.main:  # the recovery point's sum is already the sum over every process
+            result.loss_sum += done.loss_sum
         if distributed.world > 1:
             dist.all_reduce(result.loss_sum)
-        train_loss = result.loss_sum.item() / (result.micro_batches * distributed.world)
+        train_loss = result.loss_sum.item() / (run.iters_per_epoch * run.accum_steps * distributed.world)
         epoch_seconds = time.perf_counter() - epoch_start
         metrics = _validate(run, val_loader, dev, autocast)
         row = {
@@ -453,27 +464,87 @@ def _train(
     return monitor.log_rows
 
 
-def _restore(run: _Training, checkpoint: dict | None, distributed: _Dist) -> tuple[int, int]:
-    """Model, optimizer, EMA and RNG states from ``checkpoint``; returns ``(epoch, update)`` to continue from."""
+@dataclass
+class _Position:
+    """Where a run stands: ``epoch`` epochs finished, ``update`` updates made in all, of which ``updates`` in the
+    epoch under way (a mid-epoch recovery point), with the sums of their losses (over every process) and of their
+    scheduled drop rates."""
+
+    epoch: int
+    update: int
+    updates: int = 0
+    loss_sum: float = 0.0
+    rate_sums: dict[str, float] = field(default_factory=dict)
+
+
+def _restore(run: _Training, checkpoint: dict | None, distributed: _Dist) -> _Position:
+    """Model, optimizer, EMA and RNG states from ``checkpoint``; returns the position to continue from."""
     if not checkpoint:
-        return 0, 0
+        return _Position(0, 0)
     run.model.load_state_dict(checkpoint["model"])
     run.optimizer.load_state_dict(checkpoint["optimizer"])
     if run.ema is not None:
         run.ema.load_state_dict(checkpoint["ema"])
     _set_rng_state(checkpoint["rng"][min(distributed.rank, len(checkpoint["rng"]) - 1)])
-    return checkpoint["epoch"], checkpoint["update"]
+    within = checkpoint.get("within_epoch", {})
+    return _Position(
+        checkpoint["epoch"],
+        checkpoint["update"],
+        within.get("updates", 0),
+        within.get("loss_sum", 0.0),
+        within.get("rate_sums", {}),
+    )
+
+
+class _EpochSampler(Sampler):
+    """The distributed sampler's order for an epoch, from its ``skip``-th index on (a mid-epoch recovery point); with
+    ``seeded``, each index goes out as ``(epoch, index)`` for ``_SeededSamples``."""
+
+    def __init__(self, sampler: DistributedSampler, seeded: bool = False):
+        self.sampler, self.seeded, self.epoch, self.skip = sampler, seeded, 0, 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.sampler.set_epoch(epoch)
+        self.epoch, self.skip = epoch, skip
+
+    def __iter__(self):
+        indices = itertools.islice(iter(self.sampler), self.skip, None)
+        return ((self.epoch, index) for index in indices) if self.seeded else indices
+
+    def __len__(self) -> int:
+        return len(self.sampler) - self.skip
+
+
+class _SeededSamples(Dataset):
+    """Seeds Python's, NumPy's and torch's generators from (seed, epoch, index) before each image's transform, so
+    that its augmentation does not depend on which loader worker reads it, nor on where a resumed epoch starts.
+    Indexed by ``(epoch, index)``: the epoch travels with the index, so persistent workers need no message."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, index = key
+        seed = epoch_seed(self.seed, epoch) * 1_000_003 + index
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+        return self.dataset[index]
 
 
 def _loaders(splits: DataSplits, recipe: Recipe, distributed: _Dist, dev: torch.device):
-    """``(sampler, train loader, its generator, val loader over this rank's shard)``."""
-    sampler = DistributedSampler(
-        splits.train,
-        num_replicas=distributed.world,
-        rank=distributed.rank,
-        shuffle=True,
-        seed=recipe.seed,
-        drop_last=True,
+    """``(sampler, train loader, its generator, val loader over this rank's shard)``. Images transformed in loader
+    workers are seeded one by one (``_SeededSamples``); the workers persist across epochs."""
+    seeded = recipe.workers > 0 and not splits.raw_batches
+    train = _SeededSamples(splits.train, recipe.seed) if seeded else splits.train
+    sampler = _EpochSampler(
+        DistributedSampler(
+            train, num_replicas=distributed.world, rank=distributed.rank, shuffle=True, seed=recipe.seed, drop_last=True
+        ),
+        seeded,
     )
     generator = torch.Generator()
     if splits.raw_batches:  # the dataset takes a batch's index list and returns the batch as one array slice
@@ -481,12 +552,12 @@ def _loaders(splits: DataSplits, recipe: Recipe, distributed: _Dist, dev: torch.
     else:
         batches = {"sampler": sampler, "batch_size": recipe.per_device_batch, "drop_last": True}
     train_loader = DataLoader(
-        splits.train,
+        train,
         **batches,
         num_workers=recipe.workers,
         pin_memory=dev.type == "cuda",
         generator=generator,
-        persistent_workers=False,
+        persistent_workers=recipe.workers > 0,
     )
     val_shard = Subset(splits.val, range(distributed.rank, len(splits.val), distributed.world))
     val_loader = DataLoader(
@@ -495,6 +566,7 @@ def _loaders(splits: DataSplits, recipe: Recipe, distributed: _Dist, dev: torch.
         shuffle=False,
         num_workers=recipe.workers,
         pin_memory=dev.type == "cuda",
+        persistent_workers=recipe.workers > 0,
     )
     return sampler, train_loader, generator, val_loader
 
@@ -559,8 +631,10 @@ class _Monitor:
             tensorboard = str(place.out / "tensorboard")
             self.writer = SummaryWriter(tensorboard, purge_step=update if checkpoint else None)
 
-    def hooks(self) -> StepHooks:
-        self.rate_sums = dict.fromkeys(self.run.schedules, 0.0)
+    def start_epoch(self, done: "_Position") -> StepHooks:
+        """The hooks for epoch ``done.epoch``, of which ``done.updates`` were made before a recovery point."""
+        self.epoch, self.epoch_first_update, self.carried_loss = done.epoch, done.update - done.updates, done.loss_sum
+        self.rate_sums = dict.fromkeys(self.run.schedules, 0.0) | done.rate_sums
         return StepHooks(self.before_update, self.before_step if self.probe else None, self.after_update)
 
     def before_update(self, update: int) -> None:
@@ -586,7 +660,11 @@ class _Monitor:
             self.writer.add_scalar(f"diagnostics/{key}", row[key], update)
         self.measured = None
 
-    def after_update(self, update: int, loss: torch.Tensor) -> None:
+    def after_update(self, update: int, loss: torch.Tensor, loss_sum: torch.Tensor) -> None:
+        within = update - self.epoch_first_update
+        every = self.recipe.recovery_every
+        if every and within % every == 0 and within < self.run.iters_per_epoch:
+            self._recovery_point(update, within, loss_sum)
         if not self.main or update % self.recipe.log_every:
             return
         lr = self.run.optimizer.param_groups[0]["lr"]
@@ -594,6 +672,22 @@ class _Monitor:
         self.writer.add_scalar("train/lr", lr, update)
         for kind, rate in self.rates.items():
             self.writer.add_scalar(f"train/{kind}", rate, update)
+
+    def _recovery_point(self, update: int, within: int, loss_sum: torch.Tensor) -> None:
+        """The checkpoint, ``within`` updates into the epoch: a resumed run continues at the next batch."""
+        distributed = self.place.distributed
+        total = loss_sum.detach().clone()
+        if distributed.world > 1:
+            dist.all_reduce(total)
+        rng_states = _gather_rng_states(distributed)
+        if not self.main:
+            return
+        state = _checkpoint_state(self.run, self.place, self.epoch, update, rng_states, self)
+        loss = self.carried_loss + total.item()
+        state["within_epoch"] = {"updates": within, "loss_sum": loss, "rate_sums": dict(self.rate_sums)}
+        _save_checkpoint(self.place.out / CHECKPOINT_FILE, state)
+        if self.probe is not None:
+            atomic_write_csv(self.place.out / DIAGNOSTICS_FILE, DIAGNOSTIC_COLUMNS, self.diagnostic_rows)
 
     def mean_rates(self, iters_per_epoch: int) -> dict[str, float]:
         return {kind: self.rate_sums.get(kind, 0.0) / iters_per_epoch for kind in ("dropout", "drop_path")}

@@ -41,14 +41,15 @@ def _convnext_original_keys(state: dict) -> dict:
 
 
 def _swin_older_timm_keys(model: torch.nn.Module) -> dict:
-    """Swin as timm < 0.9 saved it: downsampling at the end of a stage, ``head.*``, the index buffers included."""
+    """Swin as timm < 0.9 and the authors' code save it: downsampling at the end of a stage, ``head.*``, the
+    relative-position indices and the shifted windows' attention masks as persistent buffers."""
     renamed = {}
     for key, value in model.state_dict().items():
         match = re.match(r"layers\.(\d+)\.downsample\.(.*)", key)
         key = f"layers.{int(match.group(1)) - 1}.downsample.{match.group(2)}" if match else key
         renamed[key.replace("head.fc.", "head.")] = value
     for name, buffer in model.named_buffers():
-        if name.endswith("relative_position_index"):
+        if name.endswith(("relative_position_index", "attn_mask")) and buffer is not None:
             renamed[name] = buffer
     return renamed
 

@@ -134,6 +134,68 @@ def test_resume_after_an_interruption_ends_with_the_weights_of_an_uninterrupted_
     assert [r["epoch"] for r in _read_log(run)] == ["1", "2", "3", "4"]
 
 
+def _pretrain_command(run: Path, results: Path, settings: dict) -> list[str]:
+    return [
+        *(sys.executable, "-m", "dropbench.cli", "pretrain", "--backbone", "vit_micro", "--regime", "early_dropout"),
+        *("--recipe", "cpu", "--data", "mnist", "--out", str(run), "--results", str(results)),
+        *(f"{k}={v}" for k, v in settings.items()),
+    ]
+
+
+def _kill_at_a_recovery_point(command: list[str], run: Path, env: dict) -> dict:
+    """Start the run, SIGKILL it once a mid-epoch recovery point is on disk; returns that checkpoint."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    deadline = time.monotonic() + 300
+    while not (run / CHECKPOINT_FILE).exists():
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    return load_checkpoint(run / CHECKPOINT_FILE)
+
+
+def _same_weights(expected_run: Path, actual_run: Path) -> None:
+    expected = load_file(expected_run / "export" / "backbone.safetensors")
+    actual = load_file(actual_run / "export" / "backbone.safetensors")
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), name
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "batched",  # images in memory, cropped on the device from torch's generator
+        "per-image workers",  # RandAugment per image in 2 loader workers, seeded per image
+    ],
+)
+def test_a_run_killed_mid_epoch_resumes_at_the_next_batch_with_identical_weights(finished_run, tmp_path, path):
+    env = os.environ | {"OMP_NUM_THREADS": str(torch.get_num_threads())}
+    if path == "batched":
+        settings, uninterrupted = SMALL, finished_run
+    else:
+        settings = SMALL | {"epochs": 2, "aa": "rand-m9-mstd0.5-inc1", "workers": 2}
+        uninterrupted = tmp_path / "uninterrupted"
+        command = _pretrain_command(uninterrupted, tmp_path / "results-uninterrupted", settings)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+        assert done.returncode == 0, done.stderr
+    run = tmp_path / "run"
+    command = _pretrain_command(run, tmp_path / "results", settings | {"recovery_every": 5})
+    checkpoint = _kill_at_a_recovery_point(command, run, env)
+    assert checkpoint["epoch"] == 0 and checkpoint["within_epoch"]["updates"] % 5 == 0
+    assert 0 < checkpoint["within_epoch"]["updates"] < 48  # 3072 images, 64 per update: 48 updates an epoch
+
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=600, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    _same_weights(uninterrupted, run)
+    expected_log, log = _read_log(uninterrupted), _read_log(run)
+    assert [r["epoch"] for r in log] == [r["epoch"] for r in expected_log]
+    for expected_row, row in zip(expected_log, log, strict=True):
+        assert float(row["train_loss"]) == pytest.approx(float(expected_row["train_loss"]), rel=1e-12)
+        assert (row["val_top1"], row["dropout"]) == (expected_row["val_top1"], expected_row["dropout"])
+
+
 def test_resuming_with_another_config_names_the_field(cli, finished_run, tmp_path):
     code, _, err = cli(
         "pretrain",

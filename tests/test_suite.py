@@ -220,6 +220,48 @@ def test_on_two_devices_pretraining_uses_both_and_classification_runs_go_side_by
         assert f"CUDA_VISIBLE_DEVICES={device} " in outcome.run.log.read_text().splitlines()[0]
 
 
+def test_the_cpu_dry_run_with_jobs_lists_pretraining_first_with_a_share_of_the_cores(cli, tmp_path):
+    path = _suite(tmp_path, regimes=["random_init", "no_dropout"], transfers=[DET, CLS])
+    code, out, err = cli("suite", path, "--dry-run", "--gpus", "0", "--jobs", "2")
+    assert code == 0, err
+    lines = [line.split(None, 2) for line in out.strip().splitlines()[1:]]
+    names, commands = [name for _, name, _ in lines], [command.removeprefix("$ ") for _, _, command in lines]
+    assert [name.split("/")[1] for name in names] == [
+        "pretrain",
+        "pretrain",
+        *["det-mask_rcnn_cpu", "cls-optdigits-linear"] * 2,
+    ]
+    threads = max(1, os.cpu_count() // 2)
+    assert all(command.startswith(f"OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} ") for command in commands)
+    code, out, _ = cli("suite", path, "--dry-run", "--gpus", "0")
+    assert code == 0 and "OMP_NUM_THREADS" not in out, "one run at a time: the machine's threads, as before"
+    for bad, message in ((("--jobs", "0"), "--jobs"), (("--jobs", "2", "--executor", "slurm"), "--jobs")):
+        code, _, err = cli("suite", path, "--dry-run", *bad)
+        assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+@pytest.mark.slow
+def test_cpu_jobs_run_side_by_side_and_a_transfer_waits_for_its_pretraining(tmp_path, monkeypatch):
+    """Two pretrainings start together; each transfer starts only once its own pretraining has ended; every run
+    gets its share of the cores."""
+    from dropbench.suite import execute_local
+
+    monkeypatch.chdir(tmp_path)
+    pretraining = {"recipe": "cpu", "data": "mnist", "overrides": TINY_PRETRAIN}
+    suite = load_suite(_suite(tmp_path, regimes=["random_init", "no_dropout"], pretrain=pretraining, transfers=[CLS]))
+    lines: list[str] = []
+    outcomes = execute_local(suite, tmp_path, lines.append, gpus=0, jobs=2)
+    assert [o.status for o in outcomes] == ["done"] * 4, [o.detail for o in outcomes]
+    events = [(line.split("] ", 1)[1].split(":")[0], line.split(": ", 1)[1].split()[0]) for line in lines]
+    pretrainings = [name for name, _ in events if name.endswith("/pretrain")]
+    assert events[:2] == [(pretrainings[0], "running"), (pretrainings[1], "running")], lines
+    for outcome in outcomes:
+        if outcome.run.after is not None:
+            assert events.index((outcome.run.name, "running")) > events.index((outcome.run.after, "done")), lines
+        threads = max(1, os.cpu_count() // 2)
+        assert f"OMP_NUM_THREADS={threads} " in outcome.run.log.read_text().splitlines()[0]
+
+
 def test_the_slurm_dry_run_shows_multi_node_pretraining_as_one_torchrun_per_node(cli, tmp_path):
     slurm = {"gpus": 8, "time": "2-00:00:00", "pretrain": {"nodes": 2}, "cls": {"gpus": 1}}
     path = _suite(tmp_path, transfers=[DET, CLS], slurm=slurm)

@@ -84,11 +84,12 @@ class StepHooks:
 
     ``before_update``: before the first micro-batch of an update (drop rates, weight decay, measurements);
     ``before_step``: after the last backward, before clipping (gradient diagnostics);
-    ``after_update``: after the optimizer step, with the last micro-batch's loss (logging)."""
+    ``after_update``: after the optimizer step, with the last micro-batch's loss (logging) and the float64 sum of
+    the epoch's micro-batch losses so far (recovery points)."""
 
     before_update: Callable[[int], None] | None = None
     before_step: Callable[[int], None] | None = None
-    after_update: Callable[[int, torch.Tensor], None] | None = None
+    after_update: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None
 
 
 @dataclass
@@ -164,7 +165,7 @@ def train_one_epoch(
         if show:
             bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}", refresh=False)
         if hooks.after_update:
-            hooks.after_update(update, loss)
+            hooks.after_update(update, loss, loss_sum)
     bar.close()
     return EpochResult(loss_sum, micro_batches, update)
 

@@ -17,7 +17,7 @@ cancels the transfers of a failed pretraining (Slurm would otherwise leave them 
 from pathlib import Path
 
 from dropbench.core.errors import UserInputError
-from dropbench.suite.local import check_gpus, execute_local, launches
+from dropbench.suite.local import check_gpus, check_jobs, execute_local, launches
 from dropbench.suite.plan import Run, Suite, describe, load_suite
 from dropbench.suite.running import Outcome, report
 from dropbench.suite.slurm import SlurmResources, execute_slurm, job_command, queued_jobs
@@ -43,26 +43,30 @@ def run_suite(
     dry_run: bool = False,
     poll_seconds: float = 30.0,
     gpus: int | None = None,
+    jobs: int = 1,
 ) -> int:
     """Load the suite, print its plan (``dry_run``; for the local executor with the exact commands on ``gpus``
     GPUs) or run it; returns the exit code (1 when any run failed). ``gpus``: the local executor's, default every
-    visible GPU."""
+    visible GPU; ``jobs``: CPU runs side by side."""
     suite = load_suite(path)
     if executor not in ("local", "slurm"):
         raise UserInputError("--executor", f"unknown executor '{executor}' (choose from: local, slurm)")
     if gpus is not None and executor != "local":
         raise UserInputError("--gpus", "is the local executor's; a Slurm job's GPUs are the suite's slurm.gpus")
+    if jobs != 1 and executor != "local":
+        raise UserInputError("--jobs", "is the local executor's; Slurm runs every job as the scheduler places it")
     if dry_run:
         if executor == "local":
             count = check_gpus(gpus, dry_run=True)
-            print(describe(suite, [(launch.run, launch.shell(count)) for launch in launches(suite, count)]))
+            plan = launches(suite, count, check_jobs(jobs, count))
+            print(describe(suite, [(launch.run, launch.shell(count)) for launch in plan]))
         else:
             print(describe(suite, [(run, job_command(suite, run)) for run in suite.runs]))
         return 0
     cwd = Path.cwd()
     echo = lambda line: print(line, flush=True)  # noqa: E731 - progress lines must appear as runs go
     if executor == "local":
-        outcomes = execute_local(suite, cwd, echo, check_gpus(gpus))
+        outcomes = execute_local(suite, cwd, echo, check_gpus(gpus), jobs)
     else:
         outcomes = execute_slurm(suite, cwd, echo, poll_seconds)
     text, ok = report(suite, outcomes)

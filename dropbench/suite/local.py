@@ -1,8 +1,11 @@
 """The local executor: the plan's runs as subprocesses of this machine.
 
-On a CPU machine (``gpus`` 0) or one GPU, the runs go one after another, in plan order. On a node with several GPUs,
-pretraining and det/seg take every GPU (torchrun, one process per GPU) one after another, then the single-GPU runs
-(classification transfers) go packed, one per GPU, ``gpus`` at a time.
+On one GPU, and on a CPU machine by default, the runs go one after another, in plan order. ``jobs`` > 1 on a CPU
+machine runs that many side by side, each with its share of the cores as threads (the embedded runs are small: much
+of a run is single-threaded Python, which a second run fills), every pretraining first so that transfers become
+ready early. On a node with several GPUs, pretraining and det/seg take every GPU (torchrun, one process per GPU) one
+after another, then the single-GPU runs (classification transfers) go packed, one per GPU, ``gpus`` at a time. A
+transfer never starts before its pretraining has ended.
 """
 
 from __future__ import annotations
@@ -29,13 +32,18 @@ from dropbench.suite.running import (
 
 @dataclass(frozen=True)
 class Launch:
-    """A run as it starts: the GPUs it sees (``CUDA_VISIBLE_DEVICES``; ``None``: the machine's as they are)."""
+    """A run as it starts: the GPUs it sees (``CUDA_VISIBLE_DEVICES``; ``None``: the machine's as they are) and,
+    when CPU runs share the machine, the threads it may use."""
 
     run: Run
     devices: str | None
+    threads: int | None = None
 
     def env(self) -> dict[str, str]:
-        return {} if self.devices is None else {"CUDA_VISIBLE_DEVICES": self.devices}
+        env = {} if self.devices is None else {"CUDA_VISIBLE_DEVICES": self.devices}
+        if self.threads is not None:
+            env |= {"OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)}
+        return env
 
     def argv(self, gpus: int, prepare: bool = True) -> list[str]:
         return command_line(self.run, gpus, prepare)  # a single-GPU stage runs in one process whatever ``gpus``
@@ -59,9 +67,14 @@ def _device_ids(gpus: int) -> list[str]:
     return (inherited or [str(index) for index in range(gpus)])[:gpus]
 
 
-def launches(suite: Suite, gpus: int) -> list[Launch]:
-    """The runs in the order they start: plan order on a CPU or one GPU; on several, the node-wide runs first
-    (plan order: each transfer after its pretraining), then the single-GPU runs, GPU by GPU in turn."""
+def launches(suite: Suite, gpus: int, jobs: int = 1) -> list[Launch]:
+    """The runs in the order they are considered: plan order on one GPU or a CPU; with CPU ``jobs`` > 1 every
+    pretraining first, each run with ``cores // jobs`` threads; on several GPUs, the node-wide runs first (plan
+    order: each transfer after its pretraining), then the single-GPU runs, GPU by GPU in turn."""
+    if gpus == 0 and jobs > 1:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        first = [run for run in suite.runs if run.stage == "pretrain"]
+        return [Launch(run, None, threads) for run in first + [run for run in suite.runs if run.stage != "pretrain"]]
     if gpus == 0:
         return [Launch(run, None) for run in suite.runs]
     ids = _device_ids(gpus)
@@ -87,47 +100,68 @@ def check_gpus(gpus: int | None, dry_run: bool = False) -> int:
     return gpus
 
 
-def execute_local(suite: Suite, cwd: Path, echo: Callable[[str], None] = print, gpus: int = 0) -> list[Outcome]:
-    """Run the plan on this machine with ``gpus`` GPUs (0: the CPU); returns each run's outcome, in plan order."""
+def check_jobs(jobs: int, gpus: int) -> int:
+    """``--jobs``: a positive count, for the CPU (GPU runs are placed by ``--gpus``)."""
+    if jobs < 1:
+        raise UserInputError("--jobs", f"{jobs} is not a number of runs at a time (1: one after another)")
+    if jobs > 1 and gpus > 0:
+        raise UserInputError("--jobs", "sets CPU runs side by side; on GPUs use --gpus, or --gpus 0 for the CPU")
+    return jobs
+
+
+def execute_local(
+    suite: Suite, cwd: Path, echo: Callable[[str], None] = print, gpus: int = 0, jobs: int = 1
+) -> list[Outcome]:
+    """Run the plan on this machine with ``gpus`` GPUs (0: the CPU, ``jobs`` runs at a time); returns each run's
+    outcome, in plan order."""
     if suite.data and suite.data != "mnist" and not Path(suite.data).is_dir():
         raise UserInputError("pretrain.data", f"'{suite.data}' is neither 'mnist' nor a folder")
-    order = launches(suite, gpus)
-    position = {launch.run.name: index for index, launch in enumerate(order, 1)}
+    pending = launches(suite, gpus, check_jobs(jobs, gpus))
+    position = {launch.run.name: index for index, launch in enumerate(pending, 1)}
     outcomes: dict[str, Outcome] = {}
-    running: dict[str, tuple[Launch, object, float]] = {}  # device → (launch, process, start)
+    running: dict[str, tuple[Launch, object, float]] = {}  # device or CPU slot → (launch, process, start)
+    slots = [f"cpu{index}" for index in range(jobs)]
 
-    def finish(devices: str) -> None:
-        launch, process, start = running.pop(devices)
+    def finish(key: str) -> None:
+        launch, process, start = running.pop(key)
         outcome = conclude(launch.run, process.wait())
         outcome.seconds = time.perf_counter() - start
         name = launch.run.name
-        echo(f"[{position[name]}/{len(order)}] {name}: {outcome.status} in {outcome.seconds:.0f} s" + detail(outcome))
+        took = f"{outcome.status} in {outcome.seconds:.0f} s"
+        echo(f"[{position[name]}/{len(position)}] {name}: {took}" + detail(outcome))
         outcomes[name] = outcome
 
-    for launch in order:
-        key = launch.devices or "cpu"
-        while _must_wait(launch, key, running):
+    while pending or running:
+        launch = next((launch for launch in pending if _can_start(launch, running, outcomes, jobs)), None)
+        if launch is None:
             _wait_any(running, finish)
+            continue
+        pending.remove(launch)
+        name = launch.run.name
         outcome = skip_or_none(launch.run, outcomes)
         if outcome is not None:
-            echo(f"[{position[launch.run.name]}/{len(order)}] {launch.run.name}: {outcome.status}" + detail(outcome))
-            outcomes[launch.run.name] = outcome
+            echo(f"[{position[name]}/{len(position)}] {name}: {outcome.status}" + detail(outcome))
+            outcomes[name] = outcome
             continue
-        echo(f"[{position[launch.run.name]}/{len(order)}] {launch.run.name}: running, log {launch.run.log}")
+        echo(f"[{position[name]}/{len(position)}] {name}: running, log {launch.run.log}")
+        key = launch.devices or next(slot for slot in slots if slot not in running)
         process = start_logged(launch.argv(gpus), launch.run.log, cwd, launch.env())
         running[key] = (launch, process, time.perf_counter())
-    while running:
-        _wait_any(running, finish)
     return [outcomes[run.name] for run in suite.runs]
 
 
-def _must_wait(launch: Launch, key: str, running: dict) -> bool:
-    """A node-wide run waits for every running one; a single-GPU run for its GPU and for any node-wide run."""
-    if not running:
+def _can_start(launch: Launch, running: dict, outcomes: dict, jobs: int) -> bool:
+    """After its pretraining has ended; a node-wide run alone, a single-GPU run on its free GPU beside no node-wide
+    run, a CPU run in a free slot."""
+    if launch.run.after is not None and launch.run.after not in outcomes:
         return False
-    if launch.run.stage in NODE_STAGES or key in running:
+    if not running:
         return True
-    return any(other.run.stage in NODE_STAGES for other, _, _ in running.values())
+    if launch.devices is None:
+        return len(running) < jobs
+    if launch.run.stage in NODE_STAGES or launch.devices in running:
+        return False
+    return not any(other.run.stage in NODE_STAGES for other, _, _ in running.values())
 
 
 def _wait_any(running: dict, finish: Callable[[str], None]) -> None:
