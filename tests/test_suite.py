@@ -252,7 +252,7 @@ def test_cpu_jobs_run_side_by_side_and_a_transfer_waits_for_its_pretraining(tmp_
     lines: list[str] = []
     outcomes = execute_local(suite, tmp_path, lines.append, gpus=0, jobs=2)
     assert [o.status for o in outcomes] == ["done"] * 4, [o.detail for o in outcomes]
-    events = [(line.split("] ", 1)[1].split(":")[0], line.split(": ", 1)[1].split()[0]) for line in lines]
+    events = [(line.split("] ", 1)[1].split(":")[0], line.split(": ", 1)[1].split()[0].rstrip(",")) for line in lines]
     pretrainings = [name for name, _ in events if name.endswith("/pretrain")]
     assert events[:2] == [(pretrainings[0], "running"), (pretrainings[1], "running")], lines
     for outcome in outcomes:
