@@ -90,50 +90,6 @@ def test_export_reloads_in_timm_with_identical_outputs(finished_run):
         assert torch.equal(exported(images), reference(images))
 
 
-def test_resume_after_an_interruption_ends_with_the_weights_of_an_uninterrupted_run(finished_run, tmp_path):
-    run = tmp_path / "run"
-    command = [
-        sys.executable,
-        "-m",
-        "dropbench.cli",
-        "pretrain",
-        "--backbone",
-        "vit_micro",
-        "--regime",
-        "early_dropout",
-        "--recipe",
-        "cpu",
-        "--data",
-        "mnist",
-        "--out",
-        str(run),
-        "--results",
-        str(tmp_path / "results"),
-        *SMALL_ARGS,
-    ]
-    # The same thread count as this process, so that both runs reduce in the same order.
-    env = os.environ | {"OMP_NUM_THREADS": str(torch.get_num_threads())}
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    deadline = time.monotonic() + 300
-    while not (run / CHECKPOINT_FILE).exists():
-        assert process.poll() is None, process.stderr.read().decode()
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)  # mid-epoch 2: only the epoch-1 checkpoint survives
-    process.wait()
-    assert load_checkpoint(run / CHECKPOINT_FILE)["epoch"] == 1
-    assert not (run / "export").exists()
-
-    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=600, env=env)
-    assert resumed.returncode == 0, resumed.stderr
-    expected = load_file(finished_run / "export" / "backbone.safetensors")
-    actual = load_file(run / "export" / "backbone.safetensors")
-    assert expected.keys() == actual.keys()
-    for name in expected:
-        assert torch.equal(expected[name], actual[name]), name
-    assert [r["epoch"] for r in _read_log(run)] == ["1", "2", "3", "4"]
-
-
 def _pretrain_command(run: Path, results: Path, settings: dict) -> list[str]:
     return [
         *(sys.executable, "-m", "dropbench.cli", "pretrain", "--backbone", "vit_micro", "--regime", "early_dropout"),
@@ -142,8 +98,8 @@ def _pretrain_command(run: Path, results: Path, settings: dict) -> list[str]:
     ]
 
 
-def _kill_at_a_recovery_point(command: list[str], run: Path, env: dict) -> dict:
-    """Start the run, SIGKILL it once a mid-epoch recovery point is on disk; returns that checkpoint."""
+def _kill_at_the_first_checkpoint(command: list[str], run: Path, env: dict) -> dict:
+    """Start the run, SIGKILL it as soon as its first checkpoint is on disk; returns the checkpoint it left."""
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     deadline = time.monotonic() + 300
     while not (run / CHECKPOINT_FILE).exists():
@@ -161,6 +117,21 @@ def _same_weights(expected_run: Path, actual_run: Path) -> None:
     assert expected.keys() == actual.keys()
     for name in expected:
         assert torch.equal(expected[name], actual[name]), name
+
+
+def test_resume_after_an_interruption_ends_with_the_weights_of_an_uninterrupted_run(finished_run, tmp_path):
+    run = tmp_path / "run"
+    command = _pretrain_command(run, tmp_path / "results", SMALL)
+    # The same thread count as this process, so that both runs reduce in the same order.
+    env = os.environ | {"OMP_NUM_THREADS": str(torch.get_num_threads())}
+    checkpoint = _kill_at_the_first_checkpoint(command, run, env)  # mid-epoch 2: the epoch-1 checkpoint survives
+    assert checkpoint["epoch"] == 1 and "within_epoch" not in checkpoint
+    assert not (run / "export").exists()
+
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=600, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    _same_weights(finished_run, run)
+    assert [r["epoch"] for r in _read_log(run)] == ["1", "2", "3", "4"]
 
 
 @pytest.mark.parametrize(
@@ -182,7 +153,7 @@ def test_a_run_killed_mid_epoch_resumes_at_the_next_batch_with_identical_weights
         assert done.returncode == 0, done.stderr
     run = tmp_path / "run"
     command = _pretrain_command(run, tmp_path / "results", settings | {"recovery_every": 5})
-    checkpoint = _kill_at_a_recovery_point(command, run, env)
+    checkpoint = _kill_at_the_first_checkpoint(command, run, env)
     assert checkpoint["epoch"] == 0 and checkpoint["within_epoch"]["updates"] % 5 == 0
     assert 0 < checkpoint["within_epoch"]["updates"] < 48  # 3072 images, 64 per update: 48 updates an epoch
 
