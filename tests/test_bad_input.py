@@ -61,6 +61,11 @@ def test_unknown_optimizer_or_scheduler_names(cli, tmp_path, override, field):
     assert "did you mean" in result[2]
 
 
+def test_a_negative_recovery_cadence(cli, tmp_path):
+    out = tmp_path / "run"
+    _assert_one_line_error(cli(*_pretrain_args(out), "recovery_every=-1"), "recipe.recovery_every", out)
+
+
 def test_a_rate_outside_zero_one_in_a_regime_file(cli, tmp_path):
     regime = tmp_path / "bad.yaml"
     regime.write_text("dropout: {rate: 1.5, mode: standard}\n")
