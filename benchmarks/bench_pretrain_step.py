@@ -163,11 +163,12 @@ def main() -> None:
             "val_subset": 128,
         },
     )
-    arms = {"model step only": model_step_only, "plain timm + torch": plain_timm_loop, "dropbench pretrain": None}
+    arms = {"model step only": model_step_only, "plain timm + torch": plain_timm_loop}
+    arms["dropbench pretrain"] = dropbench_loop
     speeds: dict[str, list[float]] = {name: [] for name in arms}
     for _ in range(3):  # interleaved, so drift in machine load hits every arm alike
         for name, measure in arms.items():
-            speeds[name].append(measure(backbone, recipe) if measure else dropbench_loop(backbone, recipe))
+            speeds[name].append(measure(backbone, recipe))
     median = {name: statistics.median(values) for name, values in speeds.items()}
     print(f"\n| loop ({args.images} MNIST images, batch {args.batch}, median of 3) | images/s |\n|---|---|")
     for name, value in median.items():

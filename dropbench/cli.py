@@ -8,8 +8,8 @@ from pathlib import Path
 
 from dropbench.core.errors import UserInputError
 
-# The demo's runs side by side on a CPU machine, each with half its cores: on 2 cores, about 1.4× the throughput of one
-# run at a time with both (measured; see the README's "Suites").
+# The demo's runs side by side on a CPU machine, each with half its cores: on 2 cores, 1.58× the throughput of one run
+# at a time with both (measured; see the README's "Suites").
 DEMO_JOBS = 2
 
 FORCE_HELP = "run it even though its records exist (they move to records/superseded/)"

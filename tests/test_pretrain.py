@@ -90,12 +90,16 @@ def test_export_reloads_in_timm_with_identical_outputs(finished_run):
         assert torch.equal(exported(images), reference(images))
 
 
-def _pretrain_command(run: Path, results: Path, settings: dict) -> list[str]:
+def _pretrain_args(out: Path, results: Path, settings: dict, regime: str = "early_dropout") -> list[str]:
+    """``dropbench pretrain`` of the micro ViT on MNIST with the cpu recipe and ``settings`` on top."""
     return [
-        *(sys.executable, "-m", "dropbench.cli", "pretrain", "--backbone", "vit_micro", "--regime", "early_dropout"),
-        *("--recipe", "cpu", "--data", "mnist", "--out", str(run), "--results", str(results)),
-        *(f"{k}={v}" for k, v in settings.items()),
+        *("pretrain", "--backbone", "vit_micro", "--regime", regime, "--recipe", "cpu", "--data", "mnist"),
+        *("--out", str(out), "--results", str(results), *(f"{k}={v}" for k, v in settings.items())),
     ]
+
+
+def _pretrain_command(run: Path, results: Path, settings: dict) -> list[str]:
+    return [sys.executable, "-m", "dropbench.cli", *_pretrain_args(run, results, settings)]
 
 
 def _kill_at_the_first_checkpoint(command: list[str], run: Path, env: dict) -> dict:
@@ -194,11 +198,7 @@ TINY = dict(epochs=1, train_subset=256, val_subset=64, batch_size=64, per_device
 
 
 def _tiny_args(out: Path, results: Path, **changes) -> list[str]:
-    overrides = TINY | changes
-    return [
-        *("pretrain", "--backbone", "vit_micro", "--regime", "no_dropout", "--recipe", "cpu", "--data", "mnist"),
-        *("--out", str(out), "--results", str(results), *(f"{k}={v}" for k, v in overrides.items())),
-    ]
+    return _pretrain_args(out, results, TINY | changes, regime="no_dropout")
 
 
 def test_a_finished_run_is_skipped_and_force_reruns_it_superseding_its_records(cli, tmp_path):
