@@ -209,7 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--backbone", required=True, help="configs/backbones/<name>.yaml, its name, or a timm name")
     pretrain.add_argument("--regime", required=True, help="configs/regimes/<name>.yaml or its name")
     pretrain.add_argument("--recipe", required=True, help="configs/pretrain/<name>.yaml or its name")
-    pretrain.add_argument("--data", required=True, help="'mnist' or an ImageNet-layout folder (train/, val/)")
+    pretrain.add_argument(
+        "--data",
+        required=True,
+        help="'mnist', 'synthetic' (random images, for speed) or an ImageNet-layout folder (train/, val/)",
+    )
     pretrain.add_argument("--out", required=True, help="the run folder")
     pretrain.add_argument("--results", default="results", help="where the result record goes (default: results)")
     pretrain.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")

@@ -76,8 +76,9 @@ class DeviceAugment:
     With ``geometric`` (images held in memory, loaded raw) it first pads, crops and flips the batch; grey images
     become RGB after the resampling (three times less work than before it)."""
 
-    def __init__(self, recipe, input_size: int, device: torch.device, geometric: bool):
+    def __init__(self, recipe, input_size: int, device: torch.device, geometric: bool, channels_last: bool = False):
         self.recipe, self.input_size, self.geometric = recipe, input_size, geometric
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.mean = torch.tensor(IMAGENET_DEFAULT_MEAN, device=device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(IMAGENET_DEFAULT_STD, device=device).view(1, 3, 1, 1) * 255
         self.erase = (
@@ -90,7 +91,8 @@ class DeviceAugment:
         if images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)
         images = (images.float() - self.mean) / self.std
-        return self.erase(images) if self.erase is not None else images
+        images = self.erase(images) if self.erase is not None else images
+        return images.contiguous(memory_format=self.memory_format)
 
     def _crop_and_flip(self, images: torch.Tensor) -> torch.Tensor:
         pad = self.recipe.pad

@@ -131,6 +131,8 @@ class Recipe:
     seed: int = 0
     log_every: int = 50
     recovery_every: int = 0  # also checkpoint every N updates inside an epoch, to resume there (0: epoch ends only)
+    # torch.compile the training step: false, true (inductor) or a backend name (e.g. aot_eager, eager)
+    compile: bool | str = False
     dataset_name: str | None = None  # the records' dataset name (default: from the data, see pretrain.data)
     # what was given on top of the recipe file (command line, suite): labels a variant in the table
     overrides: dict = field(default_factory=dict, compare=False, repr=False)
@@ -185,10 +187,21 @@ class Recipe:
         for name in ("lr", "weight_decay", "smoothing", "reprob", "mixup", "cutmix"):
             if not isinstance(getattr(self, name), (int, float)) or getattr(self, name) < 0:
                 raise UserInputError(f"recipe.{name}", f"{getattr(self, name)!r} must be a number >= 0")
+        if self.compile is not False and self.compile_backend not in _compile_backends():
+            raise UserInputError(
+                "recipe.compile",
+                f"{self.compile!r} is not true, false or a torch.compile backend"
+                f"{did_you_mean(str(self.compile), _compile_backends())}",
+            )
         for name in ("train_subset", "val_subset"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise UserInputError(f"recipe.{name}", f"{value!r} must be a positive integer or null")
+
+    @property
+    def compile_backend(self) -> str | None:
+        """The torch.compile backend, None when the step runs eagerly."""
+        return "inductor" if self.compile is True else (self.compile or None)
 
     def to_dict(self) -> dict:
         settings = dataclasses.asdict(self) | {"scale": list(self.scale)}
@@ -196,13 +209,19 @@ class Recipe:
         return settings
 
     def settings(self) -> dict:
-        """What changes a run's result: every field but its name, seed, logging and checkpoint cadence and dataset
-        name."""
-        unchanged = ("name", "seed", "log_every", "recovery_every", "dataset_name")
+        """What changes a run's result: every field but its name, seed, logging and checkpoint cadence, dataset
+        name and compilation (which, like the thread count, changes numbers only at the float-rounding level)."""
+        unchanged = ("name", "seed", "log_every", "recovery_every", "dataset_name", "compile")
         return {k: v for k, v in self.to_dict().items() if k not in unchanged}
 
 
 _FLOAT_FIELDS = {f.name for f in dataclasses.fields(Recipe) if f.type in (float, float | None)}
+
+
+def _compile_backends() -> list[str]:
+    import torch._dynamo
+
+    return torch._dynamo.list_backends(exclude_tags=())
 
 
 def _as_float(value: Any, field_name: str) -> Any:
@@ -217,7 +236,8 @@ def _as_float(value: Any, field_name: str) -> Any:
 
 def pretrain_identity(backbone: BackboneConfig, regime: Regime, recipe: Recipe, dataset: str) -> RunIdentity:
     """The identity of a pretraining run (``dataset``: the name ``pretrain.data.dataset_name`` gives the data)."""
-    recipe_overrides = {k: v for k, v in recipe.overrides.items() if k != "seed"}
+    settings = recipe.settings()
+    recipe_overrides = {k: v for k, v in recipe.overrides.items() if k in settings}  # the seed is a field
     return RunIdentity(
         backbone=backbone.name,
         regime=regime.name,
@@ -230,6 +250,6 @@ def pretrain_identity(backbone: BackboneConfig, regime: Regime, recipe: Recipe, 
         parts={
             "backbone": Part.of({k: v for k, v in backbone.to_dict().items() if k != "name"}),
             "regime": Part.of({k: v for k, v in regime.to_dict().items() if k not in ("name", "description")}),
-            "recipe": Part.of(recipe.settings(), recipe_overrides),
+            "recipe": Part.of(settings, recipe_overrides),
         },
     )

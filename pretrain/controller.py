@@ -4,12 +4,17 @@ Build the model with the regime's *maximum* rates (so timm creates every ``nn.Dr
 and applies its own per-block rule, e.g. ``linspace(0, rate, depth)`` for stochastic depth), then call
 :meth:`DropController.step` once per training iteration: each module's rate becomes
 ``base × rate(t) / max_rate``, where ``base`` is the rate timm gave that module at construction.
+
+For ``torch.compile``, ``tensor_rates=True`` swaps the scheduled modules for twins that read their rate from a
+0-dim buffer: a compiled graph takes a float attribute as a constant (a new rate every iteration would recompile
+it), a buffer as an input.
 """
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from timm.layers import DropPath
 from torch import nn
 
@@ -21,6 +26,63 @@ _RATE_ATTRIBUTE = {DROPOUT: "p", DROP_PATH: "drop_prob"}
 # "timm": keep the rate timm gave each DropPath; "linear": re-base them to linspace(0, rate, blocks), the rule
 # the paper's code uses for every model (timm's MLP-Mixer gives all blocks the same rate).
 DROP_PATH_RULES = ("timm", "linear")
+
+
+class TensorRateDropout(nn.Module):
+    """``nn.Dropout`` with its rate in the buffer ``rate`` (not part of the state dict)."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.register_buffer("rate", torch.tensor(float(p)), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        keep = 1.0 - self.rate
+        return x * (torch.rand_like(x) < keep).to(x.dtype) / keep
+
+
+class TensorRateDropPath(nn.Module):
+    """timm's ``DropPath`` (whole samples dropped, the others scaled by 1/keep) with its rate in the buffer ``rate``."""
+
+    def __init__(self, drop_prob: float):
+        super().__init__()
+        self.register_buffer("rate", torch.tensor(float(drop_prob)), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        keep = 1.0 - self.rate
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        return x * (torch.rand(shape, device=x.device) < keep).to(x.dtype) / keep
+
+
+_TENSOR_RATE = {DROPOUT: TensorRateDropout, DROP_PATH: TensorRateDropPath}
+
+
+def _rate(module: nn.Module, kind: str) -> float:
+    if isinstance(module, (TensorRateDropout, TensorRateDropPath)):
+        return float(module.rate)
+    return float(getattr(module, _RATE_ATTRIBUTE[kind]))
+
+
+def _set_rate(module: nn.Module, kind: str, rate: float) -> None:
+    if isinstance(module, (TensorRateDropout, TensorRateDropPath)):
+        module.rate.fill_(rate)
+    else:
+        setattr(module, _RATE_ATTRIBUTE[kind], rate)
+
+
+def _swap_for_tensor_rate(model: nn.Module, name: str, kind: str) -> nn.Module:
+    """Put the tensor-rate twin of module ``name`` in its place. An attention whose fused kernel takes the dropout
+    rate as a Python float (timm's ``fused_attn``) then computes attention explicitly, through the twin."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name)
+    twin = _TENSOR_RATE[kind](_rate(getattr(parent, child), kind))
+    setattr(parent, child, twin.to(next(model.parameters()).device))
+    if child == "attn_drop" and getattr(parent, "fused_attn", False):
+        parent.fused_attn = False
+    return twin
 
 
 def _is_classifier_head(module_name: str) -> bool:
@@ -59,9 +121,8 @@ class _Scheduled:
         if rate == self.current:
             return
         scale = rate / self.max_rate
-        attribute = _RATE_ATTRIBUTE[self.kind]
         for module, base in zip(self.modules, self.bases, strict=True):
-            setattr(module, attribute, base * scale)
+            _set_rate(module, self.kind, base * scale)
         self.current = rate
 
 
@@ -70,7 +131,8 @@ class DropController:
 
     ``schedules`` maps ``'dropout'`` and/or ``'drop_path'`` to ``(rates, max_rate)``: the per-iteration rate
     array and the rate the model was built with. Kinds without a schedule are left untouched.
-    ``drop_path_rule`` picks the per-module base of stochastic depth (see ``DROP_PATH_RULES``).
+    ``drop_path_rule`` picks the per-module base of stochastic depth (see ``DROP_PATH_RULES``);
+    ``tensor_rates`` swaps the scheduled modules for their tensor-rate twins (for ``torch.compile``).
     """
 
     def __init__(
@@ -78,6 +140,7 @@ class DropController:
         model: nn.Module,
         schedules: dict[str, tuple[Sequence[float], float]],
         drop_path_rule: str = "timm",
+        tensor_rates: bool = False,
     ):
         if drop_path_rule not in DROP_PATH_RULES:
             raise UserInputError("backbone.drop_path_rule", f"'{drop_path_rule}' is not one of {DROP_PATH_RULES}")
@@ -100,18 +163,12 @@ class DropController:
                     kind,
                     f"model '{model_name}' has no {kind} module inside its blocks at rate {max_rate}{hint}",
                 )
-            attribute = _RATE_ATTRIBUTE[kind]
-            bases = [float(getattr(m, attribute)) for _, m in named]
+            bases = [_rate(m, kind) for _, m in named]
             if kind == DROP_PATH and drop_path_rule == "linear":
                 bases = _linear_by_block([name for name, _ in named], float(max_rate))
+            modules = [_swap_for_tensor_rate(model, n, kind) if tensor_rates else m for n, m in named]
             self._scheduled.append(
-                _Scheduled(
-                    kind=kind,
-                    rates=rates,
-                    max_rate=float(max_rate),
-                    modules=[m for _, m in named],
-                    bases=bases,
-                )
+                _Scheduled(kind=kind, rates=rates, max_rate=float(max_rate), modules=modules, bases=bases)
             )
 
     def step(self, iteration: int) -> dict[str, float]:
@@ -125,8 +182,7 @@ class DropController:
 
     def module_rates(self) -> dict[str, list[tuple[float, float]]]:
         """For each scheduled kind, ``(base, current)`` per module: for tests and logging."""
-        attribute = _RATE_ATTRIBUTE
         return {
-            s.kind: [(base, float(getattr(m, attribute[s.kind]))) for m, base in zip(s.modules, s.bases, strict=True)]
+            s.kind: [(base, _rate(m, s.kind)) for m, base in zip(s.modules, s.bases, strict=True)]
             for s in self._scheduled
         }

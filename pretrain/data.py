@@ -1,4 +1,5 @@
-"""Training data: an ImageNet-layout folder (``train/`` and ``val/`` of class folders) or embedded MNIST."""
+"""Training data: an ImageNet-layout folder (``train/`` and ``val/`` of class folders), embedded MNIST, or
+``synthetic``: random ImageNet-shaped images held in memory, for measuring the training step's speed."""
 
 import copy
 from dataclasses import dataclass
@@ -7,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from timm.data import create_transform
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset, Subset, TensorDataset
 from torchvision import transforms
 
 from dropbench.core.errors import UserInputError
@@ -15,6 +16,9 @@ from dropbench.core.readers import IMAGENET_1K, ArrayImageDataset, image_folders
 from dropbench.pretrain.augment import geometric_only
 
 MNIST = "mnist"
+SYNTHETIC = "synthetic"
+SYNTHETIC_CLASSES = 1000
+SYNTHETIC_SIZE = 256  # px: larger than the input, so that the random resized crop resamples as on ImageNet
 
 
 def dataset_name(data: str, recipe=None, data_name: str | None = None) -> str:
@@ -23,16 +27,17 @@ def dataset_name(data: str, recipe=None, data_name: str | None = None) -> str:
     folder's name."""
     if data_name or getattr(recipe, "dataset_name", None):
         return data_name or recipe.dataset_name
-    if data == MNIST:
-        return MNIST
+    if data in (MNIST, SYNTHETIC):
+        return data
     if imagenet_1k_layout(Path(data) / "train"):
         return IMAGENET_1K
     return Path(data).resolve().name
 
 
 class ArrayBatches(Dataset):
-    """Grey images held in memory, served a batch at a time (index with a list) as raw uint8 ``(B, 1, H, W)``
-    tensors: the crop, flip and normalisation happen for the whole batch on the device (``DeviceAugment``)."""
+    """Images held in memory (grey ``(N, H, W)`` or ``(N, C, H, W)``), served a batch at a time (index with a list)
+    as raw uint8 ``(B, C, H, W)`` tensors: the crop, flip and normalisation happen for the whole batch on the device
+    (``DeviceAugment``)."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray):
         self.images, self.labels = images, labels.astype(np.int64)
@@ -41,7 +46,8 @@ class ArrayBatches(Dataset):
         return len(self.images)
 
     def __getitem__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.from_numpy(self.images[indices])[:, None], torch.from_numpy(self.labels[indices])
+        images = torch.from_numpy(self.images[indices])
+        return images[:, None] if images.ndim == 3 else images, torch.from_numpy(self.labels[indices])
 
 
 @dataclass
@@ -79,6 +85,8 @@ def build_data(
     val_tf = create_transform(
         input_size=input_size, is_training=False, interpolation=recipe.interpolation, crop_pct=recipe.crop_pct
     )
+    if data == SYNTHETIC:
+        return _synthetic(recipe, input_size)
     if data == MNIST:
         images, labels = load_mnist("train")
         if recipe.train_subset:
@@ -108,3 +116,19 @@ def build_data(
     return DataSplits(
         name=name, train=train, val=val, num_classes=num_classes, train_plain=train_plain, raw_batches=raw
     )
+
+
+def _synthetic(recipe, input_size: int) -> DataSplits:
+    """``train_subset`` (default 2,560) random RGB images of ``SYNTHETIC_SIZE`` px in 1,000 classes, augmented on
+    the device; ``val_subset`` (default 256) random normalised ones. Seeded: the same images every run."""
+    if not geometric_only(recipe):
+        raise UserInputError("recipe.aa", "synthetic images are augmented on the device: set aa=null color_jitter=null")
+    generator = np.random.default_rng(recipe.seed)
+    count, val_count = recipe.train_subset or 2560, recipe.val_subset or 256
+    images = generator.integers(0, 256, size=(count, 3, SYNTHETIC_SIZE, SYNTHETIC_SIZE), dtype=np.uint8)
+    train = ArrayBatches(images, generator.integers(0, SYNTHETIC_CLASSES, size=count))
+    val = TensorDataset(
+        torch.from_numpy(generator.standard_normal((val_count, 3, input_size, input_size), dtype=np.float32)),
+        torch.from_numpy(generator.integers(0, SYNTHETIC_CLASSES, size=val_count)),
+    )
+    return DataSplits(SYNTHETIC, train, val, SYNTHETIC_CLASSES, train_plain=val, raw_batches=True)

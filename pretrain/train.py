@@ -42,6 +42,7 @@ from dropbench.core.loop import (
     build_scheduler,
     epoch_seed,
     evaluate,
+    gpu_step_settings,
     train_one_epoch,
 )
 from dropbench.core.models import BackboneConfig
@@ -148,12 +149,13 @@ def _flatten(config: dict, prefix: str = "") -> dict:
     return flat
 
 
-_CADENCE = {"recipe.recovery_every"}  # how often a run checkpoints: free to change when it resumes
+# How a run checkpoints and whether its step is compiled: free to change when it resumes.
+_EXECUTION = {"recipe.recovery_every", "recipe.compile"}
 
 
 def _check_same_config(saved: dict, current: dict) -> None:
     saved_flat, current_flat = _flatten(saved), _flatten(current)
-    for key in sorted((saved_flat.keys() | current_flat.keys()) - _CADENCE):
+    for key in sorted((saved_flat.keys() | current_flat.keys()) - _EXECUTION):
         if saved_flat.get(key) != current_flat.get(key):
             raise UserInputError(
                 f"resume.{key}",
@@ -353,13 +355,19 @@ def _build(
     schedules = {
         kind: (getattr(regime, kind).schedule(recipe.epochs, iters_per_epoch), rate) for kind, rate in max_rates.items()
     }
-    controller = DropController(model, schedules, backbone.drop_path_rule)
+    controller = DropController(model, schedules, backbone.drop_path_rule, tensor_rates=recipe.compile is not False)
     random.seed(recipe.seed + distributed.rank)
     np.random.seed(recipe.seed + distributed.rank)
     torch.manual_seed(recipe.seed + distributed.rank)
-    model.to(device)
+    fast = gpu_step_settings(model, recipe.opt, device)
+    model.to(device, memory_format=torch.channels_last if fast.channels_last else torch.preserve_format)
     optimizer = create_optimizer_v2(
-        model, opt=recipe.opt, lr=recipe.lr, weight_decay=recipe.weight_decay, momentum=recipe.momentum
+        model,
+        opt=recipe.opt,
+        lr=recipe.lr,
+        weight_decay=recipe.weight_decay,
+        momentum=recipe.momentum,
+        **({"fused": True} if fast.fused_optimizer else {}),
     )
     mixup, criterion = build_criterion(
         splits.num_classes, recipe.smoothing, recipe.mixup, recipe.cutmix, recipe.mixup_prob, recipe.mixup_switch_prob
@@ -373,7 +381,9 @@ def _build(
         ema=ModelEmaV3(model, decay=recipe.model_ema_decay) if recipe.model_ema else None,
         mixup=mixup,
         criterion=criterion,
-        augment=DeviceAugment(recipe, backbone.input_size, device, geometric=splits.raw_batches),
+        augment=DeviceAugment(
+            recipe, backbone.input_size, device, geometric=splits.raw_batches, channels_last=fast.channels_last
+        ),
         accum_steps=recipe.batch_size // per_update,
         iters_per_epoch=iters_per_epoch,
         schedules=schedules,
@@ -403,6 +413,8 @@ def _train(
     train_model: nn.Module = run.model
     if distributed.world > 1:
         train_model = DistributedDataParallel(run.model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    if recipe.compile_backend:
+        train_model = torch.compile(train_model, backend=recipe.compile_backend)
     autocast = autocast_for(dev, recipe.amp)
     sampler, train_loader, loader_generator, val_loader = _loaders(run.splits, recipe, distributed, dev)
     monitor = _Monitor(run, recipe, place, resumed.epoch, resumed.update, checkpoint, diagnostics, autocast)

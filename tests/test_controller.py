@@ -5,7 +5,7 @@ import torch
 from dropbench.core.errors import UserInputError
 from dropbench.core.models import BackboneConfig
 from dropbench.pretrain.config import Regime
-from dropbench.pretrain.controller import DropController, drop_modules
+from dropbench.pretrain.controller import DropController, TensorRateDropout, TensorRateDropPath, drop_modules
 from dropbench.pretrain.schedules import drop_schedule
 
 from .conftest import MICRO_BACKBONES
@@ -172,3 +172,60 @@ def test_every_dropout_module_holds_the_scheduled_rate(backbone):
     for iteration in (0, 3, 7, 11):
         controller.step(iteration)
         assert _held(modules) == pytest.approx([rates[iteration]] * len(modules), abs=1e-12)
+
+
+def _tensor_rate_vit(**rates) -> tuple[torch.nn.Module, DropController]:
+    model = _build("vit_micro", **rates).train()
+    schedules = {kind: (np.r_[np.linspace(rate, rate / 2, 6), np.zeros(4)], rate) for kind, rate in rates.items()}
+    return model, DropController(model, schedules, tensor_rates=True)
+
+
+def test_tensor_rate_twins_take_the_place_of_every_scheduled_module_and_leave_the_state_dict_alone():
+    keys = set(_build("vit_micro", dropout=0.2, drop_path=0.2).state_dict())
+    model, controller = _tensor_rate_vit(dropout=0.2, drop_path=0.2)
+    assert set(model.state_dict()) == keys
+    assert _drop_modules_by_type(model, "dropout") == [] and _drop_modules_by_type(model, "drop_path") == []
+    assert all(not block.attn.fused_attn for block in model.blocks), "the fused kernel would read a float rate"
+    controller.step(3)
+    for kind, rate in controller.current_rates().items():
+        for base, current in controller.module_rates()[kind]:
+            assert current == pytest.approx(base * rate / 0.2, abs=1e-7)  # a float32 buffer
+
+
+@pytest.mark.parametrize("kind", ["dropout", "drop_path"])
+def test_a_tensor_rate_twin_drops_at_its_rate_and_keeps_the_expectation(kind):
+    model, _ = _tensor_rate_vit(**{kind: 0.3})
+    twin = [module for module in model.modules() if isinstance(module, (TensorRateDropout, TensorRateDropPath))][-1]
+    twin.rate.fill_(0.3)
+    x = torch.ones(4000, 8, 4)
+    out = twin(x)
+    dropped = (out == 0).float().mean().item()
+    assert dropped == pytest.approx(0.3, abs=0.03)
+    assert out.mean().item() == pytest.approx(1.0, abs=0.05)
+    assert torch.equal(twin.eval()(x), x)
+    twin.train().rate.fill_(0.0)
+    assert torch.equal(twin(x), x)
+
+
+@pytest.mark.slow
+def test_a_compiled_model_is_not_recompiled_when_its_rates_change():
+    from torch._dynamo.utils import counters
+
+    def graphs_per_step(tensor_rates: bool, steps: int) -> list[int]:
+        torch._dynamo.reset()
+        counters.clear()
+        model = _build("vit_micro", dropout=0.1, drop_path=0.1).train()
+        rates = np.r_[np.linspace(0.1, 0.05, 6), np.zeros(3)]
+        controller = DropController(
+            model, {"dropout": (rates, 0.1), "drop_path": (rates, 0.1)}, tensor_rates=tensor_rates
+        )
+        compiled = torch.compile(model, backend="aot_eager")
+        counts = []
+        for iteration in range(steps):
+            controller.step(iteration)
+            compiled(torch.randn(4, 3, 32, 32)).sum().backward()
+            counts.append(counters["stats"]["unique_graphs"])
+        return counts
+
+    assert graphs_per_step(tensor_rates=True, steps=9) == [1] * 9, "rates falling to 0, then 0"
+    assert graphs_per_step(tensor_rates=False, steps=3) == [1, 2, 3], "float rates do recompile: the check can fail"

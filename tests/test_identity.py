@@ -30,6 +30,11 @@ def test_overrides_label_the_recipe_part_without_the_seed():
     assert _identity().parts["recipe"].overrides == ""
 
 
+def test_how_a_run_executes_is_neither_a_setting_nor_a_label():
+    executed_otherwise = _identity(compile="aot_eager", recovery_every=7, log_every=3)
+    assert executed_otherwise == _identity(), "a compiled or more often checkpointed run is the same experiment"
+
+
 def test_a_transfer_identity_carries_its_export_parts_and_its_own_seed():
     pretraining = _identity(epochs=4)
     task = Part.of({"lr": 1e-3}, ["train_cfg.max_iters=40"])

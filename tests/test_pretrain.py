@@ -249,3 +249,16 @@ def test_random_init_exports_the_untrained_initialisation_with_a_record(cli, tmp
     record = json.loads(record.read_text())
     assert record["regime"] == "random_init" and 0 <= record["value"] <= 30  # chance is 10 %
     assert [row["epoch"] for row in _read_log(tmp_path / "run")] == ["0"]
+
+
+def test_a_compiled_step_is_compiled_once_while_the_drop_rates_change_every_iteration(tmp_path):
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    backbone, regime = BackboneConfig.load("vit_micro"), Regime.load("early_dropout")
+    recipe = Recipe.load("cpu", TINY | {"epochs": 3, "compile": "aot_eager"})
+    pretrain(backbone, regime, recipe, "mnist", tmp_path / "run", results_dir=tmp_path / "results")
+    rates = [float(row["dropout"]) for row in _read_log(tmp_path / "run")]
+    assert rates[0] > 0 and rates[-1] == 0, "a rate that changes every iteration of the first epoch, then 0"
+    assert counters["stats"]["unique_graphs"] == 1

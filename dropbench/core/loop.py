@@ -1,7 +1,8 @@
 """One training loop for every stage that trains a classifier (pretraining, classification fine-tuning):
 ``train_one_epoch`` and ``evaluate``, plus the builders both stages share (criterion with mixup/cutmix,
-scheduler, autocast)."""
+scheduler, autocast, the GPU step settings)."""
 
+import inspect
 import sys
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -11,6 +12,7 @@ import torch
 import torch.distributed as dist
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import get_optimizer_class
 from timm.scheduler import create_scheduler_v2
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -26,6 +28,26 @@ def autocast_for(device: torch.device, amp: bool) -> Autocast:
     """bf16 autocast on a GPU when ``amp``, else a no-op context."""
     enabled = amp and device.type == "cuda"
     return lambda: torch.autocast("cuda", dtype=torch.bfloat16) if enabled else nullcontext()
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    channels_last: bool = False  # model and batches in NHWC
+    fused_optimizer: bool = False  # the optimizer's fused kernel (``fused=True``)
+
+
+def gpu_step_settings(model: nn.Module, opt: str, device: torch.device) -> StepSettings:
+    """What makes a training step fast on a GPU; the process-wide parts (TF32 matmuls and convolutions, cuDNN's
+    autotuner) are switched on here. channels_last for a model with convolutions beyond its patch embedding, the
+    fused kernel for an optimizer that has one. On the CPU nothing changes."""
+    if device.type != "cuda":
+        return StepSettings()
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
+    convolutions = sum(isinstance(module, nn.Conv2d) for module in model.modules())
+    fused = "fused" in inspect.signature(get_optimizer_class(opt)).parameters
+    return StepSettings(channels_last=convolutions > 1, fused_optimizer=fused)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
