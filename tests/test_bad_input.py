@@ -66,6 +66,15 @@ def test_a_negative_recovery_cadence(cli, tmp_path):
     _assert_one_line_error(cli(*_pretrain_args(out), "recovery_every=-1"), "recipe.recovery_every", out)
 
 
+@pytest.mark.parametrize(
+    ("changes", "override", "field"),
+    [({}, "compile=inductr", "recipe.compile"), (dict(data="synthetic", recipe="basic"), "val_subset=8", "recipe.aa")],
+)
+def test_an_unknown_compile_backend_and_synthetic_data_under_randaugment(cli, tmp_path, changes, override, field):
+    out = tmp_path / "run"
+    _assert_one_line_error(cli(*_pretrain_args(out, **changes), override), field, out)
+
+
 def test_a_rate_outside_zero_one_in_a_regime_file(cli, tmp_path):
     regime = tmp_path / "bad.yaml"
     regime.write_text("dropout: {rate: 1.5, mode: standard}\n")

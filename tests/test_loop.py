@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from dropbench.core.loop import accuracy_metrics, build_criterion, evaluate
+from dropbench.core.loop import StepSettings, accuracy_metrics, build_criterion, evaluate, gpu_step_settings
 from dropbench.core.models import BackboneConfig
 from dropbench.pretrain.config import Recipe, Regime
 from dropbench.pretrain.train import pretrain
@@ -67,3 +67,12 @@ def test_mixup_reaches_the_fine_tuning_loop(cli, tmp_path):
         assert code == 0, err
         losses[name] = float(next(csv.DictReader((work / "log.csv").open()))["train_loss"])
     assert losses["plain"] != pytest.approx(losses["mixed"], rel=1e-3)
+
+
+def test_gpu_step_settings_pick_channels_last_for_convolutional_models_and_the_fused_optimizer():
+    convnext, vit = (BackboneConfig.load(name).create_model(10) for name in ("convnext_micro", "vit_micro"))
+    assert gpu_step_settings(convnext, "adamw", torch.device("cpu")) == StepSettings(), "the CPU keeps its numerics"
+    cuda = torch.device("cuda")  # the decision only: nothing is moved to a GPU
+    assert gpu_step_settings(convnext, "adamw", cuda) == StepSettings(channels_last=True, fused_optimizer=True)
+    assert gpu_step_settings(vit, "lamb", cuda) == StepSettings(channels_last=False, fused_optimizer=False)
+    torch.backends.cudnn.benchmark = False
