@@ -78,7 +78,7 @@ def dropbench_arm(backbone: BackboneConfig, args, device: torch.device, compile_
         run = Path(tmp) / "run"
         pretrain(
             backbone,
-            Regime("annealed_dropout", dropout=DropSetting(rate=0.1, mode="annealed")),
+            Regime("annealed_dropout", dropout=DropSetting(rate=0.1, mode="annealed", shape="linear")),
             recipe_for(args, compile_backend),
             SYNTHETIC,
             run,
