@@ -1,5 +1,5 @@
 """The ``dropbench`` command: ``schedule``, ``pretrain``, ``transfer cls|det|seg``, ``compare``, ``plot``,
-``suite``, ``demo``, ``import`` and ``eval``."""
+``suite``, ``demo``, ``import``, ``eval`` and ``data shard``."""
 
 import argparse
 import json
@@ -172,6 +172,17 @@ def _compare(args: argparse.Namespace) -> None:
     print(text, end="")
 
 
+def _shard(args: argparse.Namespace) -> None:
+    from dropbench.pretrain.shards import write_shards
+
+    info = write_shards(args.folder, args.out, args.shard_size)
+    counts = ", ".join(
+        f"{split} {part['num_samples']} images in {len(part['filenames'])} shards"
+        for split, part in info["splits"].items()
+    )
+    print(f"{args.out}: {counts}; train with --data {args.out}")
+
+
 def _suite(args: argparse.Namespace) -> None:
     from dropbench.suite import run_suite
 
@@ -334,6 +345,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="local executor on the CPU: runs side by side, each with cores/N threads (default 1: one after another)",
     )
     suite.set_defaults(run=_suite)
+
+    data = commands.add_parser("data", help="prepare data: 'shard' packs an image folder into WebDataset shards")
+    data_tools = data.add_subparsers(dest="tool", required=True, parser_class=_Parser)
+    shard = data_tools.add_parser(
+        "shard", help="FOLDER (train/, val/ of class folders) → OUT/{train,val}-NNNNNN.tar and _info.json"
+    )
+    shard.add_argument("folder")
+    shard.add_argument("out")
+    shard.add_argument("--shard-size", type=int, default=1000, help="images per shard (default 1000)")
+    shard.set_defaults(run=_shard)
 
     demo = commands.add_parser(
         "demo",

@@ -1,5 +1,6 @@
-"""Training data: an ImageNet-layout folder (``train/`` and ``val/`` of class folders), embedded MNIST, or
-``synthetic``: random ImageNet-shaped images held in memory, for measuring the training step's speed."""
+"""Training data: an ImageNet-layout folder (``train/`` and ``val/`` of class folders), WebDataset shards of one
+(``dropbench data shard``), embedded MNIST, or ``synthetic``: random ImageNet-shaped images held in memory, for
+measuring the training step's speed."""
 
 import copy
 from dataclasses import dataclass
@@ -12,8 +13,16 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 from torchvision import transforms
 
 from dropbench.core.errors import UserInputError
-from dropbench.core.readers import IMAGENET_1K, ArrayImageDataset, image_folders, imagenet_1k_layout, load_mnist
+from dropbench.core.readers import (
+    IMAGENET_1K,
+    ArrayImageDataset,
+    image_folders,
+    imagenet_1k_classes,
+    imagenet_1k_layout,
+    load_mnist,
+)
 from dropbench.pretrain.augment import geometric_only
+from dropbench.pretrain.shards import is_shard_folder, read_info, shard_datasets
 
 MNIST = "mnist"
 SYNTHETIC = "synthetic"
@@ -29,6 +38,9 @@ def dataset_name(data: str, recipe=None, data_name: str | None = None) -> str:
         return data_name or recipe.dataset_name
     if data in (MNIST, SYNTHETIC):
         return data
+    if is_shard_folder(data):  # named as the folder it was made from
+        info = read_info(Path(data))
+        return IMAGENET_1K if imagenet_1k_classes(info["classes"]) else info["name"]
     if imagenet_1k_layout(Path(data) / "train"):
         return IMAGENET_1K
     return Path(data).resolve().name
@@ -53,11 +65,13 @@ class ArrayBatches(Dataset):
 @dataclass
 class DataSplits:
     name: str
-    train: Dataset  # uint8 images; an ArrayBatches when ``raw_batches``
+    train: Dataset  # uint8 images; an ArrayBatches when ``raw_batches``; a stream (IterableDataset) when ``streamed``
     val: Dataset
     num_classes: int
-    train_plain: Dataset  # the training images through the evaluation transform (for measurements)
+    train_plain: Dataset | None  # the training images through the evaluation transform (for measurements)
     raw_batches: bool  # the training set serves whole uncropped batches, augmented on the device
+    train_images: int  # in the whole training set (a stream has no length of its own)
+    streamed: bool = False
 
 
 def _train_transform(recipe, input_size: int):
@@ -87,6 +101,8 @@ def build_data(
     )
     if data == SYNTHETIC:
         return _synthetic(recipe, input_size)
+    if is_shard_folder(data):
+        return _shards(Path(data), recipe, input_size, val_tf, data_name)
     if data == MNIST:
         images, labels = load_mnist("train")
         if recipe.train_subset:
@@ -113,9 +129,7 @@ def build_data(
             train, train_plain = Subset(train, keep), Subset(train_plain, keep)
     if recipe.val_subset:
         val = Subset(val, range(min(recipe.val_subset, len(val))))
-    return DataSplits(
-        name=name, train=train, val=val, num_classes=num_classes, train_plain=train_plain, raw_batches=raw
-    )
+    return DataSplits(name, train, val, num_classes, train_plain, raw, train_images=len(train))
 
 
 def _synthetic(recipe, input_size: int) -> DataSplits:
@@ -131,4 +145,20 @@ def _synthetic(recipe, input_size: int) -> DataSplits:
         torch.from_numpy(generator.standard_normal((val_count, 3, input_size, input_size), dtype=np.float32)),
         torch.from_numpy(generator.integers(0, SYNTHETIC_CLASSES, size=val_count)),
     )
-    return DataSplits(SYNTHETIC, train, val, SYNTHETIC_CLASSES, train_plain=val, raw_batches=True)
+    return DataSplits(SYNTHETIC, train, val, SYNTHETIC_CLASSES, val, raw_batches=True, train_images=count)
+
+
+def _shards(root: Path, recipe, input_size: int, val_tf, data_name: str | None) -> DataSplits:
+    """The shards of ``dropbench data shard``, streamed through timm's ``wds/`` reader by the loader's workers."""
+    if recipe.workers < 1:
+        raise UserInputError("recipe.workers", "shards are streamed by loader workers: set workers >= 1")
+    if recipe.train_subset or recipe.val_subset:
+        raise UserInputError(
+            "recipe.train_subset", "a stream of shards has no subset: set train_subset and val_subset to null"
+        )
+    info, train, val = shard_datasets(
+        root, recipe.per_device_batch, recipe.seed, recipe.workers, _train_transform(recipe, input_size), val_tf
+    )
+    name = dataset_name(str(root), recipe, data_name)
+    count = info["splits"]["train"]["num_samples"]
+    return DataSplits(name, train, val, len(info["classes"]), None, False, train_images=count, streamed=True)

@@ -269,6 +269,8 @@ def pretrain(
     distributed, dev = _init_distributed(device)
     _prepare_run_folder(out, resume, force, distributed)
     run = _build(backbone, regime, recipe, data, data_name, distributed, dev, check_images=not resume)
+    if diagnostics and run.splits.train_plain is None:
+        raise UserInputError("--diagnostics", "it reads training images at random: train on the folder, not its shards")
     config = run_config(backbone, regime, recipe, run.splits.name)
     checkpoint = _read_checkpoint(out, resume, config)
     started = checkpoint["started"] if checkpoint else datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -343,11 +345,11 @@ def _build(
             "recipe.per_device_batch",
             f"{recipe.per_device_batch} × {distributed.world} processes must divide batch_size={recipe.batch_size}",
         )
-    iters_per_epoch = len(splits.train) // recipe.batch_size
+    iters_per_epoch = splits.train_images // recipe.batch_size
     if iters_per_epoch < 1:
         raise UserInputError(
             "recipe.batch_size",
-            f"{recipe.batch_size} exceeds the {len(splits.train)} training images; lower it",
+            f"{recipe.batch_size} exceeds the {splits.train_images} training images; lower it",
         )
     max_rates = regime.max_rates()
     torch.manual_seed(recipe.seed)
@@ -547,9 +549,36 @@ class _SeededSamples(Dataset):
         return self.dataset[index]
 
 
+class _StreamedEpochs:
+    """A loader over a stream of shards, with ``_EpochSampler``'s ``set_epoch``: timm's reader reshuffles shards and
+    samples from the epoch and each worker's seed (the loader's generator gives those per epoch, and the workers start
+    afresh every epoch), so an epoch's stream is the same every time; a resumed epoch reads through the batches its
+    recovery point had done."""
+
+    def __init__(self, loader: DataLoader):
+        self.loader, self.skip = loader, 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.loader.dataset.set_epoch(epoch)
+        self.skip = skip // self.loader.batch_size
+
+    def __iter__(self):
+        return itertools.islice(iter(self.loader), self.skip, None)
+
+
+def _stream_loaders(splits: DataSplits, recipe: Recipe, dev: torch.device):
+    """``_loaders`` for shards: timm's reader gives each rank and worker its own shards (of val too)."""
+    generator = torch.Generator()
+    common = {"batch_size": recipe.per_device_batch, "num_workers": recipe.workers, "pin_memory": dev.type == "cuda"}
+    epochs = _StreamedEpochs(DataLoader(splits.train, **common, drop_last=True, generator=generator))
+    return epochs, epochs, generator, DataLoader(splits.val, **common)
+
+
 def _loaders(splits: DataSplits, recipe: Recipe, distributed: _Dist, dev: torch.device):
     """``(sampler, train loader, its generator, val loader over this rank's shard)``. Images transformed in loader
     workers are seeded one by one (``_SeededSamples``); the workers persist across epochs."""
+    if splits.streamed:
+        return _stream_loaders(splits, recipe, dev)
     seeded = recipe.workers > 0 and not splits.raw_batches
     train = _SeededSamples(splits.train, recipe.seed) if seeded else splits.train
     sampler = _EpochSampler(

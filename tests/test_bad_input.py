@@ -120,6 +120,27 @@ def test_an_unreadable_image_is_named(cli, tmp_path):
     assert "broken.png" in result[2]
 
 
+def test_sharding_into_an_existing_folder_or_with_no_images_per_shard(cli, tmp_path):
+    data = _image_folder(tmp_path / "data")
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    code, _, err = cli("data", "shard", str(data), str(taken))
+    assert code == 2 and err.startswith("error: out:") and err.count("\n") == 1, err
+    code, _, err = cli("data", "shard", str(data), str(tmp_path / "shards"), "--shard-size", "0")
+    assert code == 2 and "--shard-size" in err and not (tmp_path / "shards").exists(), err
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [(["workers=0", "train_subset=null", "val_subset=null"], "recipe.workers"), (["workers=1"], "recipe.train_subset")],
+)
+def test_shards_are_streamed_by_workers_without_subsets(cli, tmp_path, overrides, field):
+    shards = tmp_path / "shards"
+    assert cli("data", "shard", str(_image_folder(tmp_path / "data")), str(shards))[0] == 0
+    out = tmp_path / "run"
+    _assert_one_line_error(cli(*_pretrain_args(out, data=str(shards)), *overrides), field, out)
+
+
 def test_resume_without_a_checkpoint(cli, tmp_path):
     out = tmp_path / "run"
     _assert_one_line_error(cli(*_pretrain_args(out), "--resume"), "resume", out)

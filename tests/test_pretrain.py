@@ -9,12 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from dropbench.core.export import load_exported_model
 from dropbench.core.identity import ResultRecord
 from dropbench.core.models import BackboneConfig
+from dropbench.core.readers import load_mnist
 from dropbench.pretrain.config import Recipe, Regime
+from dropbench.pretrain.shards import write_shards
 from dropbench.pretrain.train import CHECKPOINT_FILE, load_checkpoint, pretrain
 
 pytestmark = pytest.mark.slow
@@ -90,16 +93,32 @@ def test_export_reloads_in_timm_with_identical_outputs(finished_run):
         assert torch.equal(exported(images), reference(images))
 
 
-def _pretrain_args(out: Path, results: Path, settings: dict, regime: str = "early_dropout") -> list[str]:
-    """``dropbench pretrain`` of the micro ViT on MNIST with the cpu recipe and ``settings`` on top."""
+def _pretrain_args(
+    out: Path, results: Path, settings: dict, regime: str = "early_dropout", data: str = "mnist"
+) -> list[str]:
+    """``dropbench pretrain`` of the micro ViT (on MNIST) with the cpu recipe and ``settings`` on top."""
     return [
-        *("pretrain", "--backbone", "vit_micro", "--regime", regime, "--recipe", "cpu", "--data", "mnist"),
+        *("pretrain", "--backbone", "vit_micro", "--regime", regime, "--recipe", "cpu", "--data", str(data)),
         *("--out", str(out), "--results", str(results), *(f"{k}={v}" for k, v in settings.items())),
     ]
 
 
-def _pretrain_command(run: Path, results: Path, settings: dict) -> list[str]:
-    return [sys.executable, "-m", "dropbench.cli", *_pretrain_args(run, results, settings)]
+def _pretrain_command(run: Path, results: Path, settings: dict, data: str = "mnist") -> list[str]:
+    return [sys.executable, "-m", "dropbench.cli", *_pretrain_args(run, results, settings, data=data)]
+
+
+@pytest.fixture(scope="module")
+def mnist_shards(tmp_path_factory) -> Path:
+    """SMALL's 3,072 training and 256 validation MNIST images as a folder, then as shards of 500 images."""
+    root = tmp_path_factory.mktemp("shards")
+    images, labels = load_mnist("train")
+    for split, indices in (("train", range(3072)), ("val", range(3072, 3328))):
+        for index in indices:
+            folder = root / "folder" / split / str(labels[index])
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(images[index]).save(folder / f"{index}.png")
+    write_shards(root / "folder", root / "shards", shard_size=500)
+    return root / "shards"
 
 
 def _kill_at_the_first_checkpoint(command: list[str], run: Path, env: dict) -> dict:
@@ -143,20 +162,24 @@ def test_resume_after_an_interruption_ends_with_the_weights_of_an_uninterrupted_
     [
         "batched",  # images in memory, cropped on the device from torch's generator
         "per-image workers",  # RandAugment per image in 2 loader workers, seeded per image
+        "shards",  # a WebDataset stream through timm's reader in 2 workers, seeded per epoch and worker
     ],
 )
-def test_a_run_killed_mid_epoch_resumes_at_the_next_batch_with_identical_weights(finished_run, tmp_path, path):
+def test_a_run_killed_mid_epoch_resumes_at_the_next_batch_with_identical_weights(finished_run, tmp_path, path, request):
     env = os.environ | {"OMP_NUM_THREADS": str(torch.get_num_threads())}
+    data = request.getfixturevalue("mnist_shards") if path == "shards" else "mnist"
     if path == "batched":
         settings, uninterrupted = SMALL, finished_run
     else:
         settings = SMALL | {"epochs": 2, "aa": "rand-m9-mstd0.5-inc1", "workers": 2}
+        if path == "shards":
+            settings |= {"train_subset": "null", "val_subset": "null"}
         uninterrupted = tmp_path / "uninterrupted"
-        command = _pretrain_command(uninterrupted, tmp_path / "results-uninterrupted", settings)
+        command = _pretrain_command(uninterrupted, tmp_path / "results-uninterrupted", settings, data)
         done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
         assert done.returncode == 0, done.stderr
     run = tmp_path / "run"
-    command = _pretrain_command(run, tmp_path / "results", settings | {"recovery_every": 5})
+    command = _pretrain_command(run, tmp_path / "results", settings | {"recovery_every": 5}, data)
     checkpoint = _kill_at_the_first_checkpoint(command, run, env)
     assert checkpoint["epoch"] == 0 and checkpoint["within_epoch"]["updates"] % 5 == 0
     assert 0 < checkpoint["within_epoch"]["updates"] < 48  # 3072 images, 64 per update: 48 updates an epoch

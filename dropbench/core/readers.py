@@ -116,5 +116,9 @@ def imagenet_1k_layout(split_folder: Path) -> bool:
     if not split_folder.is_dir():
         return False
     with os.scandir(split_folder) as entries:
-        classes = [e.name for e in entries if e.is_dir()]
+        return imagenet_1k_classes([e.name for e in entries if e.is_dir()])
+
+
+def imagenet_1k_classes(classes: list[str]) -> bool:
+    """Whether class names are ImageNet-1k's 1000 WordNet ids."""
     return len(classes) == 1000 and all(_WORDNET_ID.fullmatch(c) for c in classes)
