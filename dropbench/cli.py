@@ -106,6 +106,8 @@ def _transfer_cls(args: argparse.Namespace) -> None:
 
 
 def _transfer_dense(args: argparse.Namespace) -> None:
+    from dropbench.core.tracking import check_trackers
+
     if args.task == "det":
         from dropbench.transfer.detection import transfer_detection as transfer
     else:
@@ -119,6 +121,7 @@ def _transfer_dense(args: argparse.Namespace) -> None:
         launcher=args.launcher,
         seed=args.seed,
         force=args.force,
+        loggers=check_trackers(args.loggers, "--loggers"),
     )
 
 
@@ -275,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
         dense.add_argument("--launcher", choices=("none", "pytorch", "slurm"), default="none")
         dense.add_argument("--seed", type=int, default=0, help="the transfer seed: mmengine's randomness (default 0)")
         dense.add_argument("--force", action="store_true", help=FORCE_HELP)
+        dense.add_argument(
+            "--loggers", nargs="+", default=[], metavar="TRACKER", help="also log to: tensorboard, wandb, mlflow"
+        )
         dense.set_defaults(run=_transfer_dense)
 
     imports = commands.add_parser(

@@ -90,7 +90,8 @@ class DeviceAugment:
             images = self._crop_and_flip(images)
         if images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)
-        images = (images.float() - self.mean) / self.std
+        images = images.float().contiguous()  # a grey batch expanded to RGB is a view: materialised here
+        images = images.sub_(self.mean).div_(self.std)  # in place: one float batch allocated, not three
         images = self.erase(images) if self.erase is not None else images
         return images.contiguous(memory_format=self.memory_format)
 

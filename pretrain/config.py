@@ -8,6 +8,7 @@ from dropbench.core.configs import check_keys, known_configs, load_yaml, resolve
 from dropbench.core.errors import UserInputError, did_you_mean
 from dropbench.core.identity import Part, RunIdentity
 from dropbench.core.models import BackboneConfig
+from dropbench.core.tracking import check_trackers
 from dropbench.pretrain.schedules import CUTOFF_MODES, drop_schedule, validate_schedule
 
 # The schedulers timm's create_scheduler_v2 knows (timm 1.0).
@@ -133,6 +134,7 @@ class Recipe:
     recovery_every: int = 0  # also checkpoint every N updates inside an epoch, to resume there (0: epoch ends only)
     # torch.compile the training step: false, true (inductor) or a backend name (e.g. aot_eager, eager)
     compile: bool | str = False
+    loggers: tuple[str, ...] = ("tensorboard",)  # any of tensorboard, wandb, mlflow (dropbench.core.tracking)
     dataset_name: str | None = None  # the records' dataset name (default: from the data, see pretrain.data)
     # what was given on top of the recipe file (command line, suite): labels a variant in the table
     overrides: dict = field(default_factory=dict, compare=False, repr=False)
@@ -156,6 +158,8 @@ class Recipe:
             data[key] = _as_float(data[key], f"recipe.{key}")
         if "scale" in data:
             data["scale"] = tuple(_as_float(v, "recipe.scale") for v in data["scale"])
+        if "loggers" in data:
+            data["loggers"] = check_trackers(data["loggers"] or [], "recipe.loggers")
         recipe = cls(**data)
         recipe.validate()
         return recipe
@@ -210,8 +214,8 @@ class Recipe:
 
     def settings(self) -> dict:
         """What changes a run's result: every field but its name, seed, logging and checkpoint cadence, dataset
-        name and compilation (which, like the thread count, changes numbers only at the float-rounding level)."""
-        unchanged = ("name", "seed", "log_every", "recovery_every", "dataset_name", "compile")
+        name, trackers and compilation (which, like the thread count, changes numbers only at float rounding)."""
+        unchanged = ("name", "seed", "log_every", "recovery_every", "dataset_name", "compile", "loggers")
         return {k: v for k, v in self.to_dict().items() if k not in unchanged}
 
 

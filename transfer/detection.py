@@ -147,6 +147,7 @@ def transfer_detection(
     launcher: str = "none",
     seed: int = 0,
     force: bool = False,
+    loggers: tuple[str, ...] = (),
 ) -> list[Path]:
     """Fine-tune Mask R-CNN on ``backbone`` with ``config``; records box and mask AP (and AP50/AP75)."""
     return run_transfer(
@@ -159,4 +160,5 @@ def transfer_detection(
         launcher,
         seed=seed,
         force=force,
+        loggers=loggers,
     )

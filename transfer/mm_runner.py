@@ -22,6 +22,7 @@ from dropbench.core.configs import parse_key_values
 from dropbench.core.errors import UserInputError, did_you_mean
 from dropbench.core.export import read_sidecar
 from dropbench.core.identity import Part, RunIdentity
+from dropbench.core.tracking import vis_backends
 from dropbench.core.version import code_version
 from dropbench.transfer.backbone import TimmBackbone
 
@@ -184,10 +185,12 @@ def run_transfer(
     launcher: str,
     seed: int = 0,
     force: bool = False,
+    loggers: tuple[str, ...] = (),
 ) -> list[Path]:
     """Train and evaluate ``config`` on the export ``backbone``; returns the record files written.
 
-    A run whose records exist is skipped (``force`` runs it again and supersedes them)."""
+    A run whose records exist is skipped (``force`` runs it again and supersedes them). ``loggers`` adds trackers
+    (tensorboard, wandb, mlflow) to mmengine's visualiser, beside its local files."""
     from mmengine.runner import Runner
 
     sidecar = read_sidecar(backbone)
@@ -203,6 +206,8 @@ def run_transfer(
     spec.prepare_data(cfg)
     cfg.work_dir = str(work_dir)
     cfg.launcher = launcher
+    if loggers:
+        cfg.visualizer.vis_backends = vis_backends(loggers, work_dir, f"{work_dir.parent.name}/{work_dir.name}")
     _seed(cfg, seed)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     try:

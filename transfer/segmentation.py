@@ -183,6 +183,7 @@ def transfer_segmentation(
     launcher: str = "none",
     seed: int = 0,
     force: bool = False,
+    loggers: tuple[str, ...] = (),
 ) -> list[Path]:
     """Fine-tune UperNet on ``backbone`` with ``config``; records mIoU, mAcc, aAcc (and multi-scale+flip mIoU)."""
     return run_transfer(
@@ -195,4 +196,5 @@ def transfer_segmentation(
         launcher,
         seed=seed,
         force=force,
+        loggers=loggers,
     )

@@ -12,6 +12,7 @@ import yaml
 from dropbench.core.configs import CONFIG_ROOT, check_keys, parse_key_values, shipped_path
 from dropbench.core.errors import UserInputError, did_you_mean
 from dropbench.core.identity import Part
+from dropbench.core.tracking import check_trackers
 
 TRANSFER_KINDS = {"det": "detection", "seg": "segmentation", "cls": "classification"}
 
@@ -39,8 +40,8 @@ BACKBONE_KEYS = ("backbone", "regimes")
 OUTPUT_KEYS = ("runs", "results")
 
 TASK_KEYS = {
-    "det": ("kind", "name", "config", "cfg_options"),
-    "seg": ("kind", "name", "config", "cfg_options"),
+    "det": ("kind", "name", "config", "cfg_options", "loggers"),
+    "seg": ("kind", "name", "config", "cfg_options", "loggers"),
     "cls": ("kind", "name", "dataset", "protocol", "overrides"),
 }
 
@@ -174,7 +175,9 @@ def _dense_task(index: int, raw: dict, kind: str) -> Task:
     dataset, protocol, part = task_identity(cfg, config, options)
     trailing = ("--cfg-options", *options) if options else ()
     name = raw.get("name") or f"{kind}-{config.stem}"
-    return Task(kind, name, dataset, protocol, part, ("--config", str(config)), trailing)
+    loggers = check_trackers(raw.get("loggers", []), f"{prefix}.loggers")
+    arguments = ("--config", str(config), *(("--loggers", *loggers) if loggers else ()))
+    return Task(kind, name, dataset, protocol, part, arguments, trailing)
 
 
 def _cls_task(index: int, raw: dict) -> Task:
