@@ -793,3 +793,25 @@ def test_a_suite_of_imported_exports_runs_only_their_transfers(cli, exports, tmp
     suite.write_text(suite.read_text().replace(str(exports["vit_micro"]), str(tmp_path / "nowhere")))
     code, _, err = cli("suite", suite, "--dry-run")
     assert code == 2 and "exports[0]" in err
+
+
+def test_trackers_reach_the_pretraining_and_det_seg_commands_but_not_the_identity(cli, tmp_path):
+    plain = load_suite(_suite(tmp_path, name="plain"))
+    tracked = _suite(
+        tmp_path,
+        name="tracked",
+        pretrain={
+            "recipe": "cpu",
+            "data": "mnist",
+            "overrides": TINY_PRETRAIN | {"loggers": ["tensorboard", "mlflow"]},
+        },
+        transfers=[DET | {"loggers": ["wandb", "mlflow"]}],
+    )
+    code, out, err = cli("suite", tracked, "--dry-run", "--gpus", "0")
+    assert code == 0, err
+    pretraining, detection = (line for line in out.splitlines() if "$ " in line)
+    assert """'loggers=["tensorboard", "mlflow"]'""" in pretraining
+    assert "--loggers wandb mlflow" in detection
+    assert [run.identity for run in load_suite(tracked).runs] == [run.identity for run in plain.runs]
+    code, _, err = cli("suite", _suite(tmp_path, name="bad", transfers=[DET | {"loggers": ["neptune"]}]), "--dry-run")
+    assert code == 2 and "transfers[0].loggers" in err and err.count("\n") == 1, err
