@@ -7,7 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
 if ! "$PYTHON" -c "import dropbench.pretrain.train" 2>/dev/null; then
-    "$PYTHON" -m pip install --quiet --no-deps --no-build-isolation --no-index -e . >&2
+    "$PYTHON" -m pip install --quiet --no-deps --no-build-isolation --no-index -e . >&2 || {
+        echo "error: cannot install dropbench from this checkout (pip install --no-deps -e . needs setuptools)" >&2
+        exit 2
+    }
 fi
 "$PYTHON" -c "import torch; print('GPU:', torch.cuda.get_device_name() if torch.cuda.is_available() else 'none')"
 exec "$PYTHON" benchmarks/gpu_check.py "$@"
