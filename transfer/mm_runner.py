@@ -206,8 +206,12 @@ def run_transfer(
     spec.prepare_data(cfg)
     cfg.work_dir = str(work_dir)
     cfg.launcher = launcher
-    if loggers:
-        cfg.visualizer.vis_backends = vis_backends(loggers, work_dir, f"{work_dir.parent.name}/{work_dir.name}")
+    if cfg.get("visualizer") is not None:
+        # mmengine hands out the visualiser by name, one per process: a second run under the shipped name
+        # 'visualizer' would get the first one, with its folder and backends
+        cfg.visualizer.name = f"visualizer:{work_dir.resolve()}"
+        if loggers:
+            cfg.visualizer.vis_backends = vis_backends(loggers, work_dir, f"{work_dir.parent.name}/{work_dir.name}")
     _seed(cfg, seed)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     try:
