@@ -28,46 +28,31 @@ _RATE_ATTRIBUTE = {DROPOUT: "p", DROP_PATH: "drop_prob"}
 DROP_PATH_RULES = ("timm", "linear")
 
 
-class TensorRateDropout(nn.Module):
-    """``nn.Dropout`` with its rate in the buffer ``rate`` (not part of the state dict)."""
+class TensorRateDrop(nn.Module):
+    """Dropout of elements (``kind`` 'dropout', as ``nn.Dropout``) or of whole samples ('drop_path', as timm's
+    ``DropPath``), the survivors scaled by 1/keep, with the rate in the buffer ``rate`` (not in the state dict)."""
 
-    def __init__(self, p: float):
+    def __init__(self, kind: str, rate: float):
         super().__init__()
-        self.register_buffer("rate", torch.tensor(float(p)), persistent=False)
+        self.kind = kind
+        self.register_buffer("rate", torch.tensor(float(rate)), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return x
         keep = 1.0 - self.rate
-        return x * (torch.rand_like(x) < keep).to(x.dtype) / keep
-
-
-class TensorRateDropPath(nn.Module):
-    """timm's ``DropPath`` (whole samples dropped, the others scaled by 1/keep) with its rate in the buffer ``rate``."""
-
-    def __init__(self, drop_prob: float):
-        super().__init__()
-        self.register_buffer("rate", torch.tensor(float(drop_prob)), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training:
-            return x
-        keep = 1.0 - self.rate
-        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-        return x * (torch.rand(shape, device=x.device) < keep).to(x.dtype) / keep
-
-
-_TENSOR_RATE = {DROPOUT: TensorRateDropout, DROP_PATH: TensorRateDropPath}
+        shape = x.shape if self.kind == DROPOUT else (x.shape[0],) + (1,) * (x.ndim - 1)
+        return x * (torch.rand(shape, device=x.device) < keep).to(x.dtype) / keep  # float32 draws under autocast
 
 
 def _rate(module: nn.Module, kind: str) -> float:
-    if isinstance(module, (TensorRateDropout, TensorRateDropPath)):
+    if isinstance(module, TensorRateDrop):
         return float(module.rate)
     return float(getattr(module, _RATE_ATTRIBUTE[kind]))
 
 
 def _set_rate(module: nn.Module, kind: str, rate: float) -> None:
-    if isinstance(module, (TensorRateDropout, TensorRateDropPath)):
+    if isinstance(module, TensorRateDrop):
         module.rate.fill_(rate)
     else:
         setattr(module, _RATE_ATTRIBUTE[kind], rate)
@@ -78,7 +63,7 @@ def _swap_for_tensor_rate(model: nn.Module, name: str, kind: str) -> nn.Module:
     rate as a Python float (timm's ``fused_attn``) then computes attention explicitly, through the twin."""
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name)
-    twin = _TENSOR_RATE[kind](_rate(getattr(parent, child), kind))
+    twin = TensorRateDrop(kind, _rate(getattr(parent, child), kind))
     setattr(parent, child, twin.to(next(model.parameters()).device))
     if child == "attn_drop" and getattr(parent, "fused_attn", False):
         parent.fused_attn = False

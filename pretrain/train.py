@@ -32,6 +32,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, Subset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
+from dropbench.core.configs import flatten
 from dropbench.core.errors import UserInputError
 from dropbench.core.export import CHECKPOINT_FILE, EXPORT_DIR, SIDECAR_FILE, export_backbone
 from dropbench.core.io import atomic_write, atomic_write_csv, atomic_write_json
@@ -140,22 +141,12 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _flatten(config: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 # How a run checkpoints, whether its step is compiled, where it is tracked: free to change when it resumes.
 _EXECUTION = {"recipe.recovery_every", "recipe.compile", "recipe.loggers"}
 
 
 def _check_same_config(saved: dict, current: dict) -> None:
-    saved_flat, current_flat = _flatten(saved), _flatten(current)
+    saved_flat, current_flat = flatten(saved), flatten(current)
     for key in sorted((saved_flat.keys() | current_flat.keys()) - _EXECUTION):
         if saved_flat.get(key) != current_flat.get(key):
             raise UserInputError(

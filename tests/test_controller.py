@@ -5,7 +5,7 @@ import torch
 from dropbench.core.errors import UserInputError
 from dropbench.core.models import BackboneConfig
 from dropbench.pretrain.config import Regime
-from dropbench.pretrain.controller import DropController, TensorRateDropout, TensorRateDropPath, drop_modules
+from dropbench.pretrain.controller import DropController, TensorRateDrop, drop_modules
 from dropbench.pretrain.schedules import drop_schedule
 
 from .conftest import MICRO_BACKBONES
@@ -195,13 +195,15 @@ def test_tensor_rate_twins_take_the_place_of_every_scheduled_module_and_leave_th
 @pytest.mark.parametrize("kind", ["dropout", "drop_path"])
 def test_a_tensor_rate_twin_drops_at_its_rate_and_keeps_the_expectation(kind):
     model, _ = _tensor_rate_vit(**{kind: 0.3})
-    twin = [module for module in model.modules() if isinstance(module, (TensorRateDropout, TensorRateDropPath))][-1]
+    twin = [module for module in model.modules() if isinstance(module, TensorRateDrop)][-1]
     twin.rate.fill_(0.3)
     x = torch.ones(4000, 8, 4)
     out = twin(x)
     dropped = (out == 0).float().mean().item()
     assert dropped == pytest.approx(0.3, abs=0.03)
     assert out.mean().item() == pytest.approx(1.0, abs=0.05)
+    whole_samples = ((out == 0).all(dim=(1, 2)) | (out != 0).all(dim=(1, 2))).all().item()
+    assert whole_samples == (kind == "drop_path"), "stochastic depth drops samples, dropout elements"
     assert torch.equal(twin.eval()(x), x)
     twin.train().rate.fill_(0.0)
     assert torch.equal(twin(x), x)

@@ -81,3 +81,14 @@ def parse_key_values(
             raise UserInputError(field, f"'{item}' is not key=value")
         values[key] = parse_value(raw, key)
     return values
+
+
+def flatten(config: dict, prefix: str = "") -> dict:
+    """A nested mapping as one level of dotted keys: ``{"a": {"b": 1}}`` → ``{"a.b": 1}``."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from dropbench.core.configs import flatten
 from dropbench.core.errors import UserInputError
 
 TRACKERS = ("tensorboard", "wandb", "mlflow")
@@ -92,7 +93,7 @@ class _Mlflow:
         else:
             self.run_id = self.client.create_run(experiment_id, run_name=name).info.run_id
             run_file.write_text(self.run_id)
-            for key, value in _flatten(config).items():
+            for key, value in flatten(config).items():
                 self.client.log_param(self.run_id, key, str(value)[:6000])
         self.client.update_run(self.run_id, status="RUNNING")
 
@@ -104,16 +105,6 @@ class _Mlflow:
 
     def close(self) -> None:
         self.client.set_terminated(self.run_id)
-
-
-def _flatten(config: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            flat |= _flatten(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 class Trackers:
