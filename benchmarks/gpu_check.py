@@ -157,7 +157,7 @@ def main() -> None:
                     f"| {memory:.1f} | {mfu} | {graphs} |",
                     flush=True,
                 )
-        print(f"({backbone.name}: {flops / 1e9:.1f} GFLOP per training image; on this device {fast})", flush=True)
+        print(f"({backbone.name}: {flops / 1e9:.3g} GFLOP per training image; on this device {fast})", flush=True)
 
 
 if __name__ == "__main__":
