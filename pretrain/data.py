@@ -96,11 +96,11 @@ def build_data(
 ) -> DataSplits:
     """Train and val datasets for ``recipe`` at ``input_size`` px: training images as uint8 (finished on the
     device by ``DeviceAugment``), validation images through timm's evaluation transform."""
+    if data == SYNTHETIC:
+        return _synthetic(recipe, input_size)
     val_tf = create_transform(
         input_size=input_size, is_training=False, interpolation=recipe.interpolation, crop_pct=recipe.crop_pct
     )
-    if data == SYNTHETIC:
-        return _synthetic(recipe, input_size)
     if is_shard_folder(data):
         return _shards(Path(data), recipe, input_size, val_tf, data_name)
     if data == MNIST:

@@ -17,9 +17,10 @@ from typing import Any
 
 from dropbench.core.configs import flatten
 from dropbench.core.errors import UserInputError
+from dropbench.core.io import atomic_write_text
 
-TRACKERS = ("tensorboard", "wandb", "mlflow")
-_PACKAGE = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+TRACKERS = ("tensorboard", "wandb", "mlflow")  # each also the name of the package it needs
+_PIP_NAME = {"mlflow": "mlflow-skinny"}  # what to install where it differs
 PROJECT = "dropbench"
 MLFLOW_RUN_FILE = "mlflow_run_id"
 
@@ -33,13 +34,9 @@ def check_trackers(names: Any, field: str) -> tuple[str, ...]:
     for name in names:
         if name not in TRACKERS:
             raise UserInputError(field, f"unknown tracker '{name}'; choose from {list(TRACKERS)}")
-        if importlib.util.find_spec(_PACKAGE[name]) is None:
-            raise UserInputError(field, f"'{name}' is not installed: pip install {_install_name(name)}")
+        if importlib.util.find_spec(name) is None:
+            raise UserInputError(field, f"'{name}' is not installed: pip install {_PIP_NAME.get(name, name)}")
     return tuple(dict.fromkeys(names))
-
-
-def _install_name(name: str) -> str:
-    return "mlflow-skinny" if name == "mlflow" else name
 
 
 def _run_id(out: Path) -> str:
@@ -92,7 +89,7 @@ class _Mlflow:
             self.run_id = run_file.read_text().strip()
         else:
             self.run_id = self.client.create_run(experiment_id, run_name=name).info.run_id
-            run_file.write_text(self.run_id)
+            atomic_write_text(run_file, self.run_id)
             for key, value in flatten(config).items():
                 self.client.log_param(self.run_id, key, str(value)[:6000])
         self.client.update_run(self.run_id, status="RUNNING")
