@@ -5,13 +5,14 @@ pretraining seeds, every embedded transfer; finished runs are skipped), then pri
 each column's seed-to-seed std and minimum detectable Δ, the (no_dropout − random_init) Δ of every column with
 its paired 95 % interval, and the wall time per stage.
 
-    python benchmarks/sensitivity.py [--suite configs/suites/sensitivity.yaml]
+    python benchmarks/sensitivity.py [--suite configs/suites/sensitivity.yaml] [--jobs 2]
 """
 
 import argparse
 import time
 from pathlib import Path
 
+from dropbench.cli import DEMO_JOBS
 from dropbench.compare import COLUMN, noise_floor, read_records, render, summarise
 from dropbench.core.configs import CONFIG_ROOT
 from dropbench.suite import execute_local, load_suite, report
@@ -20,10 +21,11 @@ from dropbench.suite import execute_local, load_suite, report
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", default=str(CONFIG_ROOT / "suites" / "sensitivity.yaml"))
+    parser.add_argument("--jobs", type=int, default=DEMO_JOBS, help="runs side by side on the CPU, as for the demo")
     args = parser.parse_args()
     suite = load_suite(args.suite)
     start = time.perf_counter()
-    outcomes = execute_local(suite, Path.cwd(), lambda line: print(line, flush=True))
+    outcomes = execute_local(suite, Path.cwd(), lambda line: print(line, flush=True), jobs=args.jobs)
     text, _ = report(suite, outcomes)
     print(text)
     seconds: dict[str, float] = {}

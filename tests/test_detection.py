@@ -145,6 +145,32 @@ def test_train_and_val_canvases_use_disjoint_mnist_test_digits_deterministically
         assert annotation["category_id"] == int(labels[annotation["mnist_test_index"]]) + 1
 
 
+def test_stroke_placement_packs_more_digits_whose_strokes_keep_apart():
+    from dropbench.transfer.embedded_data import _grow, compose_canvas
+
+    digits, labels = load_mnist("test")
+    counts = {}
+    for placement in ("boxes", "strokes"):
+        spec = CanvasSpec(canvas=64, max_digits=5, min_digit=28, max_digit=40, placement=placement)
+        rng = np.random.default_rng(0)
+        counts[placement] = 0
+        for _ in range(40):
+            _, instances = compose_canvas(rng, digits, labels, spec)
+            counts[placement] += len(instances)
+            inks = [mask | fringe for _, mask, fringe, _ in instances]
+            g = spec.gap
+            for i, first in enumerate(inks):
+                for second in inks[i + 1 :]:
+                    assert not (_grow(first, g)[g:-g, g:-g] & second).any(), "strokes closer than the gap"
+    assert counts["strokes"] >= 1.5 * counts["boxes"]
+
+
+def test_an_unknown_placement_is_refused_naming_the_field(tmp_path):
+    with pytest.raises(UserInputError, match="embedded_data.placement"):
+        make_from_config(dict(type="coco_digits", placement="grid"), tmp_path / "coco", "coco_digits")
+    assert not (tmp_path / "coco").exists()
+
+
 def test_mmdets_coco_dataset_loads_the_generated_data_unchanged(coco_digits):
     from mmdet.datasets import CocoDataset
 

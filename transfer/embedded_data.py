@@ -8,7 +8,8 @@ so mmdet's ``CocoDataset`` reads it exactly as it reads real COCO. Digits come f
 pretraining never trains on; train and val canvases use disjoint digits. Every canvas looks like MNIST — a dark,
 noisy, slowly varying grey background and 1..``max_digits`` light digits of varied scale, position and
 brightness, at about the scale the 32 px pretraining sees them — so that the transfer measures what the backbone
-learned rather than how it copes with a new domain. Digits do not overlap: each mask is the digit's own strokes.
+learned rather than how it copes with a new domain. Digits do not overlap: each mask is the digit's own strokes
+(with ``placement="strokes"`` their boxes may overlap, as COCO's do).
 """
 
 import json
@@ -48,13 +49,12 @@ class CanvasSpec:
 
 def _grow(ink: np.ndarray, pixels: int) -> np.ndarray:
     """``ink`` dilated by ``pixels`` in each direction (a square structuring element)."""
-    grown = np.pad(ink, pixels)
-    side = ink.shape[0]
-    out = np.zeros_like(grown)
+    height, width = ink.shape
+    grown = np.zeros((height + 2 * pixels, width + 2 * pixels), dtype=bool)
     for dy in range(2 * pixels + 1):
         for dx in range(2 * pixels + 1):
-            out[dy : dy + side, dx : dx + ink.shape[1]] |= ink
-    return out
+            grown[dy : dy + height, dx : dx + width] |= ink
+    return grown
 
 
 def _fits(taken: np.ndarray, ink: np.ndarray, y: int, x: int, spec: "CanvasSpec") -> bool:
@@ -83,8 +83,8 @@ def compose_canvas(
     """One RGB canvas (grey, like MNIST) and its instances as (label, binary mask, anti-aliased fringe, index of
     the digit in ``digits``).
 
-    A digit's mask is where its (resized) stroke intensity exceeds 0.5; its fringe is the faint rim around it
-    (intensity in (0.1, 0.5]), neither clearly digit nor background.
+    A digit's mask is where its (resized) stroke intensity exceeds ``spec.mask_threshold``; its fringe is the faint
+    rim around it (intensity in (0.02, threshold]), neither clearly digit nor background.
     """
     size = spec.canvas
     image = _background(rng, size)
