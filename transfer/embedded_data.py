@@ -104,7 +104,7 @@ def compose_canvas(
         mask = np.zeros((size, size), dtype=bool)
         mask[y : y + side, x : x + side] = digit > spec.mask_threshold
         fringe = np.zeros((size, size), dtype=bool)
-        fringe[y : y + side, x : x + side] = (digit > 0.02) & (digit <= spec.mask_threshold)
+        fringe[y : y + side, x : x + side] = ink & (digit <= spec.mask_threshold)
         if mask.sum() < 12:
             continue
         brightness = rng.uniform(170, 255)  # brighter than the background's 0..40
@@ -250,7 +250,7 @@ EMBEDDED_DATA = {"coco_digits": make_coco_digits, "ade_digits": make_ade_digits}
 
 def make_from_config(embedded: dict, root: str | Path, expected_type: str) -> Path:
     """The data an mm* config's ``embedded_data = dict(type=..., num_train=..., num_val=..., canvas=...,
-    max_digits=..., min_digit=..., max_digit=...)`` asks for."""
+    max_digits=..., min_digit=..., max_digit=..., placement=..., gap=...)`` asks for."""
     if embedded.get("type") != expected_type:
         raise UserInputError("embedded_data.type", f"'{embedded.get('type')}' is not '{expected_type}'")
     fields = {k: int(embedded[k]) for k in ("canvas", "max_digits", "min_digit", "max_digit", "gap") if k in embedded}
