@@ -57,15 +57,6 @@ def _grow(ink: np.ndarray, pixels: int) -> np.ndarray:
     return grown
 
 
-def _fits(taken: np.ndarray, ink: np.ndarray, y: int, x: int, spec: "CanvasSpec") -> bool:
-    side = ink.shape[0]
-    if spec.placement == "boxes":
-        return not taken[y : y + side, x : x + side].any()
-    g = spec.gap
-    padded = np.pad(taken, g)  # the grown ink reaches `gap` px beyond the digit's box
-    return not (padded[y : y + side + 2 * g, x : x + side + 2 * g] & _grow(ink, g)).any()
-
-
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     """A dark, noisy, slowly varying grey background, as MNIST's own: the pretraining never saw colour."""
     corners = rng.uniform(0, 40, size=(2, 2))
@@ -95,9 +86,12 @@ def compose_canvas(
         side = int(rng.integers(spec.min_digit, spec.max_digit + 1))
         digit = np.asarray(Image.fromarray(digits[index]).resize((side, side), Image.BILINEAR), dtype=np.float64) / 255
         ink = digit > 0.02
+        # What a placed digit takes of the canvas: its whole box, or its ink and `gap` px around it.
+        footprint, gap = (np.ones_like(ink), 0) if spec.placement == "boxes" else (ink, spec.gap)
+        grown, padded = _grow(footprint, gap), np.pad(taken, gap)
         for _attempt in range(20 if spec.placement == "boxes" else 50):
             y, x = (int(v) for v in rng.integers(0, size - side + 1, size=2))
-            if _fits(taken, ink, y, x, spec):
+            if not (padded[y : y + side + 2 * gap, x : x + side + 2 * gap] & grown).any():
                 break
         else:
             continue
@@ -111,10 +105,7 @@ def compose_canvas(
         alpha = np.zeros((size, size))
         alpha[y : y + side, x : x + side] = digit
         image = image * (1 - alpha) + brightness * alpha
-        if spec.placement == "boxes":
-            taken[y : y + side, x : x + side] = True
-        else:
-            taken[y : y + side, x : x + side] |= ink
+        taken[y : y + side, x : x + side] |= footprint
         instances.append((int(labels[index]), mask, fringe, index))
     return np.repeat(image.astype(np.uint8)[..., None], 3, axis=2), instances
 
