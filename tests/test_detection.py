@@ -165,9 +165,12 @@ def test_stroke_placement_packs_more_digits_whose_strokes_keep_apart():
     assert counts["strokes"] >= 1.5 * counts["boxes"]
 
 
-def test_an_unknown_placement_is_refused_naming_the_field(tmp_path):
-    with pytest.raises(UserInputError, match="embedded_data.placement"):
-        make_from_config(dict(type="coco_digits", placement="grid"), tmp_path / "coco", "coco_digits")
+@pytest.mark.parametrize(
+    "field, value", [("placement", "grid"), ("gap", -1), ("max_digits", 0), ("canvas", "96"), ("num_val", 2.5)]
+)
+def test_a_bad_embedded_data_field_is_refused_naming_it(tmp_path, field, value):
+    with pytest.raises(UserInputError, match=f"embedded_data.{field}"):
+        make_from_config({"type": "coco_digits", field: value}, tmp_path / "coco", "coco_digits")
     assert not (tmp_path / "coco").exists()
 
 

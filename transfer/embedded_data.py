@@ -244,11 +244,18 @@ def make_from_config(embedded: dict, root: str | Path, expected_type: str) -> Pa
     max_digits=..., min_digit=..., max_digit=..., placement=..., gap=...)`` asks for."""
     if embedded.get("type") != expected_type:
         raise UserInputError("embedded_data.type", f"'{embedded.get('type')}' is not '{expected_type}'")
-    fields = {k: int(embedded[k]) for k in ("canvas", "max_digits", "min_digit", "max_digit", "gap") if k in embedded}
+    fields = {}
+    for key in ("canvas", "max_digits", "min_digit", "max_digit", "gap", "num_train", "num_val"):
+        if key in embedded:
+            value, least = embedded[key], 0 if key == "gap" else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise UserInputError(f"embedded_data.{key}", f"{value!r} is not an integer ≥ {least}")
+            fields[key] = value
+    counts = {key: fields.pop(key, default) for key, default in (("num_train", 200), ("num_val", 50))}
     if "placement" in embedded:
         if embedded["placement"] not in PLACEMENTS:
             raise UserInputError("embedded_data.placement", f"'{embedded['placement']}' is not one of {PLACEMENTS}")
         fields["placement"] = embedded["placement"]
     spec = CanvasSpec(**fields)
     make = EMBEDDED_DATA[expected_type]
-    return make(root, int(embedded.get("num_train", 200)), int(embedded.get("num_val", 50)), spec)
+    return make(root, counts["num_train"], counts["num_val"], spec)
