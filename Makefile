@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.dropbench-installed
 CONSTRAINTS := requirements/constraints.txt
 
-.PHONY: install demo test test-fast test-long lint format bench
+.PHONY: install demo test test-fast test-long test-paper lint format bench
 
 install: $(STAMP)
 
@@ -32,6 +32,10 @@ test-fast: $(STAMP)
 
 test-long: $(STAMP)
 	$(BIN)/python -m pytest -m long
+
+# Every paper backbone × paper-scale config: one real step at the real input size on the CPU, and records.
+test-paper: $(STAMP)
+	$(BIN)/python -m pytest -m paper
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

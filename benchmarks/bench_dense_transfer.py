@@ -105,7 +105,6 @@ def main() -> None:
     parser.add_argument("--families", nargs="+", default=list(FAMILIES))
     args = parser.parse_args()
     exports = make_exports(args.exports)
-    images = torch.randn(4, 3, args.size, args.size)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; batch 4 at {args.size} px\n")
     print("| family | timm features_only ms | adapter ms | adapter / timm | Mask R-CNN s/iter | UperNet s/iter |")
     print("|---|---|---|---|---|---|")
@@ -113,22 +112,21 @@ def main() -> None:
         if family not in args.families:
             continue
         sidecar = json.loads((export / "backbone.json").read_text())
-        kwargs = dict(sidecar["kwargs"])
-        if "img_size" in kwargs:
-            kwargs["img_size"] = args.size
+        adapter = TimmBackbone(str(export))
+        # A fixed token grid (MLP-Mixer) runs at its pretraining size, and the embedded det/seg configs refuse it.
+        size = adapter.fixed_size[0] if adapter.fixed_size else args.size
+        images = torch.randn(4, 3, size, size)
         try:
-            bare = create_timm_model(sidecar["model"], dict(kwargs, features_only=True))
+            bare = create_timm_model(sidecar["model"], dict(sidecar["kwargs"], features_only=True))
         except (IndexError, KeyError):  # MLP-Mixer built through its class has no feature wrapper
-            model = create_timm_model(sidecar["model"], kwargs)
-            bare = _LastIntermediate(model)
-        adapter = TimmBackbone(str(export), img_size=args.size)
+            bare = _LastIntermediate(create_timm_model(sidecar["model"], dict(sidecar["kwargs"])))
         bare_s, adapter_s = time_forward(bare, images), time_forward(adapter, images)
-        det = seconds_per_iteration(export, "detection/mask_rcnn_cpu.py", args.iters)
-        seg = seconds_per_iteration(export, "segmentation/upernet_cpu.py", args.iters)
-        print(
-            f"| {family} | {1000 * bare_s:.1f} | {1000 * adapter_s:.1f} | {adapter_s / bare_s:.2f}× "
-            f"| {det:.2f} | {seg:.2f} |"
-        )
+        dense = ["refused", "refused"]
+        if adapter.fixed_size is None:
+            configs = ("detection/mask_rcnn_cpu.py", "segmentation/upernet_cpu.py")
+            dense = [f"{seconds_per_iteration(export, config, args.iters):.2f}" for config in configs]
+        times = f"{1000 * bare_s:.1f} | {1000 * adapter_s:.1f} | {adapter_s / bare_s:.2f}×"
+        print(f"| {family} | {times} | {dense[0]} | {dense[1]} |")
 
 
 if __name__ == "__main__":

@@ -34,18 +34,21 @@ def coco_digits(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("family", MICRO_BACKBONES)
 def test_the_adapter_gives_fpn_strides_and_its_declared_channels_for_every_family(exports, family):
-    adapter = TimmBackbone(str(exports[family]), img_size=128)
-    features = adapter(torch.randn(2, 3, 128, 128))
-    assert [f.shape[-1] for f in features] == [128 // s for s in (4, 8, 16, 32)]
+    adapter = TimmBackbone(str(exports[family]))
+    size = 32 if family == "mixer_micro" else 128  # a Mixer takes its pretraining size only
+    features = adapter(torch.randn(2, 3, size, size))
+    assert [f.shape[-1] for f in features] == [size // s for s in (4, 8, 16, 32)]
     assert [f.shape[1] for f in features] == adapter.out_channels
     assert all(torch.isfinite(f).all() for f in features)
 
 
-def test_plain_vits_share_one_native_stride_and_get_a_simple_pyramid_from_evenly_spaced_blocks(exports):
-    adapter = TimmBackbone(str(exports["vit_micro"]), img_size=128)
+def test_plain_vits_share_one_native_stride_and_get_a_simple_pyramid_from_the_blocks_the_anchors_take(exports):
+    adapter = TimmBackbone(str(exports["vit_micro"]))
     assert set(adapter.native_strides) == {8.0} and len(adapter.native_strides) == 4
     assert adapter.levels == [0, 1, 2, 3], "the shallowest block for stride 4, the last for stride 32"
-    assert assign_levels([16.0] * 12, (4, 8, 16, 32)) == [2, 5, 8, 11]  # ViT-T: mmseg takes blocks 3, 5, 7, 11
+    assert TimmBackbone(str(exports["vit_micro"]), plain_blocks="last").levels == [3, 3, 3, 3]
+    assert assign_levels([16.0] * 12, (4, 8, 16, 32)) == [2, 5, 8, 11]  # ViT-T: mmseg's configs/vit out_indices
+    assert assign_levels([16.0] * 12, (4, 8, 16, 32), "last") == [11] * 4  # ViTDet's simple feature pyramid
     assert assign_levels([16.0] * 12, (16,)) == [11], "a single output takes the last block"
     assert assign_levels([4.0, 8.0, 16.0, 32.0], (4, 8, 16, 32)) == [0, 1, 2, 3]
     assert assign_levels([4.0, 8.0, 16.0, 32.0], (8, 64)) == [1, 3]
@@ -53,7 +56,7 @@ def test_plain_vits_share_one_native_stride_and_get_a_simple_pyramid_from_evenly
 
 @pytest.mark.parametrize("family", ["vit_micro", "swin_micro", "convnext_micro", "mixer_micro"])
 def test_every_exported_tensor_is_loaded(exports, family):
-    adapter = TimmBackbone(str(exports[family]), img_size=32)  # the pretraining size: no resampling
+    adapter = TimmBackbone(str(exports[family]))
     exported = load_file(exports[family] / "backbone.safetensors")
     loaded = adapter.model.state_dict()
     assert loaded, "the adapter keeps the backbone's tensors"
@@ -61,12 +64,27 @@ def test_every_exported_tensor_is_loaded(exports, family):
         assert torch.equal(tensor, exported[name]), name
 
 
-def test_mixer_token_mixing_is_resampled_to_a_new_input_size(exports):
-    adapter = TimmBackbone(str(exports["mixer_micro"]), img_size=64)
-    exported = load_file(exports["mixer_micro"] / "backbone.safetensors")
-    weight = adapter.model.state_dict()["blocks.0.mlp_tokens.fc1.weight"]
-    assert weight.shape[1] == 16 * 16 and exported["blocks.0.mlp_tokens.fc1.weight"].shape[1] == 8 * 8
-    assert adapter(torch.randn(1, 3, 64, 64))[0].shape[-1] == 16
+def test_every_output_is_layer_normalised_over_channels_unless_switched_off(exports):
+    normed = TimmBackbone(str(exports["convnext_micro"])).eval()
+    raw = TimmBackbone(str(exports["convnext_micro"]), out_norm=False).eval()
+    with torch.no_grad():
+        for feature in normed(torch.randn(2, 3, 64, 64)):
+            torch.testing.assert_close(feature.mean(1), torch.zeros_like(feature[:, 0]), atol=1e-5, rtol=0)
+            torch.testing.assert_close(
+                feature.var(1, unbiased=False), torch.ones_like(feature[:, 0]), atol=1e-3, rtol=0
+            )
+        assert not torch.allclose(raw(torch.randn(2, 3, 64, 64))[3].mean(1), torch.zeros(2, 2, 2), atol=1e-3)
+
+
+def test_a_fixed_grid_backbone_is_refused_by_mask_rcnn_before_anything_is_written(cli, exports, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli(
+        *("transfer", "det", "--backbone", exports["mixer_micro"], "--config", CONFIGS / "mask_rcnn_cpu.py"),
+        *("--work-dir", tmp_path / "work", "--results", tmp_path / "results"),
+    )
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "fixed token grid" in err and "Mask R-CNN" in err and "upernet_160k_ade20k_224.py" in err
+    assert not (tmp_path / "work").exists() and not (tmp_path / "data").exists() and not (tmp_path / "results").exists()
 
 
 def test_an_export_missing_a_tensor_fails_loudly(exports, tmp_path):
@@ -84,13 +102,13 @@ def test_layer_decay_gives_earlier_layers_smaller_learning_rates(exports):
     from torch import nn
 
     model = nn.Module()
-    model.backbone = TimmBackbone(str(exports["vit_micro"]), img_size=64)
+    model.backbone = TimmBackbone(str(exports["vit_micro"]))
     model.head = nn.Linear(4, 2)
     constructor = OPTIM_WRAPPER_CONSTRUCTORS.build(
         dict(
             type="TimmLayerDecayOptimizerConstructor",
             optim_wrapper_cfg=dict(type="OptimWrapper", optimizer=dict(type="AdamW", lr=1e-3, weight_decay=0.05)),
-            paramwise_cfg=dict(layer_decay_rate=0.5),
+            paramwise_cfg=dict(layer_decay=dict(default=dict(rate=0.5, grouping="timm"))),
         )
     )
     optimizer = constructor(model).optimizer

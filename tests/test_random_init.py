@@ -32,7 +32,7 @@ def test_a_random_init_export_loads_in_every_transfer(random_init_export):
     sidecar = read_sidecar(random_init_export)
     assert sidecar["regime"] == "random_init" and sidecar["epochs"] == 0
 
-    adapter = TimmBackbone(str(random_init_export), img_size=96)
+    adapter = TimmBackbone(str(random_init_export))
     features = adapter(torch.randn(1, 3, 96, 96))
     assert [f.shape[-1] for f in features] == [24, 12, 6, 3]
 

@@ -117,7 +117,7 @@ def test_the_paper_scale_config_builds_upernet_on_an_export(exports):
 
     cfg = configure(SEGMENTATION, exports["swin_micro"], CONFIGS / "upernet_160k_ade20k.py", [])  # as a run does
     model = MODELS.build(cfg.model)
-    assert type(model).__name__ == "EncoderDecoder" and cfg.model.test_cfg.mode == "slide"
+    assert type(model).__name__ == "EncoderDecoder" and cfg.model.test_cfg.mode == "whole"  # as ConvNeXt's and Swin's
     assert cfg.train_cfg.max_iters == 160000 and cfg.evaluate_tta and cfg.model.decode_head.num_classes == 150
 
 
@@ -150,3 +150,23 @@ def test_the_class_weighted_loss_is_pytorchs_weighted_mean_over_labelled_pixels(
     loss = ClassWeightedCrossEntropyLoss(class_weight=weights, loss_weight=0.4)(logits, labels, ignore_index=255)
     expected = torch.nn.functional.cross_entropy(logits, labels, weight=torch.tensor(weights), ignore_index=255)
     assert loss.item() == pytest.approx(0.4 * expected.item(), rel=1e-6)
+
+
+def test_multi_scale_flip_resizes_to_the_2048x512_scale_times_each_ratio_as_convnexts_ms_config():
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(CONFIGS / "upernet_160k_ade20k.py")
+    resizes, flips = cfg.tta_pipeline[1].transforms[:2]
+    ratios = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+    assert [tuple(r.scale) for r in resizes] == [(int(2048 * r), int(512 * r)) for r in ratios]
+    assert all(r.keep_ratio and "scale_factor" not in r for r in resizes) and [f.prob for f in flips] == [0.0, 1.0]
+
+
+def test_a_fixed_grid_backbone_is_refused_by_a_whole_image_config_naming_the_protocol(
+    cli, exports, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _run_seg(cli, exports["mixer_micro"], tmp_path)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "fixed token grid" in err and "RandomCrop no larger than 32×32" in err
+    assert not (tmp_path / "work").exists() and not (tmp_path / "data").exists()

@@ -370,6 +370,32 @@ def test_a_backbone_entry_may_restrict_its_regimes(tmp_path):
     ]
 
 
+def test_a_transfer_with_no_protocol_for_a_backbone_fails_the_suite_before_any_pretraining(cli, tmp_path):
+    path = _suite(tmp_path, backbones=["vit_micro", "mixer_micro"], transfers=[DET, CLS])
+    for args in ((path, "--dry-run"), (path,)):
+        code, out, err = cli("suite", *args)
+        assert code == 2 and out == "" and err.count("\n") == 1, out + err
+        assert err.startswith("error: backbones[1] × det-mask_rcnn_cpu: ") and "fixed token grid" in err, err
+        assert "transfers: [...]" in err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
+
+
+def test_a_backbone_entry_may_list_its_own_transfers_by_name(cli, tmp_path):
+    mixer = {"backbone": "mixer_micro", "transfers": ["cls-optdigits-linear"]}
+    suite = load_suite(_suite(tmp_path, backbones=["vit_micro", mixer], transfers=[DET, CLS]))
+    names = [run.name for run in suite.runs]
+    assert names == [
+        "vit_micro-no_dropout-seed0/pretrain",
+        "vit_micro-no_dropout-seed0/det-mask_rcnn_cpu",
+        "vit_micro-no_dropout-seed0/cls-optdigits-linear",
+        "mixer_micro-no_dropout-seed0/pretrain",
+        "mixer_micro-no_dropout-seed0/cls-optdigits-linear",
+    ]
+    unknown = {"backbone": "mixer_micro", "transfers": ["cls-optdigits"]}
+    code, _, err = cli("suite", _suite(tmp_path, backbones=[unknown], transfers=[DET, CLS]), "--dry-run")
+    assert code == 2 and err.startswith("error: backbones[0].transfers[0]: no transfer task is named 'cls-optdigits'")
+
+
 @pytest.mark.parametrize(
     "name", sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs" / "suites").glob("*.yaml"))
 )

@@ -121,6 +121,17 @@ def _prepare_data(cfg: Config) -> None:
         )
 
 
+def _fixed_grid_problem(cfg: Config, size: tuple[int, int]) -> str:
+    """Mask R-CNN has no sound protocol for a fixed token grid: it reads whole images of 480-1333 px, so the grid
+    would have to be padded to one large square or its token-mixing weights resampled to a new grid, and the
+    numbers would measure that resampling more than the pretrained backbone."""
+    return (
+        "Mask R-CNN reads whole images of varying size, and padding them to one square or resampling the "
+        "token-mixing weights measures the resampling, not the backbone; transfer it by segmentation on fixed-size "
+        "crops (configs/segmentation/upernet_160k_ade20k_224.py) or classification"
+    )
+
+
 DETECTION = TaskSpec(
     task="detection",
     metrics={
@@ -135,6 +146,7 @@ DETECTION = TaskSpec(
     prepare_data=_prepare_data,
     use_data=_use_data,
     empty_means_zero=True,  # mmdet's CocoMetric returns nothing when no box was predicted
+    fixed_grid_problem=_fixed_grid_problem,
 )
 
 

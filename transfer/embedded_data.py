@@ -35,7 +35,7 @@ PLACEMENTS = ("boxes", "strokes")
 
 @dataclass(frozen=True)
 class CanvasSpec:
-    canvas: int = 96
+    canvas: int = 96  # the canvas's width, and its height unless `height` is given
     max_digits: int = 3
     min_digit: int = 28  # side of the resized 28 px MNIST image: about the scale the 32 px pretraining sees
     max_digit: int = 44
@@ -45,6 +45,12 @@ class CanvasSpec:
     # packs about twice as many digits onto a canvas (an MNIST digit's box is mostly empty margin).
     placement: str = "boxes"
     gap: int = 2
+    height: int | None = None  # a landscape canvas, as COCO's and ADE20K's images mostly are
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(height, width)`` of a canvas."""
+        return (self.height or self.canvas), self.canvas
 
 
 def _grow(ink: np.ndarray, pixels: int) -> np.ndarray:
@@ -57,14 +63,14 @@ def _grow(ink: np.ndarray, pixels: int) -> np.ndarray:
     return grown
 
 
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+def _background(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
     """A dark, noisy, slowly varying grey background, as MNIST's own: the pretraining never saw colour."""
     corners = rng.uniform(0, 40, size=(2, 2))
-    t = np.linspace(0.0, 1.0, size)[:, None]
-    s = np.linspace(0.0, 1.0, size)[None, :]
+    t = np.linspace(0.0, 1.0, shape[0])[:, None]
+    s = np.linspace(0.0, 1.0, shape[1])[None, :]
     top = corners[0, 0] * (1 - s) + corners[0, 1] * s
     bottom = corners[1, 0] * (1 - s) + corners[1, 1] * s
-    image = top * (1 - t) + bottom * t + rng.normal(0, 8, size=(size, size))
+    image = top * (1 - t) + bottom * t + rng.normal(0, 8, size=shape)
     return np.clip(image, 0, 255)
 
 
@@ -77,9 +83,9 @@ def compose_canvas(
     A digit's mask is where its (resized) stroke intensity exceeds ``spec.mask_threshold``; its fringe is the faint
     rim around it (intensity in (0.02, threshold]), neither clearly digit nor background.
     """
-    size = spec.canvas
-    image = _background(rng, size)
-    taken = np.zeros((size, size), dtype=bool)
+    shape = spec.shape
+    image = _background(rng, shape)
+    taken = np.zeros(shape, dtype=bool)
     instances = []
     for _ in range(int(rng.integers(1, spec.max_digits + 1))):
         index = int(rng.integers(len(digits)))
@@ -90,19 +96,19 @@ def compose_canvas(
         footprint, gap = (np.ones_like(ink), 0) if spec.placement == "boxes" else (ink, spec.gap)
         grown, padded = _grow(footprint, gap), np.pad(taken, gap)
         for _attempt in range(20 if spec.placement == "boxes" else 50):
-            y, x = (int(v) for v in rng.integers(0, size - side + 1, size=2))
+            y, x = (int(v) for v in rng.integers(0, (shape[0] - side + 1, shape[1] - side + 1)))
             if not (padded[y : y + side + 2 * gap, x : x + side + 2 * gap] & grown).any():
                 break
         else:
             continue
-        mask = np.zeros((size, size), dtype=bool)
+        mask = np.zeros(shape, dtype=bool)
         mask[y : y + side, x : x + side] = digit > spec.mask_threshold
-        fringe = np.zeros((size, size), dtype=bool)
+        fringe = np.zeros(shape, dtype=bool)
         fringe[y : y + side, x : x + side] = ink & (digit <= spec.mask_threshold)
         if mask.sum() < 12:
             continue
         brightness = rng.uniform(170, 255)  # brighter than the background's 0..40
-        alpha = np.zeros((size, size))
+        alpha = np.zeros(shape)
         alpha[y : y + side, x : x + side] = digit
         image = image * (1 - alpha) + brightness * alpha
         taken[y : y + side, x : x + side] |= footprint
@@ -134,7 +140,8 @@ def _write_split(root: Path, split: str, count: int, pool: "_Pool", spec: Canvas
         canvas, instances = compose_canvas(rng, pool.digits, pool.labels, spec)
         file_name = f"{image_id:012d}.png"
         Image.fromarray(canvas).save(folder / file_name)
-        images.append({"id": image_id, "file_name": file_name, "height": spec.canvas, "width": spec.canvas})
+        height, width = spec.shape
+        images.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
         for label, mask, _fringe, index in instances:
             annotations.append(_annotation(len(annotations) + 1, image_id, label, mask, pool.first + index))
     categories = [{"id": i + 1, "name": name, "supercategory": "digit"} for i, name in enumerate(DIGIT_CLASSES)]
@@ -175,7 +182,8 @@ def _build_once(root, marker: str, write_split, splits: tuple[str, str], num_tra
     A folder made earlier with the same settings is reused; one made with other settings is replaced.
     """
     root = Path(root)
-    settings = {"splits": list(splits), "num_train": num_train, "num_val": num_val, **spec.__dict__}
+    given = {key: value for key, value in spec.__dict__.items() if value is not None}  # as data made before `height`
+    settings = {"splits": list(splits), "num_train": num_train, "num_val": num_val, **given}
 
     def made_with_these_settings() -> bool:
         spec_file = root / SPEC_FILE
@@ -240,12 +248,12 @@ EMBEDDED_DATA = {"coco_digits": make_coco_digits, "ade_digits": make_ade_digits}
 
 
 def make_from_config(embedded: dict, root: str | Path, expected_type: str) -> Path:
-    """The data an mm* config's ``embedded_data = dict(type=..., num_train=..., num_val=..., canvas=...,
+    """The data an mm* config's ``embedded_data = dict(type=..., num_train=..., num_val=..., canvas=..., height=...,
     max_digits=..., min_digit=..., max_digit=..., placement=..., gap=...)`` asks for."""
     if embedded.get("type") != expected_type:
         raise UserInputError("embedded_data.type", f"'{embedded.get('type')}' is not '{expected_type}'")
     fields = {}
-    for key in ("canvas", "max_digits", "min_digit", "max_digit", "gap", "num_train", "num_val"):
+    for key in ("canvas", "height", "max_digits", "min_digit", "max_digit", "gap", "num_train", "num_val"):
         if key in embedded:
             value, least = embedded[key], 0 if key == "gap" else 1
             if isinstance(value, bool) or not isinstance(value, int) or value < least:

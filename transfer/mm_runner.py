@@ -25,6 +25,7 @@ from dropbench.core.identity import Part, RunIdentity
 from dropbench.core.tracking import vis_backends
 from dropbench.core.version import code_version
 from dropbench.transfer.backbone import TimmBackbone
+from dropbench.transfer.optim import family_rule
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,8 @@ class TaskSpec:
     optional: tuple[str, ...] = ()  # metric keys only some configs produce (e.g. multi-scale + flip)
     empty_means_zero: bool = False  # an evaluator that returns nothing saw no predictions: AP 0 (mmdet's COCO)
     extra_evaluation: Callable | None = None  # (runner, cfg) → more metrics, after the validation
+    # (cfg, fixed input size) → why this task has no sound protocol for a backbone with a fixed token grid, or None
+    fixed_grid_problem: Callable[[Config, tuple[int, int]], str | None] = lambda cfg, size: "not supported"
 
 
 def _check_key(cfg: Config, dotted: str) -> None:
@@ -142,13 +145,29 @@ def task_identity(cfg: Config, config: Path, cfg_options: Sequence[str]) -> tupl
 
 
 def _seed(cfg: Config, seed: int) -> None:
-    """mmengine's randomness: every RNG seeded (each rank its own); deterministic algorithms where a GPU has them
-    (``warn_only``: ops without a deterministic kernel warn instead of failing). A CPU run is deterministic as it is."""
+    """mmengine's randomness: every RNG seeded, each rank its own. ``randomness.deterministic = True`` (the embedded
+    configs) also asks for deterministic algorithms where a GPU has them (``warn_only``: ops without a deterministic
+    kernel warn instead of failing) and keeps cuDNN's autotuner off; the paper-scale configs leave it off, as their
+    anchors do. A CPU run is deterministic as it is."""
+    deterministic = bool((cfg.get("randomness") or {}).get("deterministic", False))
     cfg.randomness = dict(seed=seed, diff_rank_seed=True, deterministic=False)
-    if torch.cuda.is_available():
+    if deterministic and torch.cuda.is_available():
+        cfg.setdefault("env_cfg", ConfigDict()).cudnn_benchmark = False  # mmseg's runtime turns it on
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
         torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def use_float32_without_gpu(cfg: Config) -> None:
+    """mmengine's ``AmpOptimWrapper`` needs CUDA: without a GPU a paper-scale config trains in float32 instead,
+    and says so (the records keep the config's identity, as for any other change of device)."""
+    wrapper = cfg.get("optim_wrapper")
+    if wrapper is None or wrapper.get("type") != "AmpOptimWrapper" or torch.cuda.is_available():
+        return
+    wrapper.type = "OptimWrapper"
+    for key in ("loss_scale", "dtype"):
+        wrapper.pop(key, None)
+    print("no GPU: AmpOptimWrapper (float16) needs CUDA, so this run trains in float32 with OptimWrapper", flush=True)
 
 
 def configure(spec: TaskSpec, backbone: Path, config: Path, cfg_options: Sequence[str]) -> Config:
@@ -171,8 +190,23 @@ def wire(spec: TaskSpec, backbone: Path, cfg: Config) -> Config:
         adapter = TimmBackbone(**adapter_args)
     except TypeError as err:
         raise UserInputError("model.backbone", str(err)) from None
+    check_fixed_grid(spec, cfg, adapter.fixed_size, adapter.sidecar["model"])
+    layer_decay = (cfg.get("optim_wrapper") or {}).get("paramwise_cfg", {}).get("layer_decay")
+    if layer_decay is not None:
+        family_rule(layer_decay, adapter.model)  # a missing or malformed family rule fails before the run
     spec.wire(cfg, list(adapter.out_channels))
     return cfg
+
+
+def check_fixed_grid(spec: TaskSpec, cfg: Config, fixed_size: tuple[int, int] | None, model: str) -> None:
+    """Refuse, before any run, a backbone whose token grid is part of its weights (MLP-Mixer) in a task config that
+    has no sound protocol for it (README, "Paper-scale transfer")."""
+    if fixed_size is None:
+        return
+    problem = spec.fixed_grid_problem(cfg, fixed_size)
+    if problem is not None:
+        size = f"{fixed_size[0]}×{fixed_size[1]}"
+        raise UserInputError("--backbone", f"{model} takes only {size} inputs (a fixed token grid): {problem}")
 
 
 def run_transfer(
@@ -202,6 +236,7 @@ def run_transfer(
         print(identity.finished_message(existing), flush=True)
         return []
     cfg = wire(spec, backbone, cfg)  # the identity was computed from the config as loaded
+    use_float32_without_gpu(cfg)
     cfg.pop("dataset_name", None)
     spec.prepare_data(cfg)
     cfg.work_dir = str(work_dir)

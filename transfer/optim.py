@@ -1,44 +1,160 @@
-"""Layer-wise lr decay for any timm backbone inside an mm* model.
+"""Layer-wise lr decay for any timm backbone inside an mm* model, grouped per family as that family's anchor does.
 
-mmdet's ``LearningRateDecayOptimizerConstructor`` only knows its own ConvNeXt; this constructor asks timm for
-the layer grouping (``group_matcher``, through ``param_groups_layer_decay``) of the backbone wrapped by
-``TimmBackbone``, so ViT, Swin, ConvNeXt, Mixer and any other timm model get per-layer lr scales. Parameters
-outside the timm model (adapter resamplers, neck, heads) train at the base lr, without weight decay on biases
-and norms. Config: ``constructor='TimmLayerDecayOptimizerConstructor', paramwise_cfg=dict(layer_decay_rate=0.75)``.
+One dense config serves every backbone, so ``paramwise_cfg.layer_decay`` maps a *family* — the timm model's class:
+``VisionTransformer`` → ``vit``, ``SwinTransformer`` → ``swin``, ``ConvNeXt`` → ``convnext``, ``MlpMixer`` →
+``mixer``, any other → ``default`` — to its rule::
+
+    paramwise_cfg=dict(layer_decay=dict(
+        vit=dict(rate=0.7, grouping="beit"),                                     # mmdet projects/ViTDet
+        swin=dict(rate=1.0),                                                     # the Swin repository: none
+        convnext=dict(rate=0.95, grouping="convnext_layer_wise", num_layers=6),  # the ConvNeXt repository
+    ))
+
+A parameter gets a layer id; its lr is ``base lr × rate ** (head_id − id)``, and everything outside the timm model
+(the adapter's resamplers and output norms, the neck, the heads) trains at ``head_id``, the full lr. Groupings:
+
+- ``timm``: timm's fine-grained groups (the model's ``group_matcher``), the top group at the full lr, as timm's
+  ``param_groups_layer_decay`` does;
+- ``beit``: the same groups with the head one id above the top block, so the top block is decayed once (BEiT,
+  MAE in mmseg, ViTDet): block i of L at ``rate ** (L − i)``, the patch embedding at ``rate ** (L + 1)``;
+- ``convnext_layer_wise`` / ``convnext_stage_wise``: the ConvNeXt repository's ``get_num_layer_layer_wise`` and
+  ``get_num_layer_stage_wise`` over ``num_layers`` ids, read on timm's parameter names (``stem`` is its
+  ``downsample_layers.0``, ``stages.N.downsample`` its ``downsample_layers.N``, ``stages.N.blocks.M`` its
+  ``stages.N.M``); the heads at ``num_layers + 1``.
+
+A family's rule may also scale the lr and the weight decay of its whole model, heads included, by ``lr_mult`` and
+``decay_mult`` (the Swin segmentation anchor trains at 6e-5 with weight decay 0.01 where the others use 1e-4 and
+0.05: ``lr_mult=0.6, decay_mult=0.2``; multipliers keep mmengine's ``auto_scale_lr`` working). Weight decay is
+never applied to 1-D parameters (biases, norms) nor to what the timm model lists in ``no_weight_decay()`` (position
+embeddings, tokens, relative-position tables), as in the ConvNeXt repository and mmseg's MAE configs.
 """
 
+import fnmatch
+
+from mmengine.logging import MMLogger
 from mmengine.optim import DefaultOptimWrapperConstructor
-from timm.optim import param_groups_layer_decay
+from timm.models import group_parameters
 from torch import nn
 
+from dropbench.core.errors import UserInputError, did_you_mean
 from dropbench.transfer.backbone import TimmBackbone
+
+FAMILIES = {"VisionTransformer": "vit", "SwinTransformer": "swin", "ConvNeXt": "convnext", "MlpMixer": "mixer"}
+GROUPINGS = ("timm", "beit", "convnext_layer_wise", "convnext_stage_wise")
+RULE_KEYS = ("rate", "grouping", "num_layers", "lr_mult", "decay_mult")
+
+
+def family_of(model: nn.Module) -> str:
+    """The family a timm model's layer-decay rule is looked up under."""
+    return FAMILIES.get(type(model).__name__, "default")
+
+
+def family_rule(layer_decay: dict, model: nn.Module) -> dict:
+    """The checked rule for ``model``'s family from a ``paramwise_cfg.layer_decay`` mapping."""
+    family = family_of(model)
+    field = f"optim_wrapper.paramwise_cfg.layer_decay.{family}"
+    rule = layer_decay.get(family, layer_decay.get("default"))
+    if rule is None:
+        listed = ", ".join(sorted(layer_decay)) or "none"
+        raise UserInputError(field, f"missing: the config gives rules for {listed}; add {family} or default")
+    unknown = sorted(set(rule) - set(RULE_KEYS))
+    if unknown:
+        raise UserInputError(f"{field}.{unknown[0]}", f"unknown key{did_you_mean(unknown[0], RULE_KEYS)}")
+    rate = rule.get("rate", 1.0)
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate <= 1:
+        raise UserInputError(f"{field}.rate", f"{rate!r} is not a decay rate in (0, 1]")
+    grouping = rule.get("grouping", "timm")
+    if grouping not in GROUPINGS:
+        raise UserInputError(f"{field}.grouping", f"unknown grouping '{grouping}'{did_you_mean(grouping, GROUPINGS)}")
+    if grouping.startswith("convnext") and family != "convnext":
+        raise UserInputError(f"{field}.grouping", f"'{grouping}' reads ConvNeXt's layout; {family} is not one")
+    for key in ("lr_mult", "decay_mult"):
+        value = rule.get(key, 1.0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise UserInputError(f"{field}.{key}", f"{value!r} is not a multiplier ≥ 0")
+    num_layers = rule.get("num_layers", 6)
+    if grouping.startswith("convnext") and (isinstance(num_layers, bool) or not isinstance(num_layers, int)):
+        raise UserInputError(f"{field}.num_layers", f"{num_layers!r} is not a whole number of layer ids")
+    return dict(rule, rate=float(rate), grouping=grouping, num_layers=num_layers)
+
+
+def _convnext_layer_id(name: str, stage_wise: bool, num_layers: int) -> int:
+    """The ConvNeXt repository's layer id of a timm ConvNeXt parameter (``num_layers + 1``: the heads)."""
+    parts = name.split(".")
+    if parts[0] == "stem":
+        stage, block = 0, None
+    elif parts[0] == "stages" and parts[2] in ("downsample", "blocks"):
+        stage, block = int(parts[1]), int(parts[3]) if parts[2] == "blocks" else None
+    else:
+        return num_layers + 1
+    if stage_wise:
+        return 0 if block is None else stage + 1
+    if block is None:
+        return (0, 2, 3, num_layers)[stage]
+    return (1, 2, 3 + block // 3, num_layers)[stage]
+
+
+def layer_ids(model: nn.Module, grouping: str, num_layers: int = 6) -> tuple[dict[str, int], int]:
+    """``({parameter name: layer id}, the heads' id)`` of a timm model under a grouping (see the module's doc)."""
+    names = [name for name, _ in model.named_parameters()]
+    if grouping.startswith("convnext"):
+        stage_wise = grouping == "convnext_stage_wise"
+        return {name: _convnext_layer_id(name, stage_wise, num_layers) for name in names}, num_layers + 1
+    if not hasattr(model, "group_matcher"):
+        raise UserInputError(
+            "optim_wrapper.paramwise_cfg.layer_decay",
+            f"{type(model).__name__} has no timm group_matcher to group its layers by; give it rate 1.0",
+        )
+    ids = group_parameters(model, model.group_matcher(coarse=False), reverse=True)
+    top = max(ids.values())
+    return ids, top + 1 if grouping == "beit" else top
+
+
+def lr_scales(model: nn.Module, rule: dict) -> dict[str, float]:
+    """Each parameter's lr multiplier (before the rule's own ``lr``) under a family rule."""
+    ids, head = layer_ids(model, rule["grouping"], rule["num_layers"])
+    return {name: rule["rate"] ** (head - ids.get(name, head)) for name in ids}
 
 
 class TimmLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
+    """Parameter groups per (lr multiplier, weight decay) for an mm* model around one ``TimmBackbone``."""
+
     def add_params(self, params: list[dict], module: nn.Module, **kwargs) -> None:
         backbones = [m for m in module.modules() if isinstance(m, TimmBackbone)]
-        if len(backbones) != 1:
+        if len(backbones) != 1 or "layer_decay" not in self.paramwise_cfg:
             super().add_params(params, module, **kwargs)
             return
         timm_model = backbones[0].model
-        decay_rate = float(self.paramwise_cfg.get("layer_decay_rate", 1.0))
-        no_decay = timm_model.no_weight_decay() if hasattr(timm_model, "no_weight_decay") else set()
-        for group in param_groups_layer_decay(
-            timm_model, weight_decay=self.base_wd or 0.0, no_weight_decay_list=no_decay, layer_decay=decay_rate
-        ):
-            params.append(
-                {
-                    "params": group["params"],
-                    "lr": self.base_lr * group["lr_scale"],
-                    "weight_decay": group["weight_decay"],
-                }
-            )
-        in_backbone = {id(p) for p in timm_model.parameters()}
-        for name, param in module.named_parameters():
-            if id(param) in in_backbone or not param.requires_grad:
+        rule = family_rule(self.paramwise_cfg["layer_decay"], timm_model)
+        base_lr = self.base_lr * rule.get("lr_mult", 1.0)
+        base_wd = (self.base_wd or 0.0) * rule.get("decay_mult", 1.0)
+        by_name = lr_scales(timm_model, rule)
+        timm_names = {id(p): name for name, p in timm_model.named_parameters()}
+        no_decay = set(timm_model.no_weight_decay()) if hasattr(timm_model, "no_weight_decay") else set()
+        groups: dict[tuple[float, bool], dict] = {}
+        for param in module.parameters():
+            if not param.requires_grad:
                 continue
-            decays = param.ndim > 1 and not name.endswith(".bias")
-            params.append({"params": [param], "weight_decay": self.base_wd if decays else 0.0})
+            timm_name = timm_names.get(id(param))
+            scale = by_name[timm_name] if timm_name is not None else 1.0
+            listed = timm_name is not None and any(fnmatch.fnmatch(timm_name, p) for p in no_decay)
+            decays = param.ndim > 1 and not listed
+            group = groups.setdefault(
+                (scale, decays), {"params": [], "lr": base_lr * scale, "weight_decay": base_wd if decays else 0.0}
+            )
+            group["params"].append(param)
+        params.extend(groups[key] for key in sorted(groups))
+        MMLogger.get_current_instance().info(describe_rule(timm_model, rule, by_name))
+
+
+def describe_rule(model: nn.Module, rule: dict, by_name: dict[str, float]) -> str:
+    """One log line: the family's rule and the lr multipliers from the first parameter to the heads."""
+    ordered = list(dict.fromkeys(round(by_name[name], 4) for name, _ in model.named_parameters()))
+    extra = "".join(f", {key} {rule[key]}" for key in ("lr_mult", "decay_mult") if key in rule)
+    return (
+        f"layer decay for {family_of(model)} ({type(model).__name__}): {rule['grouping']} grouping, rate "
+        f"{rule['rate']}{extra}; lr multipliers in parameter order {ordered}, neck and heads 1.0"
+    )
 
 
 def register(registry) -> None:

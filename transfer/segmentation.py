@@ -1,6 +1,7 @@
 """ADE20K semantic segmentation with UperNet (mmseg 1.x) on an exported backbone."""
 
 import copy
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -158,6 +159,27 @@ def _evaluate_multi_scale_flip(runner, cfg: Config) -> dict[str, float]:
     return {f"tta/{key}": value for key, value in evaluator.evaluate(len(loader.dataset)).items()}
 
 
+def _fixed_grid_problem(cfg: Config, size: tuple[int, int]) -> str | None:
+    """A backbone with a fixed token grid segments on crops no larger than its grid's input size, and infers by
+    sliding windows of that size, so that every pretrained weight is used as it was trained."""
+    side = f"{size[0]}×{size[1]}"
+    fix = f"use a config with {side} crops and slide inference (configs/segmentation/upernet_160k_ade20k_224.py)"
+    crops = [t for t in cfg.train_dataloader.dataset.get("pipeline", []) if t.get("type") == "RandomCrop"]
+    if not crops or any(not _fits(t.crop_size, size) for t in crops):
+        return f"the training pipeline must end its resizing in a RandomCrop no larger than {side}; {fix}"
+    preprocessor_size = cfg.model.get("data_preprocessor", {}).get("size")
+    if preprocessor_size is None or not _fits(preprocessor_size, size):
+        return f"model.data_preprocessor.size {preprocessor_size} is not within {side}; {fix}"
+    test_cfg = cfg.model.get("test_cfg", {})
+    if test_cfg.get("mode") != "slide" or not _fits(test_cfg.get("crop_size", (0, 0)), size):
+        return f"inference must slide windows no larger than {side} (model.test_cfg mode='slide', crop_size); {fix}"
+    return None
+
+
+def _fits(crop: Sequence[int], size: tuple[int, int]) -> bool:
+    return 0 < crop[0] <= size[0] and 0 < crop[1] <= size[1]
+
+
 SEGMENTATION = TaskSpec(
     task="segmentation",
     metrics={
@@ -171,6 +193,7 @@ SEGMENTATION = TaskSpec(
     use_data=_use_data,
     optional=("tta/mIoU",),  # with evaluate_tta = True only
     extra_evaluation=_evaluate_multi_scale_flip,
+    fixed_grid_problem=_fixed_grid_problem,
 )
 
 

@@ -15,11 +15,13 @@ from dropbench.suite.schema import (
     Grid,
     Pretraining,
     Task,
+    check_transfer_pairings,
     export_section,
     grid_section,
     non_empty_list,
     output_section,
     pretrain_section,
+    tasks_for,
     transfer_tasks,
 )
 from dropbench.suite.slurm import SlurmResources, slurm_section
@@ -90,19 +92,26 @@ def load_suite(path: str | Path) -> Suite:
     runs_dir, results_dir = output_section(raw, name)
     slurm = slurm_section(raw.get("slurm"))
     seeded = transfer_seeds != [0]  # folders name the transfer seed when there are several
-    sources: list[tuple[Run | None, _Source]] = []
+    backbone_tasks = {}  # backbone index → its tasks, each pairing checked before anything runs
+    for index, (_, backbone) in enumerate(grid.backbones if grid else []):
+        field_name = f"backbones[{index}]"
+        backbone_tasks[index] = tasks_for(grid.transfers.get(index), tasks, f"{field_name}.transfers")
+        check_transfer_pairings(backbone.model, backbone.kwargs, backbone_tasks[index], field_name)
+    sources: list[tuple[Run | None, _Source, list[Task]]] = []
     for index, regime_value in grid.pairs if grid else []:
         for seed in seeds:
             run = _pretraining_run(grid, index, regime_value, pretraining, seed, runs_dir, results_dir)
-            sources.append((run, _Source(run.work_dir.parent, run.work_dir / EXPORT_DIR, run.identity, run.name)))
-    for export, sidecar in export_section(raw):
+            source = _Source(run.work_dir.parent, run.work_dir / EXPORT_DIR, run.identity, run.name)
+            sources.append((run, source, backbone_tasks[index]))
+    for index, (export, sidecar) in enumerate(export_section(raw)):
+        check_transfer_pairings(sidecar["model"], sidecar["kwargs"], tasks, f"exports[{index}]")
         identity = RunIdentity.of_export(sidecar)
         point = runs_dir / f"{identity.backbone}-{identity.regime}-seed{identity.seed}"
-        sources.append((None, _Source(point, export, identity, None)))
+        sources.append((None, _Source(point, export, identity, None), tasks))
     runs = []
-    for pretraining_run, source in sources:
+    for pretraining_run, source, source_tasks in sources:
         runs += [pretraining_run] if pretraining_run else []
-        runs += [_transfer_run(source, results_dir, t, tseed, seeded) for t in tasks for tseed in transfer_seeds]
+        runs += [_transfer_run(source, results_dir, t, s, seeded) for t in source_tasks for s in transfer_seeds]
     return Suite(
         name=name,
         path=path,
@@ -189,9 +198,12 @@ def describe(suite: Suite, commands: list[tuple[Run, str]] | None = None) -> str
     backbones, regimes, seeds, tasks = suite.grid
     finished = {run.name for run in suite.runs if run.finished()}
     pretraining = sum(run.stage == "pretrain" for run in suite.runs)
+    each = f"each with {tasks} transfer(s)"
+    if pretraining and len(suite.runs) != pretraining * (1 + tasks):  # some backbones list their own transfers
+        each = f"each with up to {tasks} transfer(s)"
     lines = [
         f"suite '{suite.name}': {backbones} backbone(s) × {regimes} regime(s) × {seeds} seed(s) → {pretraining} "
-        f"pretraining run(s), each with {tasks} transfer(s): {len(suite.runs)} runs, {len(finished)} finished, "
+        f"pretraining run(s), {each}: {len(suite.runs)} runs, {len(finished)} finished, "
         f"{len(suite.runs) - len(finished)} to run"
     ]
     width = max(len(run.name) for run in suite.runs)

@@ -3,7 +3,7 @@
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ SUITE_KEYS = (
 
 PRETRAIN_KEYS = ("recipe", "data", "data_name", "overrides")
 
-BACKBONE_KEYS = ("backbone", "regimes")
+BACKBONE_KEYS = ("backbone", "regimes", "transfers")
 
 OUTPUT_KEYS = ("runs", "results")
 
@@ -148,6 +148,7 @@ class Task:
     part: Part  # the task's settings, as the run computes them
     arguments: tuple[str, ...]  # everything of the command but --backbone, --work-dir, --results and --seed
     trailing: tuple[str, ...]  # key=value options, last on the command line
+    config: Any = field(default=None, compare=False, repr=False)  # a det/seg task's mm* config, as loaded
 
 
 def _dense_task(index: int, raw: dict, kind: str) -> Task:
@@ -177,7 +178,7 @@ def _dense_task(index: int, raw: dict, kind: str) -> Task:
     name = raw.get("name") or f"{kind}-{config.stem}"
     loggers = check_trackers(raw.get("loggers", []), f"{prefix}.loggers")
     arguments = ("--config", str(config), *(("--loggers", *loggers) if loggers else ()))
-    return Task(kind, name, dataset, protocol, part, arguments, trailing)
+    return Task(kind, name, dataset, protocol, part, arguments, trailing, config=cfg)
 
 
 def _cls_task(index: int, raw: dict) -> Task:
@@ -239,9 +240,10 @@ def named_config(value: str, load: Callable[[str], Any], field_name: str) -> tup
         return argument, load(argument)
 
 
-def backbone_entries(raw: dict) -> list[tuple[Any, list[str] | None]]:
-    """The backbones list: names or files, or mappings ``{backbone: name, regimes: [...]}`` that restrict the
-    regimes of one backbone (ConvNeXt has no dropout: only the stochastic-depth regimes fit it)."""
+def backbone_entries(raw: dict) -> list[tuple[Any, list[str] | None, list[str] | None]]:
+    """The backbones list: names or files, or mappings ``{backbone: name, regimes: [...], transfers: [...]}`` that
+    restrict the regimes of one backbone (ConvNeXt has no dropout: only the stochastic-depth regimes fit it) or the
+    transfers, by name, its exports go through (an MLP-Mixer has no Mask R-CNN protocol)."""
     entries = require(raw, "backbones", "", list, "a list of backbone names or files")
     if not entries:
         raise UserInputError("backbones", "is empty; give at least one backbone name or file")
@@ -249,18 +251,17 @@ def backbone_entries(raw: dict) -> list[tuple[Any, list[str] | None]]:
     for index, entry in enumerate(entries):
         field_name = f"backbones[{index}]"
         if isinstance(entry, str):
-            parsed.append((entry, None))
+            parsed.append((entry, None, None))
             continue
         if not isinstance(entry, dict):
             raise UserInputError(field_name, f"{entry!r} is neither a backbone name nor a mapping with 'backbone'")
         check_keys(entry, BACKBONE_KEYS, f"{field_name}.")
         name = require(entry, "backbone", f"{field_name}.", str, "a backbone name or file")
-        regimes = (
-            non_empty_list(entry, "regimes", str, "regime names or files", prefix=f"{field_name}.")
-            if "regimes" in entry
-            else None
+        regimes, transfers = (
+            non_empty_list(entry, key, str, what, prefix=f"{field_name}.") if key in entry else None
+            for key, what in (("regimes", "regime names or files"), ("transfers", "transfer task names"))
         )
-        parsed.append((name, regimes))
+        parsed.append((name, regimes, transfers))
     return parsed
 
 
@@ -285,6 +286,7 @@ class Grid:
     backbones: list[tuple[str, Any]]  # (command-line argument, BackboneConfig)
     regimes: dict[str, tuple[str, Any]]  # as written → (command-line argument, Regime)
     pairs: list[tuple[int, str]]
+    transfers: dict[int, list[str]]  # backbone index → the names of its transfer tasks, where it lists them
 
 
 def grid_section(raw: dict) -> Grid:
@@ -295,7 +297,8 @@ def grid_section(raw: dict) -> Grid:
     regime_values = non_empty_list(raw, "regimes", str, "regime names or files")
     entries = backbone_entries(raw)
     regimes: dict[str, tuple[str, Any]] = {}
-    for index, value in enumerate(regime_values + [r for _, rs in entries for r in rs or [] if r not in regime_values]):
+    extra = [r for _, rs, _ in entries for r in rs or [] if r not in regime_values]
+    for index, value in enumerate(regime_values + extra):
         argument, regime = named_config(
             value, Regime.load, f"regimes[{index}]" if index < len(regime_values) else "backbones.regimes"
         )
@@ -303,12 +306,58 @@ def grid_section(raw: dict) -> Grid:
             raise UserInputError("regimes", f"names the regime '{regime.name}' twice")
         regimes[value] = (argument, regime)
     backbones = []
-    for index, (value, _) in enumerate(entries):
+    for index, (value, _, _) in enumerate(entries):
         backbones.append(named_config(value, BackboneConfig.load, f"backbones[{index}]"))
         check_unique([b.name for _, b in backbones], "backbones", "backbone")
-    pairs = [(index, value) for index, (_, own) in enumerate(entries) for value in (own or regime_values)]
+    pairs = [(index, value) for index, (_, own, _) in enumerate(entries) for value in (own or regime_values)]
     check_pairings(backbones, regimes, pairs)
-    return Grid(backbones, regimes, pairs)
+    transfers = {index: names for index, (_, _, names) in enumerate(entries) if names is not None}
+    return Grid(backbones, regimes, pairs, transfers)
+
+
+def tasks_for(names: list[str] | None, tasks: list[Task], field_name: str) -> list[Task]:
+    """The tasks a backbone's exports go through: all of them, or those ``names`` lists (each must be one)."""
+    if names is None:
+        return tasks
+    by_name = {task.name: task for task in tasks}
+    for index, name in enumerate(names):
+        if name not in by_name:
+            raise UserInputError(
+                f"{field_name}[{index}]", f"no transfer task is named '{name}'{did_you_mean(name, by_name)}"
+            )
+    return [task for task in tasks if task.name in names]
+
+
+def check_transfer_pairings(model: str, kwargs: dict, tasks: list[Task], field_name: str) -> None:
+    """Refuse, before anything runs, a backbone whose token grid is part of its weights (MLP-Mixer) in a dense task
+    that has no sound protocol for it, as ``transfer`` itself would refuse it after the pretraining."""
+    dense = [task for task in tasks if task.config is not None]
+    if not dense:
+        return
+    from dropbench.transfer.backbone import backbone_fixed_size
+    from dropbench.transfer.mm_runner import check_fixed_grid
+
+    fixed = backbone_fixed_size(model, kwargs)
+    for task in dense:
+        spec = _task_spec(task.kind)
+        try:
+            check_fixed_grid(spec, task.config.copy(), fixed, model)
+        except UserInputError as err:
+            reason = str(err).removeprefix(f"{err.field}: ")
+            hint = "leave the task out of its transfers: list"
+            raise UserInputError(
+                f"{field_name} × {task.name}", f"{reason}; {hint} {{backbone: ..., transfers: [...]}}"
+            ) from None
+
+
+def _task_spec(kind: str) -> Any:
+    if kind == "det":
+        from dropbench.transfer.detection import DETECTION
+
+        return DETECTION
+    from dropbench.transfer.segmentation import SEGMENTATION
+
+    return SEGMENTATION
 
 
 @dataclass(frozen=True)
