@@ -13,6 +13,7 @@ from dropbench.core.errors import UserInputError
 DEMO_JOBS = 2
 
 FORCE_HELP = "run it even though its records exist (they move to records/superseded/)"
+TRANSFER_RESUME_HELP = "continue the run from the newest checkpoint in --work-dir (start it if there is none)"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -102,6 +103,7 @@ def _transfer_cls(args: argparse.Namespace) -> None:
         overrides=overrides,
         device=args.device,
         force=args.force,
+        resume=args.resume,
     )
 
 
@@ -122,6 +124,7 @@ def _transfer_dense(args: argparse.Namespace) -> None:
         seed=args.seed,
         force=args.force,
         loggers=check_trackers(args.loggers, "--loggers"),
+        resume=args.resume,
     )
 
 
@@ -260,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     cls.add_argument("--device", help="cpu, cuda (default: cuda when available)")
     cls.add_argument("--seed", type=int, help="the transfer seed (default: the dataset config's seed, 0)")
     cls.add_argument("--force", action="store_true", help=FORCE_HELP)
+    cls.add_argument("--resume", action="store_true", help=TRANSFER_RESUME_HELP)
     cls.add_argument("overrides", nargs="*", metavar="key=value", help="dataset-config overrides, e.g. epochs=5")
     cls.set_defaults(run=_transfer_cls)
 
@@ -278,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
         dense.add_argument("--launcher", choices=("none", "pytorch", "slurm"), default="none")
         dense.add_argument("--seed", type=int, default=0, help="the transfer seed: mmengine's randomness (default 0)")
         dense.add_argument("--force", action="store_true", help=FORCE_HELP)
+        dense.add_argument("--resume", action="store_true", help=TRANSFER_RESUME_HELP)
         dense.add_argument(
             "--loggers", nargs="+", default=[], metavar="TRACKER", help="also log to: tensorboard, wandb, mlflow"
         )

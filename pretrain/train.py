@@ -7,7 +7,6 @@ weights as an uninterrupted one.
 """
 
 import csv
-import io
 import itertools
 import json
 import math
@@ -32,10 +31,12 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, Subset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
+from dropbench.core.checkpoint import gather_rng_states, own_rng_state, save_checkpoint, set_rng_state
+from dropbench.core.checkpoint import load_checkpoint as read_checkpoint
 from dropbench.core.configs import flatten
 from dropbench.core.errors import UserInputError
 from dropbench.core.export import CHECKPOINT_FILE, EXPORT_DIR, SIDECAR_FILE, export_backbone
-from dropbench.core.io import atomic_write, atomic_write_csv, atomic_write_json
+from dropbench.core.io import atomic_write_csv, atomic_write_json
 from dropbench.core.loop import (
     StepHooks,
     autocast_for,
@@ -115,32 +116,6 @@ def _init_distributed(device: str | None) -> tuple[_Dist, torch.device]:
     return _Dist(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local_rank), dev
 
 
-def _rng_state() -> dict:
-    numpy_state = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {
-            "key": torch.from_numpy(numpy_state[1].astype(np.int64)),
-            "pos": int(numpy_state[2]),
-            "has_gauss": int(numpy_state[3]),
-            "cached_gaussian": float(numpy_state[4]),
-        },
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 # How a run checkpoints, whether its step is compiled, where it is tracked: free to change when it resumes.
 _EXECUTION = {"recipe.recovery_every", "recipe.compile", "recipe.loggers"}
 
@@ -158,18 +133,7 @@ def _check_same_config(saved: dict, current: dict) -> None:
 
 def load_checkpoint(path: Path) -> dict:
     """Weights-only loading: a checkpoint holds tensors and plain Python values, never pickled objects."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any failure means the file is not a checkpoint we wrote
-        raise UserInputError(
-            "resume", f"cannot read checkpoint '{path}' ({err.__class__.__name__}); start a new --out"
-        ) from None
-
-
-def _save_checkpoint(path: Path, state: dict) -> None:
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    atomic_write(path, lambda tmp: Path(tmp).write_bytes(buffer.getvalue()))
+    return read_checkpoint(path, "resume", "start a new --out")
 
 
 def _cosine(start: float, end: float, step: int, total: int) -> float:
@@ -456,10 +420,10 @@ def _train(
             "epoch_seconds": epoch_seconds,
             "train_images_per_s": result.micro_batches * recipe.per_device_batch * distributed.world / epoch_seconds,
         }
-        rng_states = _gather_rng_states(distributed)
+        rng_states = gather_rng_states()
         if distributed.main:
             monitor.end_epoch(row, epoch, recipe.epochs)
-            _save_checkpoint(
+            save_checkpoint(
                 place.out / CHECKPOINT_FILE, _checkpoint_state(run, place, epoch + 1, update, rng_states, monitor)
             )
         if distributed.world > 1:
@@ -491,7 +455,7 @@ def _restore(run: _Training, checkpoint: dict | None, distributed: _Dist) -> _Po
     run.optimizer.load_state_dict(checkpoint["optimizer"])
     if run.ema is not None:
         run.ema.load_state_dict(checkpoint["ema"])
-    _set_rng_state(checkpoint["rng"][min(distributed.rank, len(checkpoint["rng"]) - 1)])
+    set_rng_state(own_rng_state(checkpoint["rng"]))
     within = checkpoint.get("within_epoch", {})
     return _Position(
         checkpoint["epoch"],
@@ -613,15 +577,6 @@ def _validate(run: _Training, loader: DataLoader, dev: torch.device, autocast, w
     return row
 
 
-def _gather_rng_states(distributed: _Dist) -> list[dict]:
-    rng = _rng_state()
-    if distributed.world == 1:
-        return [rng]
-    gathered: list = [None] * distributed.world
-    dist.all_gather_object(gathered, rng)
-    return gathered
-
-
 def _checkpoint_state(
     run: _Training, place: _Place, epoch: int, update: int, rng_states: list[dict], monitor: "_Monitor"
 ) -> dict:
@@ -713,13 +668,13 @@ class _Monitor:
         total = loss_sum.detach().clone()
         if distributed.world > 1:
             dist.all_reduce(total)
-        rng_states = _gather_rng_states(distributed)
+        rng_states = gather_rng_states()
         if not self.main:
             return
         state = _checkpoint_state(self.run, self.place, self.epoch, update, rng_states, self)
         loss = self.carried_loss + total.item()
         state["within_epoch"] = {"updates": within, "loss_sum": loss, "rate_sums": dict(self.rate_sums)}
-        _save_checkpoint(self.place.out / CHECKPOINT_FILE, state)
+        save_checkpoint(self.place.out / CHECKPOINT_FILE, state)
         if self.probe is not None:
             atomic_write_csv(self.place.out / DIAGNOSTICS_FILE, DIAGNOSTIC_COLUMNS, self.diagnostic_rows)
 

@@ -3,8 +3,10 @@
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -841,3 +843,35 @@ def test_trackers_reach_the_pretraining_and_det_seg_commands_but_not_the_identit
     assert [run.identity for run in load_suite(tracked).runs] == [run.identity for run in plain.runs]
     code, _, err = cli("suite", _suite(tmp_path, name="bad", transfers=[DET | {"loggers": ["neptune"]}]), "--dry-run")
     assert code == 2 and "transfers[0].loggers" in err and err.count("\n") == 1, err
+
+
+@pytest.mark.slow
+def test_a_suite_started_again_resumes_an_interrupted_transfer(cli, exports, tmp_path, monkeypatch):
+    """The suite killed (SIGKILL, runner and run) after its det transfer's first checkpoint; started again, it
+    continues that transfer from the checkpoint (``--resume``) to its records."""
+    from dropbench.suite.running import command_line
+
+    monkeypatch.chdir(tmp_path)
+    options = TINY_DENSE | {"train_cfg.max_iters": 12, "default_hooks.checkpoint.interval": 6}
+    suite = tmp_path / "imported.yaml"
+    output = {"runs": str(tmp_path / "runs"), "results": str(tmp_path / "results")}
+    plan = {"exports": [str(exports["vit_micro"])], "transfers": [dict(DET, cfg_options=options)], "output": output}
+    suite.write_text(yaml.safe_dump(plan))
+    (run,) = load_suite(suite).runs
+    assert "--resume" not in command_line(run, gpus=0)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dropbench.cli", "suite", str(suite)], cwd=tmp_path, start_new_session=True
+    )
+    deadline = time.monotonic() + 300
+    while not (run.work_dir / "iter_6.pth").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert (run.work_dir / "iter_6.pth").exists() and not run.finished()
+
+    assert command_line(run, gpus=0)[1:6] == ["-m", "dropbench.cli", "transfer", "det", "--resume"]
+    code, out, err = cli("suite", suite)
+    assert code == 0, out + err
+    starts = [line for line in run.log.read_text().splitlines() if line.startswith("=====")]
+    assert "--resume" in starts[-1], starts
+    assert f"resuming from {run.work_dir / 'iter_6.pth'}" in run.log.read_text() and run.finished()

@@ -34,6 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from dropbench.core.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from dropbench.core.errors import UserInputError
 from dropbench.core.export import WEIGHTS_FILE, load_exported_model, read_sidecar
 from dropbench.core.identity import Part, RunIdentity, settings_digest
@@ -62,6 +63,7 @@ PROTOCOLS = ("finetune", "linear")
 CONFIG_FILE = "config.json"
 LOG_FILE = "log.csv"
 FEATURES_FILE = "features.safetensors"
+CHECKPOINT_FILE = "checkpoint.pt"  # the fine-tuning after its last finished epoch
 PROBE_FILE = "linear_probe.json"
 SMALL_PROBLEM_ELEMENTS = 1 << 22  # features × images below which the probe is fitted on one thread
 LOG_COLUMNS = [
@@ -403,14 +405,40 @@ def _prepare_finetune(backbone: Path, data: ClsData, config: ClsConfig, input_si
     )
 
 
-def _finetune(run: _FineTuning, data: ClsData, config: ClsConfig, work_dir: Path, device, autocast) -> dict:
+def _resume_finetune(run: _FineTuning, work_dir: Path, this_run: dict) -> dict | None:
+    """The state of the fine-tuning saved in ``work_dir`` after its last finished epoch, set into ``run``; None
+    when there is none. It must be this run's."""
+    path = work_dir / CHECKPOINT_FILE
+    if not path.is_file():
+        tqdm.write(f"'{work_dir}' holds no {CHECKPOINT_FILE}: the fine-tuning starts at epoch 1")
+        return None
+    saved = load_checkpoint(path, "--resume", "start again in a new --work-dir")
+    if saved.get("run") != this_run:
+        held = (saved.get("run") or {}).get("run", "another run")
+        raise UserInputError(
+            "--resume", f"'{path}' is a checkpoint of {held}, not of this run ({this_run['run']}); use a new --work-dir"
+        )
+    run.model.load_state_dict(saved["model"])
+    run.optimizer.load_state_dict(saved["optimizer"])
+    run.scheduler.load_state_dict(saved["scheduler"])
+    set_rng_state(saved["rng"])
+    tqdm.write(f"resumed from {path} after epoch {saved['epoch']} (update {saved['update']})")
+    return saved
+
+
+def _finetune(
+    run: _FineTuning, data: ClsData, config: ClsConfig, work_dir: Path, device, autocast, this_run: dict, resume: bool
+) -> dict:
+    """Train and evaluate each epoch; after each, ``checkpoint.pt`` holds all a resumed run needs to continue with
+    the same updates, data order and RNG draws as an uninterrupted one."""
     random.seed(config.seed)
     np.random.seed(config.seed)  # timm's Mixup draws from numpy's global RNG
     torch.manual_seed(config.seed)
-    rows: list[dict] = []
-    update = 0
-    metrics: dict = {}
-    for epoch in range(config.epochs):
+    saved = _resume_finetune(run, work_dir, this_run) if resume else None
+    rows: list[dict] = saved["rows"] if saved else []
+    update = saved["update"] if saved else 0
+    metrics: dict = saved["metrics"] if saved else {}
+    for epoch in range(saved["epoch"] if saved else 0, config.epochs):
         run.loader_generator.manual_seed(epoch_seed(config.seed, epoch))
         start = time.perf_counter()
         result = train_one_epoch(
@@ -444,6 +472,10 @@ def _finetune(run: _FineTuning, data: ClsData, config: ClsConfig, work_dir: Path
             }
         )
         atomic_write_csv(work_dir / LOG_FILE, LOG_COLUMNS, rows)
+        state = dict(model=run.model.state_dict(), optimizer=run.optimizer.state_dict(), rng=rng_state())
+        state |= dict(scheduler=run.scheduler.state_dict(), epoch=epoch + 1, update=update, rows=rows)
+        state |= dict(metrics={key: float(value) for key, value in metrics.items()}, run=this_run)
+        save_checkpoint(work_dir / CHECKPOINT_FILE, state)
         tqdm.write(
             f"epoch {epoch + 1}/{config.epochs}  train_loss {rows[-1]['train_loss']:.4f}  "
             f"test_top1 {metrics['top1']:.2f}  mean per-class {metrics['mean_per_class_accuracy']:.2f}  "
@@ -527,14 +559,16 @@ def transfer_classification(
     overrides: dict,
     device: str | None,
     force: bool = False,
+    resume: bool = False,
 ) -> ClsSummary:
     """Fine-tune (``protocol="finetune"``) or linearly probe (``"linear"``) the export in ``backbone``.
 
     ``dataset``: an ImageFolder tree, a dataset YAML or a name in ``configs/classification/``; ``overrides``
     change its fields. Writes ``config.json`` and the protocol's log into ``work_dir`` and one result record
     per metric under ``results_dir`` (none when it is None). The transfer seed is the config's ``seed``. A run whose
-    records exist is skipped (``force`` runs it again and supersedes them). Bad input raises ``UserInputError``
-    before ``work_dir`` is made.
+    records exist is skipped (``force`` runs it again and supersedes them). ``resume`` continues a fine-tuning from
+    the checkpoint of its last finished epoch in ``work_dir`` (a linear probe resumes from its cached features).
+    Bad input raises ``UserInputError`` before ``work_dir`` is made.
     """
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     if protocol not in PROTOCOLS:
@@ -565,7 +599,8 @@ def transfer_classification(
     # Everything is checked: from here on the work folder is written.
     _write_run_config(work_dir, backbone, protocol, config, input_size, data, sidecar, identity.digest)
     if protocol == "finetune":
-        metrics = _finetune(run, data, config, work_dir, dev, autocast)
+        this_run = {"run": identity.stem().rstrip("_"), "digest": identity.digest}
+        metrics = _finetune(run, data, config, work_dir, dev, autocast, this_run, resume)
     else:
         metrics, _ = _linear_probe(model, data, config, backbone, input_size, work_dir, dev, autocast)
 

@@ -160,6 +160,7 @@ def transfer_detection(
     seed: int = 0,
     force: bool = False,
     loggers: tuple[str, ...] = (),
+    resume: bool = False,
 ) -> list[Path]:
     """Fine-tune Mask R-CNN on ``backbone`` with ``config``; records box and mask AP (and AP50/AP75)."""
     return run_transfer(
@@ -173,4 +174,5 @@ def transfer_detection(
         seed=seed,
         force=force,
         loggers=loggers,
+        resume=resume,
     )

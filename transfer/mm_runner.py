@@ -6,6 +6,7 @@ channels (``TimmBackbone.out_channels``) to the task, which puts them into its n
 once (plus the task's extra evaluation), and writes one record per metric.
 """
 
+import json
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -22,8 +23,10 @@ from dropbench.core.configs import parse_key_values
 from dropbench.core.errors import UserInputError, did_you_mean
 from dropbench.core.export import read_sidecar
 from dropbench.core.identity import Part, RunIdentity
+from dropbench.core.io import atomic_write_json
 from dropbench.core.tracking import vis_backends
 from dropbench.core.version import code_version
+from dropbench.transfer import mm_checkpoints
 from dropbench.transfer.backbone import TimmBackbone
 from dropbench.transfer.optim import family_rule
 
@@ -127,7 +130,8 @@ class _KeepLastMetrics(Hook):
 
 
 # Keys that say where and how a run goes, not what it computes: left out of the task's settings digest.
-_RUN_KEYS = ("work_dir", "launcher", "randomness", "custom_imports", "dataset_name")
+_RUN_KEYS = ("work_dir", "launcher", "randomness", "custom_imports", "dataset_name", "resume")
+RUN_FILE = "dropbench_run.json"  # in the work dir: the run it holds checkpoints of, compared on --resume
 
 
 def task_identity(cfg: Config, config: Path, cfg_options: Sequence[str]) -> tuple[str, str, Part]:
@@ -138,6 +142,7 @@ def task_identity(cfg: Config, config: Path, cfg_options: Sequence[str]) -> tupl
     for key in _RUN_KEYS:
         settings.pop(key, None)
     settings.get("model", {}).get("backbone", {}).pop("export", None)
+    (settings.get("default_hooks") or {}).pop("checkpoint", None)  # how often it saves: free to change on resume
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size > 1:  # the total batch is the per-process one times this: another experiment
         settings["world_size"] = world_size
@@ -220,11 +225,13 @@ def run_transfer(
     seed: int = 0,
     force: bool = False,
     loggers: tuple[str, ...] = (),
+    resume: bool = False,
 ) -> list[Path]:
     """Train and evaluate ``config`` on the export ``backbone``; returns the record files written.
 
     A run whose records exist is skipped (``force`` runs it again and supersedes them). ``loggers`` adds trackers
-    (tensorboard, wandb, mlflow) to mmengine's visualiser, beside its local files."""
+    (tensorboard, wandb, mlflow) to mmengine's visualiser, beside its local files. ``resume`` continues the run
+    from the newest checkpoint in ``work_dir`` (made by the same settings), or starts it if there is none."""
     from mmengine.runner import Runner
 
     sidecar = read_sidecar(backbone)
@@ -248,13 +255,15 @@ def run_transfer(
         if loggers:
             cfg.visualizer.vis_backends = vis_backends(loggers, work_dir, f"{work_dir.parent.name}/{work_dir.name}")
     _seed(cfg, seed)
+    _checkpoints(cfg, work_dir, identity, resume)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     try:
         runner = Runner.from_cfg(cfg)
     except (TypeError, KeyError) as err:
         raise UserInputError("--config", f"cannot build the runner: {str(err).splitlines()[0]}") from None
     keeper = _KeepLastMetrics()
-    runner.register_hook(keeper)
+    for hook in (keeper, mm_checkpoints.PositionSeeds(), mm_checkpoints.PlainCheckpoints()):
+        runner.register_hook(hook)
     runner.train()
     metrics = keeper.metrics if keeper.metrics is not None else runner.val()  # evaluated once
     if spec.extra_evaluation is not None:
@@ -270,6 +279,31 @@ def run_transfer(
         run_dir=work_dir,
         code_version=code_version(),
     )
+
+
+def _checkpoints(cfg: Config, work_dir: Path, identity: RunIdentity, resume: bool) -> None:
+    """Checkpoints written atomically and read weights-only (``mm_checkpoints``); with ``resume``, the run continues
+    from the newest one in ``work_dir``, which must hold this run (``RUN_FILE``)."""
+    mm_checkpoints.install()
+    hook = (cfg.get("default_hooks") or {}).get("checkpoint")
+    if hook is not None and not hook.get("backend_args"):
+        hook.backend_args = dict(backend=mm_checkpoints.ATOMIC_BACKEND)
+    this_run = {"run": identity.stem().rstrip("_"), "digest": identity.digest}
+    latest = mm_checkpoints.latest_checkpoint(work_dir) if resume else None
+    if latest is not None:
+        held = json.loads((work_dir / RUN_FILE).read_text()) if (work_dir / RUN_FILE).is_file() else {}
+        if held != this_run:
+            raise UserInputError(
+                "--resume",
+                f"'{work_dir}' holds checkpoints of {held.get('run', 'another run')}, not of this one "
+                f"({this_run['run']}); resume with that run's command or give a new --work-dir",
+            )
+        cfg.resume, cfg.load_from = True, str(latest)
+        print(f"resuming from {latest}", flush=True)
+    elif resume:
+        print(f"'{work_dir}' holds no checkpoint: the run starts at iteration 0", flush=True)
+    if is_main_process():
+        atomic_write_json(work_dir / RUN_FILE, this_run)
 
 
 def recorded_values(spec: TaskSpec, metrics: dict, log: Callable[[str], None] = print) -> dict[str, float]:

@@ -207,6 +207,7 @@ def transfer_segmentation(
     seed: int = 0,
     force: bool = False,
     loggers: tuple[str, ...] = (),
+    resume: bool = False,
 ) -> list[Path]:
     """Fine-tune UperNet on ``backbone`` with ``config``; records mIoU, mAcc, aAcc (and multi-scale+flip mIoU)."""
     return run_transfer(
@@ -220,4 +221,5 @@ def transfer_segmentation(
         seed=seed,
         force=force,
         loggers=loggers,
+        resume=resume,
     )

@@ -113,7 +113,8 @@ optim_wrapper = dict(
 )
 default_hooks = dict(
     logger=dict(type="LoggerHook", interval=20),
-    checkpoint=None,  # the fine-tuned weights are not needed for the records; saves time on a CPU
+    # what `transfer det --resume` continues from: the last two, so that one is whole whatever a kill interrupts
+    checkpoint=dict(type="CheckpointHook", by_epoch=False, interval=100, max_keep_ckpts=2),
     visualization=dict(type="DetVisualizationHook", draw=False),
 )
 log_processor = dict(by_epoch=False)

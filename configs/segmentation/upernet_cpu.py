@@ -109,7 +109,7 @@ param_scheduler = [
 ]
 default_hooks = dict(
     logger=dict(type="LoggerHook", interval=10, log_metric_by_epoch=False),
-    checkpoint=None,
+    checkpoint=dict(type="CheckpointHook", by_epoch=False, interval=100, max_keep_ckpts=2),  # for --resume
     visualization=dict(type="SegVisualizationHook", draw=False),
 )
 env_cfg = dict(dist_cfg=dict(backend="gloo"))

@@ -42,6 +42,17 @@ def _pretraining_command(run: Run, remove_stale: bool) -> tuple[str, ...]:
     return run.command
 
 
+def _resumed_command(run: Run, remove_stale: bool) -> tuple[str, ...]:
+    """The run's command as its folder stands: a pretraining as ``_pretraining_command`` says, a transfer whose
+    folder an earlier attempt left with ``--resume`` (it continues from its newest checkpoint, or starts if the
+    attempt saved none)."""
+    if run.stage == "pretrain":
+        return _pretraining_command(run, remove_stale)
+    if run.work_dir.exists():
+        return (*run.command[:2], "--resume", *run.command[2:])
+    return run.command
+
+
 NODE_STAGES = ("pretrain", "det", "seg")  # the stages that use every GPU of a node (torchrun)
 RENDEZVOUS_PORT = 29500
 # What a multi-node command's rendezvous reads, as a dry run shows it; a job fills in its first node and its id.
@@ -59,7 +70,7 @@ def command_line(
     mmengine's ``pytorch`` launcher): ``--standalone`` on one node, on ``nodes`` > 1 one torchrun per node meeting
     at ``rendezvous`` (endpoint, id) through c10d. ``prepare``: a stale pretraining folder is removed (``False``
     for a dry run, which changes nothing, and on every node but the first)."""
-    command = _pretraining_command(run, prepare) if run.stage == "pretrain" else run.command
+    command = _resumed_command(run, prepare)
     if run.stage not in NODE_STAGES or (gpus <= 1 and nodes <= 1):
         return [sys.executable, "-m", "dropbench.cli", *command]
     if nodes > 1:

@@ -164,8 +164,8 @@ def _rendezvous() -> tuple[str, str]:
 class RunInJob:
     """``run_in_job`` as a submitit checkpointable: at its time limit or on preemption (Slurm's ``USR2``, sent
     ``signal_delay_s`` before the end) the job requeues itself with the same arguments, and the requeued job's
-    command resumes the run from its checkpoint (``command_line`` adds ``--resume`` to a pretraining that has one;
-    a transfer starts again, seeded, to the same records)."""
+    command resumes the run from its checkpoint (``command_line`` adds ``--resume`` to a pretraining that has one
+    and to a transfer whose work folder an earlier attempt left)."""
 
     def __call__(self, run: Run, gpus: int, cwd: str, nodes: int = 1) -> int:
         return run_in_job(run, gpus, cwd, nodes)
