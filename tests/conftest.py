@@ -1,4 +1,8 @@
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -59,3 +63,21 @@ def make_untrained_export(name: str, folder: Path, regime: str = "no_dropout") -
     sidecar |= dict(backbone=name, regime=regime, recipe="cpu", seed=0, config_hash="0" * 16)
     torch.manual_seed(0)
     return export_backbone(backbone.create_model(10), folder, sidecar)
+
+
+def kill_once_written(arguments: list[str], checkpoint: Path, cwd: Path) -> None:
+    """Run ``dropbench arguments`` in a process of its own and SIGKILL it as soon as ``checkpoint`` exists."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dropbench.cli", *arguments],
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it was killed"
+    assert checkpoint.exists()

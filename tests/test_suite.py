@@ -3,10 +3,8 @@
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -850,6 +848,7 @@ def test_a_suite_started_again_resumes_an_interrupted_transfer(cli, exports, tmp
     """The suite killed (SIGKILL, runner and run) after its det transfer's first checkpoint; started again, it
     continues that transfer from the checkpoint (``--resume``) to its records."""
     from dropbench.suite.running import command_line
+    from tests.conftest import kill_once_written
 
     monkeypatch.chdir(tmp_path)
     options = TINY_DENSE | {"train_cfg.max_iters": 12, "default_hooks.checkpoint.interval": 6}
@@ -859,15 +858,8 @@ def test_a_suite_started_again_resumes_an_interrupted_transfer(cli, exports, tmp
     suite.write_text(yaml.safe_dump(plan))
     (run,) = load_suite(suite).runs
     assert "--resume" not in command_line(run, gpus=0)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "dropbench.cli", "suite", str(suite)], cwd=tmp_path, start_new_session=True
-    )
-    deadline = time.monotonic() + 300
-    while not (run.work_dir / "iter_6.pth").exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    assert (run.work_dir / "iter_6.pth").exists() and not run.finished()
+    kill_once_written(["suite", str(suite)], run.work_dir / "iter_6.pth", tmp_path)
+    assert not run.finished()
 
     assert command_line(run, gpus=0)[1:6] == ["-m", "dropbench.cli", "transfer", "det", "--resume"]
     code, out, err = cli("suite", suite)

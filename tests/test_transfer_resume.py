@@ -3,15 +3,13 @@ records, and the weights, of one that ran through; checkpoints are read weights-
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+from tests.conftest import kill_once_written
 
 pytest.importorskip("mmdet")
 
@@ -55,24 +53,6 @@ def _cls(export: Path, work_dir: Path, results: Path, *extra: str) -> list[str]:
     ]
 
 
-def _kill_once_written(arguments: list[str], checkpoint: Path, cwd: Path) -> None:
-    """Run ``dropbench arguments`` in a process of its own and SIGKILL it as soon as ``checkpoint`` exists."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "dropbench.cli", *arguments],
-        cwd=cwd,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 300
-    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL, "the run ended before it was killed"
-    assert checkpoint.exists()
-
-
 def _values(results: Path) -> dict[str, float]:
     records = [json.loads(p.read_text()) for p in (results / "records").glob("*.json")]
     return {record["metric"]: record["value"] for record in records}
@@ -97,7 +77,7 @@ def test_a_dense_transfer_killed_after_a_checkpoint_resumes_to_the_records_of_on
     assert code == 0, err
 
     work_dir, results = tmp_path / "killed", tmp_path / "results"
-    _kill_once_written(_dense(kind, export, work_dir, results), work_dir / "iter_6.pth", tmp_path)
+    kill_once_written(_dense(kind, export, work_dir, results), work_dir / "iter_6.pth", tmp_path)
     assert not (results / "records").exists()
     code, out, err = cli(*_dense(kind, export, work_dir, results, "--resume"))
     assert code == 0, err
@@ -119,7 +99,7 @@ def test_a_fine_tuning_killed_after_an_epoch_resumes_to_the_records_of_one_that_
     assert code == 0, err
 
     work_dir, results = tmp_path / "killed", tmp_path / "results"
-    _kill_once_written(_cls(export, work_dir, results), work_dir / "checkpoint.pt", tmp_path)
+    kill_once_written(_cls(export, work_dir, results), work_dir / "checkpoint.pt", tmp_path)
     code, out, err = cli(*_cls(export, work_dir, results, "--resume"))
     assert code == 0, err
     assert f"resumed from {work_dir / 'checkpoint.pt'} after epoch" in out

@@ -34,7 +34,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from dropbench.core.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from dropbench.core.checkpoint import (
+    check_same_run,
+    load_checkpoint,
+    rng_state,
+    run_tag,
+    save_checkpoint,
+    set_rng_state,
+)
 from dropbench.core.errors import UserInputError
 from dropbench.core.export import WEIGHTS_FILE, load_exported_model, read_sidecar
 from dropbench.core.identity import Part, RunIdentity, settings_digest
@@ -413,11 +420,7 @@ def _resume_finetune(run: _FineTuning, work_dir: Path, this_run: dict) -> dict |
         tqdm.write(f"'{work_dir}' holds no {CHECKPOINT_FILE}: the fine-tuning starts at epoch 1")
         return None
     saved = load_checkpoint(path, "--resume", "start again in a new --work-dir")
-    if saved.get("run") != this_run:
-        held = (saved.get("run") or {}).get("run", "another run")
-        raise UserInputError(
-            "--resume", f"'{path}' is a checkpoint of {held}, not of this run ({this_run['run']}); use a new --work-dir"
-        )
+    check_same_run(saved.get("run"), this_run, path)
     run.model.load_state_dict(saved["model"])
     run.optimizer.load_state_dict(saved["optimizer"])
     run.scheduler.load_state_dict(saved["scheduler"])
@@ -599,8 +602,7 @@ def transfer_classification(
     # Everything is checked: from here on the work folder is written.
     _write_run_config(work_dir, backbone, protocol, config, input_size, data, sidecar, identity.digest)
     if protocol == "finetune":
-        this_run = {"run": identity.stem().rstrip("_"), "digest": identity.digest}
-        metrics = _finetune(run, data, config, work_dir, dev, autocast, this_run, resume)
+        metrics = _finetune(run, data, config, work_dir, dev, autocast, run_tag(identity), resume)
     else:
         metrics, _ = _linear_probe(model, data, config, backbone, input_size, work_dir, dev, autocast)
 

@@ -19,6 +19,7 @@ from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
 
+from dropbench.core.checkpoint import check_same_run, run_tag
 from dropbench.core.configs import parse_key_values
 from dropbench.core.errors import UserInputError, did_you_mean
 from dropbench.core.export import read_sidecar
@@ -288,16 +289,11 @@ def _checkpoints(cfg: Config, work_dir: Path, identity: RunIdentity, resume: boo
     hook = (cfg.get("default_hooks") or {}).get("checkpoint")
     if hook is not None and not hook.get("backend_args"):
         hook.backend_args = dict(backend=mm_checkpoints.ATOMIC_BACKEND)
-    this_run = {"run": identity.stem().rstrip("_"), "digest": identity.digest}
+    this_run = run_tag(identity)
     latest = mm_checkpoints.latest_checkpoint(work_dir) if resume else None
     if latest is not None:
-        held = json.loads((work_dir / RUN_FILE).read_text()) if (work_dir / RUN_FILE).is_file() else {}
-        if held != this_run:
-            raise UserInputError(
-                "--resume",
-                f"'{work_dir}' holds checkpoints of {held.get('run', 'another run')}, not of this one "
-                f"({this_run['run']}); resume with that run's command or give a new --work-dir",
-            )
+        held = json.loads((work_dir / RUN_FILE).read_text()) if (work_dir / RUN_FILE).is_file() else None
+        check_same_run(held, this_run, work_dir)
         cfg.resume, cfg.load_from = True, str(latest)
         print(f"resuming from {latest}", flush=True)
     elif resume:

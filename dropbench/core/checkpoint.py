@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 
 from dropbench.core.errors import UserInputError
+from dropbench.core.identity import RunIdentity
 from dropbench.core.io import atomic_write
 
 
@@ -72,3 +73,19 @@ def load_checkpoint(path: Path, field: str, hint: str, map_location="cpu") -> di
         found = re.search(r"GLOBAL (\S+)", str(err))
         what = f"a pickled {found.group(1)}, which no checkpoint holds" if found else err.__class__.__name__
         raise UserInputError(field, f"cannot read checkpoint '{path}' ({what}); {hint}") from None
+
+
+def run_tag(identity: RunIdentity) -> dict:
+    """The run a checkpoint belongs to, as the checkpoint records it: its name (seeds included) and settings digest."""
+    return {"run": identity.stem().rstrip("_"), "digest": identity.digest}
+
+
+def check_same_run(held: dict | None, tag: dict, where: Path) -> None:
+    """Refuse to resume from ``where`` when the checkpoints there are another run's (``held``: their ``run_tag``)."""
+    if held != tag:
+        other = (held or {}).get("run", "another run")
+        raise UserInputError(
+            "--resume",
+            f"'{where}' holds checkpoints of {other}, not of this run ({tag['run']}); "
+            "resume with that run's command or give a new --work-dir",
+        )
