@@ -700,36 +700,47 @@ def test_the_slurm_executor_runs_transfers_after_their_pretraining_and_reports_f
         _sh("scancel", held.stdout.strip())
 
 
-@pytest.mark.long  # about 10 minutes: each requeued job waits about 2 minutes in Slurm before it starts again
+@pytest.mark.long  # about 20 minutes: each requeued job waits about 2 minutes in Slurm before it starts again
 def test_a_run_past_its_time_limit_requeues_itself_and_ends_as_an_uninterrupted_run(
     slurm_cluster, cli, tmp_path, monkeypatch
 ):
-    """A pretraining that needs more than its job's two-minute limit: Slurm signals the job before the limit,
-    submitit requeues it, the requeued job resumes from the last epoch's checkpoint, and its transfer starts after
-    it (afterok holds through the requeue). The records equal those of the same pretraining made in one go."""
+    """A pretraining and a Mask R-CNN transfer that each need more than their job's two-minute limit: Slurm signals
+    the job before the limit, submitit requeues it, and the requeued job resumes (the pretraining from its last
+    epoch's checkpoint, the transfer from its last iteration checkpoint, with ``--resume``); the transfer starts
+    after the pretraining (afterok holds through the requeue). The records of both equal those of the same runs made
+    in one go."""
     monkeypatch.chdir(tmp_path)
     # About 150 s of training in 2-minute jobs (Slurm may signal up to a minute early: a 1-minute job could get its
     # warning before Python has set up the handler).
     overrides = TINY_PRETRAIN | {"epochs": 40, "train_subset": 6144}
     pretraining = {"recipe": "cpu", "data": "mnist", "overrides": overrides}
-    path = _suite(tmp_path, pretrain=pretraining, transfers=[CLS], slurm={"cpus": 2, "time": 2})
+    # About 150 s too: 900 iterations at about 6 per second, a checkpoint every 100.
+    long_det = dict(DET, cfg_options={"train_cfg.max_iters": 900, "embedded_data.num_val": 50})
+    path = _suite(tmp_path, pretrain=pretraining, transfers=[long_det], slurm={"cpus": 2, "time": 2})
     code, out, err = cli("suite", path, "--executor", "slurm")
     assert code == 0, out + err
-    run = load_suite(path).run("vit_micro-no_dropout-seed0/pretrain")
-    starts = [line for line in run.log.read_text().splitlines() if line.startswith("=====")]
-    assert len(starts) >= 2 and all("--resume" in line for line in starts[1:]), starts
+    suite = load_suite(path)
+    for name in ("pretrain", "det-mask_rcnn_cpu"):
+        run = suite.run(f"vit_micro-no_dropout-seed0/{name}")
+        starts = [line for line in run.log.read_text().splitlines() if line.startswith("=====")]
+        assert len(starts) >= 2 and all("--resume" in line for line in starts[1:]), (name, starts)
+        if name != "pretrain":
+            assert "resuming from" in run.log.read_text() and "iter_" in run.log.read_text()
 
-    command = list(run.command)
-    command[command.index("--out") + 1] = str(tmp_path / "in_one_go")
-    command[command.index("--results") + 1] = str(tmp_path / "in_one_go_results")
-    code, _, err = cli(*command)
-    assert code == 0, err
+        command = list(run.command)
+        out_flag = "--out" if name == "pretrain" else "--work-dir"
+        command[command.index(out_flag) + 1] = str(tmp_path / f"{name}_in_one_go")
+        command[command.index("--results") + 1] = str(tmp_path / "in_one_go_results")
+        code, _, err = cli(*command)
+        assert code == 0, err
 
-    def values(results: Path) -> dict[str, float]:
-        records = (json.loads(p.read_text()) for p in (results / "records").glob("*__pretrain__*.json"))
-        return {r["metric"]: r["value"] for r in records}
+    def values(results: Path) -> dict[tuple[str, str], float]:
+        records = (json.loads(p.read_text()) for p in (results / "records").glob("*.json"))
+        return {(r["stage"], r["metric"]): r["value"] for r in records}
 
-    assert values(tmp_path / "results") == values(tmp_path / "in_one_go_results") != {}
+    in_one_go = values(tmp_path / "in_one_go_results")
+    assert {stage for stage, _ in in_one_go} == {"pretrain", "transfer"}
+    assert values(tmp_path / "results") == in_one_go
 
 
 class _FakeJob:

@@ -27,7 +27,7 @@ from dropbench.core.identity import Part, RunIdentity
 from dropbench.core.io import atomic_write_json
 from dropbench.core.tracking import vis_backends
 from dropbench.core.version import code_version
-from dropbench.transfer import mm_checkpoints
+from dropbench.transfer import mm_checkpoints, mm_distributed
 from dropbench.transfer.backbone import TimmBackbone
 from dropbench.transfer.optim import family_rule
 
@@ -249,6 +249,7 @@ def run_transfer(
     spec.prepare_data(cfg)
     cfg.work_dir = str(work_dir)
     cfg.launcher = launcher
+    mm_distributed.start_processes(cfg, launcher)
     if cfg.get("visualizer") is not None:
         # mmengine hands out the visualiser by name, one per process: a second run under the shipped name
         # 'visualizer' would get the first one, with its folder and backends
