@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from dropbench.core.errors import UserInputError
+from dropbench.core.lock import hold_run
 
 # The demo's runs side by side on a CPU machine, each with half its cores: on 2 cores, 1.58× the throughput of one run
 # at a time with both (measured; see the README's "Suites").
@@ -57,19 +58,20 @@ def _pretrain(args: argparse.Namespace) -> None:
     override_items = args.overrides + [i for i in args.diagnostics or [] if i not in diagnostic_items]
     diagnostics = DiagnosticsConfig.parse(diagnostic_items) if args.diagnostics is not None else None
     recipe = Recipe.load(args.recipe, parse_key_values(override_items))
-    summary = pretrain(
-        backbone,
-        regime,
-        recipe,
-        args.data,
-        args.out,
-        results_dir=args.results,
-        resume=args.resume,
-        device=args.device,
-        diagnostics=diagnostics,
-        force=args.force,
-        data_name=args.data_name,
-    )
+    with hold_run(args.out, f"the run in '{args.out}'"):
+        summary = pretrain(
+            backbone,
+            regime,
+            recipe,
+            args.data,
+            args.out,
+            results_dir=args.results,
+            resume=args.resume,
+            device=args.device,
+            diagnostics=diagnostics,
+            force=args.force,
+            data_name=args.data_name,
+        )
     if summary.finished_earlier or not summary.main_process:
         return
     print(
@@ -94,17 +96,18 @@ def _transfer_cls(args: argparse.Namespace) -> None:
         if overrides.get("seed", args.seed) != args.seed:
             raise UserInputError("--seed", f"{args.seed} differs from the override seed={overrides['seed']}; give one")
         overrides["seed"] = args.seed
-    transfer_classification(
-        backbone=Path(args.backbone),
-        dataset=args.dataset,
-        protocol=args.protocol,
-        work_dir=Path(args.work_dir),
-        results_dir=Path(args.results) if args.results else None,
-        overrides=overrides,
-        device=args.device,
-        force=args.force,
-        resume=args.resume,
-    )
+    with hold_run(args.work_dir, f"the run in '{args.work_dir}'"):
+        transfer_classification(
+            backbone=Path(args.backbone),
+            dataset=args.dataset,
+            protocol=args.protocol,
+            work_dir=Path(args.work_dir),
+            results_dir=Path(args.results) if args.results else None,
+            overrides=overrides,
+            device=args.device,
+            force=args.force,
+            resume=args.resume,
+        )
 
 
 def _transfer_dense(args: argparse.Namespace) -> None:
@@ -114,18 +117,19 @@ def _transfer_dense(args: argparse.Namespace) -> None:
         from dropbench.transfer.detection import transfer_detection as transfer
     else:
         from dropbench.transfer.segmentation import transfer_segmentation as transfer
-    transfer(
-        backbone=Path(args.backbone),
-        config=Path(args.config),
-        work_dir=Path(args.work_dir),
-        results_dir=Path(args.results) if args.results else None,
-        cfg_options=args.cfg_options or [],
-        launcher=args.launcher,
-        seed=args.seed,
-        force=args.force,
-        loggers=check_trackers(args.loggers, "--loggers"),
-        resume=args.resume,
-    )
+    with hold_run(args.work_dir, f"the run in '{args.work_dir}'"):
+        transfer(
+            backbone=Path(args.backbone),
+            config=Path(args.config),
+            work_dir=Path(args.work_dir),
+            results_dir=Path(args.results) if args.results else None,
+            cfg_options=args.cfg_options or [],
+            launcher=args.launcher,
+            seed=args.seed,
+            force=args.force,
+            loggers=check_trackers(args.loggers, "--loggers"),
+            resume=args.resume,
+        )
 
 
 def _import(args: argparse.Namespace) -> None:

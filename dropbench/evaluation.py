@@ -86,6 +86,7 @@ def evaluate_export(
             started=started,
             run_dir=Path(backbone),
             code_version=code_version(),
+            force=True,
         )
     print(
         f"{sidecar.get('backbone', sidecar['model'])} / {sidecar.get('regime', '?')} on {name}: "

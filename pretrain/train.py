@@ -258,6 +258,7 @@ def pretrain(
             started=started,
             run_dir=out,
             code_version=code_version(),
+            force=force,
         )
     return summary
 

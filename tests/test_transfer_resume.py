@@ -82,6 +82,7 @@ def test_a_dense_transfer_killed_after_a_checkpoint_resumes_to_the_records_of_on
     code, out, err = cli(*_dense(kind, export, work_dir, results, "--resume"))
     assert code == 0, err
     assert f"resuming from {work_dir / 'iter_6.pth'}" in out
+    assert "running elsewhere" not in out, "the killed run's lock went with it"
     log = max(work_dir.glob("*/*.log")).read_text()
     assert "resumed epoch: 0, iter: 6" in log and "Iter(train) [ 1/12]" not in log, "it went on from iteration 6"
 

@@ -615,6 +615,7 @@ def transfer_classification(
             started=started,
             run_dir=work_dir,
             code_version=code_version(),
+            force=force,
         )
     shown = "  ".join(f"{m} {v:.2f}%" for m, v in summary.metrics.items())
     name = sidecar.get("backbone", sidecar["model"])

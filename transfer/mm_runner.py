@@ -280,6 +280,7 @@ def run_transfer(
         started=started,
         run_dir=work_dir,
         code_version=code_version(),
+        force=force,
     )
 
 

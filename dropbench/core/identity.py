@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from dropbench.core.io import atomic_write_json
+from dropbench.core.lock import RunLock
 
 PERCENT = "%"
 RECORDS_FOLDER = "records"
@@ -164,10 +165,38 @@ class RunIdentity:
         run_dir: str | Path,
         code_version: str,
         unit: str = PERCENT,
+        force: bool = False,
     ) -> list[Path]:
-        """Write one record per metric; records this run wrote before (a ``--force`` re-run) are superseded."""
+        """Write one record per metric. Records of this identity written meanwhile (by a process with another run
+        folder) are kept, and these values are not recorded, unless ``force``, which supersedes them. The check and
+        the write hold the identity's records lock, so that two writers do not both pass the check."""
         results_dir = Path(results_dir)
-        supersede(self.existing_records(results_dir))
+        lock = RunLock(results_dir / RECORDS_FOLDER / ".locks" / self.stem())
+        try:
+            lock.take()
+            existing = self.existing_records(results_dir)
+            if existing and not force:
+                print(
+                    f"records of this run appeared in {existing[0].parent} while it ran (another process wrote them): "
+                    "they are kept and this run's values are not recorded; --force supersedes them",
+                    flush=True,
+                )
+                return []
+            supersede(existing)
+            return self._write(results_dir, metrics, model, started, run_dir, code_version, unit)
+        finally:
+            lock.release()
+
+    def _write(
+        self,
+        results_dir: Path,
+        metrics: Mapping[str, float],
+        model: str,
+        started: str,
+        run_dir: str | Path,
+        code_version: str,
+        unit: str,
+    ) -> list[Path]:
         finished = _now()
         written = []
         for metric, value in metrics.items():

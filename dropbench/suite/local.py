@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dropbench.core.errors import UserInputError
+from dropbench.core.lock import RunLock
 from dropbench.suite.plan import Run, Suite
 from dropbench.suite.running import (
     NODE_STAGES,
@@ -119,35 +120,58 @@ def execute_local(
     pending = launches(suite, gpus, check_jobs(jobs, gpus))
     position = {launch.run.name: index for index, launch in enumerate(pending, 1)}
     outcomes: dict[str, Outcome] = {}
-    running: dict[str, tuple[Launch, object, float]] = {}  # device or CPU slot → (launch, process, start)
+    running: dict[str, tuple[Launch, object, float, RunLock]] = {}  # device or CPU slot → (launch, process, ...)
+    elsewhere: dict[str, float] = {}  # runs another process holds → when to look again
     slots = [f"cpu{index}" for index in range(jobs)]
 
+    def say(name: str, text: str) -> None:
+        echo(f"[{position[name]}/{len(position)}] {name}: {text}")
+
     def finish(key: str) -> None:
-        launch, process, start = running.pop(key)
+        launch, process, start, lock = running.pop(key)
         outcome = conclude(launch.run, process.wait())
+        lock.release()
         outcome.seconds = time.perf_counter() - start
-        name = launch.run.name
-        took = f"{outcome.status} in {outcome.seconds:.0f} s"
-        echo(f"[{position[name]}/{len(position)}] {name}: {took}" + detail(outcome))
-        outcomes[name] = outcome
+        say(launch.run.name, f"{outcome.status} in {outcome.seconds:.0f} s" + detail(outcome))
+        outcomes[launch.run.name] = outcome
+
+    def ready(launch: Launch) -> bool:
+        due = elsewhere.get(launch.run.name, 0.0) <= time.monotonic()
+        return due and _can_start(launch, running, outcomes, jobs)
 
     while pending or running:
-        launch = next((launch for launch in pending if _can_start(launch, running, outcomes, jobs)), None)
+        launch = next((launch for launch in pending if ready(launch)), None)
         if launch is None:
-            _wait_any(running, finish)
+            if running:
+                _wait_any(running, finish)
+            else:  # every pending run waits for one that another process holds
+                time.sleep(max(0.0, min(elsewhere.values()) - time.monotonic()))
+            continue
+        name = launch.run.name
+        lock = RunLock(launch.run.work_dir)
+        if not lock.try_take():  # another process runs it: look again later, never run it beside that one
+            if name not in elsewhere:
+                say(name, f"running elsewhere ({lock.holder()}); waiting for it")
+            elsewhere[name] = time.monotonic() + HELD_RETRY_SECONDS
+            lock.release()
             continue
         pending.remove(launch)
-        name = launch.run.name
-        outcome = skip_or_none(launch.run, outcomes)
+        elsewhere.pop(name, None)
+        outcome = skip_or_none(launch.run, outcomes)  # under the lock: records written elsewhere count
         if outcome is not None:
-            echo(f"[{position[name]}/{len(position)}] {name}: {outcome.status}" + detail(outcome))
+            lock.release()
+            say(name, outcome.status + detail(outcome))
             outcomes[name] = outcome
             continue
-        echo(f"[{position[name]}/{len(position)}] {name}: running, log {launch.run.log}")
+        say(name, f"running, log {launch.run.log}")
         key = launch.devices or next(slot for slot in slots if slot not in running)
-        process = start_logged(launch.argv(gpus), launch.run.log, cwd, launch.env())
-        running[key] = (launch, process, time.perf_counter())
+        env = launch.env() | lock.child_env()
+        process = start_logged(launch.argv(gpus), launch.run.log, cwd, env, pass_fds=(lock.fileno(),))
+        running[key] = (launch, process, time.perf_counter(), lock)
     return [outcomes[run.name] for run in suite.runs]
+
+
+HELD_RETRY_SECONDS = 2.0
 
 
 def _can_start(launch: Launch, running: dict, outcomes: dict, jobs: int) -> bool:
@@ -161,7 +185,7 @@ def _can_start(launch: Launch, running: dict, outcomes: dict, jobs: int) -> bool
         return len(running) < jobs
     if launch.run.stage in NODE_STAGES or launch.devices in running:
         return False
-    return not any(other.run.stage in NODE_STAGES for other, _, _ in running.values())
+    return not any(other.run.stage in NODE_STAGES for other, *_ in running.values())
 
 
 def _wait_any(running: dict, finish: Callable[[str], None]) -> None:
@@ -170,7 +194,7 @@ def _wait_any(running: dict, finish: Callable[[str], None]) -> None:
         finish(next(iter(running)))
         return
     while True:
-        for devices, (_, process, _) in list(running.items()):
+        for devices, (_, process, *_) in list(running.items()):
             if process.poll() is not None:
                 finish(devices)
                 return

@@ -95,10 +95,12 @@ def start_logged(
     cwd: str | Path,
     env: dict[str, str] | None = None,
     shield_usr2: bool = False,
+    pass_fds: Sequence[int] = (),
 ):
     """Start ``argv`` in ``cwd`` with stdout and stderr appended to ``log`` (``env`` added to this environment);
     returns the process (its log stream closes with it). ``shield_usr2``: the process ignores ``USR2``, which Slurm
-    sends to every process of a job before its time limit and which only the job's own handler should act on."""
+    sends to every process of a job before its time limit and which only the job's own handler should act on.
+    ``pass_fds``: open files the process inherits (the run's lock, ``core.lock``)."""
     log = Path(log)
     log.parent.mkdir(parents=True, exist_ok=True)
     stream = log.open("a")
@@ -114,6 +116,7 @@ def start_logged(
             stdout=stream,
             stderr=subprocess.STDOUT,
             env=environment,
+            pass_fds=tuple(pass_fds),
             preexec_fn=_ignore_usr2 if shield_usr2 else None,  # noqa: PLW1509 - the job's process has no threads
         )
     finally:
