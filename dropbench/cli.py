@@ -27,6 +27,8 @@ class _Parser(argparse.ArgumentParser):
 def _schedule(args: argparse.Namespace) -> None:
     from dropbench.pretrain.schedules import drop_schedule
 
+    if not 0 <= args.rate < 1:  # drop_schedule takes any rate, as the authors' scheduler does; a regime does not
+        raise UserInputError("--rate", f"{args.rate} is outside [0, 1); a drop rate is a probability")
     rates = drop_schedule(args.rate, args.epochs, args.iters_per_epoch, args.cutoff_epoch, args.mode, args.shape)
     if args.format == "json":
         print(json.dumps([float(r) for r in rates]))

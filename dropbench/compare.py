@@ -116,10 +116,13 @@ def read_records(results: str | Path, include_paper: bool = False) -> tuple[pd.D
 # ------------------------------------------------------------------------------------------------ variants
 
 
-def _part(parts: dict, name: str) -> tuple[str, str]:
+def _part(parts: dict, name: str, config_hash: str) -> tuple[str, str]:
+    """``(digest, overrides)`` of a record's part; a record written before settings parts existed has only its
+    ``config_hash``, which stands for the digest of every part (``legacy·<hash>``), so two such experiments stay
+    apart."""
     part = parts.get(name) if isinstance(parts, dict) else None
     if not isinstance(part, dict):
-        return LEGACY, ""
+        return f"{LEGACY}·{config_hash}", LEGACY
     return str(part.get("digest", LEGACY)), str(part.get("overrides", ""))
 
 
@@ -129,14 +132,15 @@ def _variant_labels(names: pd.Series, digests: list[str], overrides: list[str]) 
     frame = pd.DataFrame({"name": names.to_numpy(), "digest": digests, "overrides": overrides})
     labels = {}
     for name, group in frame.drop_duplicates(["name", "digest"]).groupby("name", sort=False):
-        texts = ["legacy" if d == LEGACY else o for d, o in zip(group["digest"], group["overrides"], strict=True)]
+        texts = list(group["overrides"])
         for digest, text in zip(group["digest"], texts, strict=True):
             if len(group) == 1 or (not text and texts.count("") == 1):
                 labels[(name, digest)] = name
             elif text and texts.count(text) == 1:
                 labels[(name, digest)] = f"{name}·{text}"
             else:
-                labels[(name, digest)] = "·".join(t for t in (name, text, f"#{digest[:6]}") if t)
+                short = digest.removeprefix(f"{LEGACY}·")[:6]
+                labels[(name, digest)] = "·".join(t for t in (name, text, f"#{short}") if t)
     return [labels[key] for key in zip(frame["name"], frame["digest"], strict=True)]
 
 
@@ -147,7 +151,7 @@ def label_variants(records: pd.DataFrame) -> pd.DataFrame:
     published = (labelled["config_hash"] == PAPER_HASH).to_numpy()
     own = labelled[~published]
     for part, column in LABELLED_PARTS.items():
-        found = [_part(parts, part) for parts in own["parts"]]
+        found = [_part(parts, part, str(h)) for parts, h in zip(own["parts"], own["config_hash"], strict=True)]
         digests = [digest for digest, _ in found]
         if part == "task":  # a pretraining record has no task part: its protocol has no variants
             digests = [d if stage == "transfer" else "" for d, stage in zip(digests, own["stage"], strict=True)]

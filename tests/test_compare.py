@@ -168,6 +168,22 @@ def test_the_same_run_found_twice_counts_once_with_a_warning_naming_both(results
     assert len(warnings) == 7 and all("one/records" in w and "two/records" in w for w in warnings)
 
 
+def test_old_records_with_different_config_hashes_stay_two_experiments(tmp_path):
+    """Records written before settings parts existed carry only a ``config_hash``: it tells them apart."""
+    for config_hash, values in (("60aa", (60.0, 62.0)), ("80bb", (80.0, 82.0))):
+        for seed, value in enumerate(values):
+            old = asdict(_record("no_dropout", seed, value, config_hash=config_hash))
+            del old["parts"], old["transfer_seed"]
+            path = tmp_path / "records" / f"{config_hash}-{seed}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(old))
+    warnings = []
+    stats = summarise(read_records(tmp_path)[0], warn=warnings.append).set_index("recipe")
+    assert warnings == []
+    assert stats.loc["cpu·legacy·#60aa", "mean"] == pytest.approx(61) and stats.loc["cpu·legacy·#60aa", "n"] == 2
+    assert stats.loc["cpu·legacy·#80bb", "mean"] == pytest.approx(81)
+
+
 def test_records_of_the_old_format_stay_readable(results):
     old = asdict(_record("standard_dropout", 0, 65.0))
     del old["parts"], old["transfer_seed"]

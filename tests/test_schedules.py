@@ -191,3 +191,10 @@ def test_schedule_command_rejects_a_cutoff_beyond_the_last_epoch_in_one_line(cli
     )
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and "cutoff_epoch" in err
+
+
+@pytest.mark.parametrize("rate", ["1.5", "1.0", "-0.1", "nan"])
+def test_schedule_command_rejects_a_rate_outside_zero_to_one_in_one_line(cli, rate):
+    code, out, err = cli("schedule", "--mode", "early", "--rate", rate, "--epochs", "10", "--iters-per-epoch", "7")
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and "--rate" in err and "[0, 1)" in err

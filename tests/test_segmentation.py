@@ -109,6 +109,23 @@ def test_a_wrong_num_classes_is_named(cli, exports, ade_digits, tmp_path, monkey
     assert code == 2 and "num_classes" in err and err.count("\n") == 1
 
 
+def test_a_class_count_that_disagrees_with_the_loss_class_weights_is_refused_before_the_run(cli, exports, tmp_path):
+    """The usual mmseg way to another class count: a config that inherits the embedded one and sets 20 classes.
+    The embedded loss weighs 11 classes: one line naming both fields, not torch's error in the first step."""
+    config = tmp_path / "upernet_20_classes.py"
+    config.write_text(
+        f"_base_ = [{str(CONFIGS / 'upernet_cpu.py')!r}]\n"
+        "model = dict(decode_head=dict(num_classes=20), auxiliary_head=dict(num_classes=20))\n"
+    )
+    code, out, err = cli(
+        *("transfer", "seg", "--backbone", exports["vit_micro"], "--config", config),
+        *("--work-dir", tmp_path / "work", "--results", tmp_path / "results"),
+    )
+    assert code == 2 and err.count("\n") == 1, err
+    assert "model.decode_head.num_classes" in err and "loss_decode.class_weight has 11 weights" in err
+    assert not (tmp_path / "work").exists() and not (tmp_path / "results").exists()
+
+
 def test_the_paper_scale_config_builds_upernet_on_an_export(exports):
     from mmseg.registry import MODELS
 

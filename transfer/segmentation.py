@@ -97,6 +97,27 @@ def _wire(cfg: Config, out_channels: list[int]) -> None:
     auxiliary = cfg.model.get("auxiliary_head")
     if auxiliary is not None:
         auxiliary.in_channels = out_channels[auxiliary.in_index]
+    for head in ("decode_head", "auxiliary_head"):
+        _check_class_weights(cfg.model.get(head), f"model.{head}")
+
+
+def _check_class_weights(head: ConfigDict | None, where: str) -> None:
+    """A loss's class weights name one weight per class: a head whose ``num_classes`` differs (a config that
+    inherits the embedded one and sets its own classes) is refused before the run, not in its first step."""
+    if head is None:
+        return
+    losses = head.get("loss_decode")
+    for index, loss in enumerate(losses if isinstance(losses, (list, tuple)) else [losses]):
+        weights = loss.get("class_weight") if loss is not None else None
+        if weights is None or isinstance(weights, str):  # a str is a file of weights that mmseg reads itself
+            continue
+        if len(weights) != head.num_classes:
+            field = f"{where}.loss_decode{f'.{index}' if isinstance(losses, (list, tuple)) else ''}.class_weight"
+            raise UserInputError(
+                f"{where}.num_classes",
+                f"{head.num_classes} classes, but {field} has {len(weights)} weights; "
+                f"give one weight per class, or {field}=None",
+            )
 
 
 def _use_data(cfg: Config, data: ConfigDict) -> None:
