@@ -27,7 +27,7 @@ from dropbench.core.identity import Part, RunIdentity
 from dropbench.core.io import atomic_write_json
 from dropbench.core.tracking import vis_backends
 from dropbench.core.version import code_version
-from dropbench.transfer import mm_checkpoints, mm_distributed
+from dropbench.transfer import mm_checkpoints, mm_distributed, mm_ops
 from dropbench.transfer.backbone import TimmBackbone
 from dropbench.transfer.optim import family_rule
 
@@ -243,6 +243,7 @@ def run_transfer(
     if existing and not force:
         print(identity.finished_message(existing), flush=True)
         return []
+    mm_ops.check_cuda_ops()
     cfg = wire(spec, backbone, cfg)  # the identity was computed from the config as loaded
     use_float32_without_gpu(cfg)
     cfg.pop("dataset_name", None)

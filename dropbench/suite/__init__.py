@@ -14,6 +14,7 @@ run through submitit, a transfer with ``--dependency=afterok:<its pretraining jo
 cancels the transfers of a failed pretraining (Slurm would otherwise leave them pending forever).
 """
 
+from collections.abc import Callable
 from pathlib import Path
 
 from dropbench.core.errors import UserInputError
@@ -35,6 +36,15 @@ __all__ = [
     "report",
     "run_suite",
 ]
+
+
+def check_dense_ops(suite: Suite, gpus_of: Callable[[str], int]) -> None:
+    """Before any pretraining: det/seg runs that will get GPUs (``gpus_of(stage)``) need mmcv's CUDA ops."""
+    dense = {run.stage for run in suite.runs if run.stage in ("det", "seg")}
+    if any(gpus_of(stage) > 0 for stage in dense):
+        from dropbench.transfer.mm_ops import check_cuda_ops
+
+        check_cuda_ops(on_cuda=True, field=f"suite ({', '.join(sorted(dense))} on GPUs)")
 
 
 def run_suite(
@@ -66,8 +76,11 @@ def run_suite(
     cwd = Path.cwd()
     echo = lambda line: print(line, flush=True)  # noqa: E731 - progress lines must appear as runs go
     if executor == "local":
-        outcomes = execute_local(suite, cwd, echo, check_gpus(gpus), jobs)
+        count = check_gpus(gpus)
+        check_dense_ops(suite, lambda stage: count)
+        outcomes = execute_local(suite, cwd, echo, count, jobs)
     else:
+        check_dense_ops(suite, lambda stage: suite.slurm[stage].gpus)
         outcomes = execute_slurm(suite, cwd, echo, poll_seconds)
     text, ok = report(suite, outcomes)
     print(text, flush=True)

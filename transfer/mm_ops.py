@@ -1,0 +1,50 @@
+"""Whether mmcv's compiled ops can run where det/seg are about to run.
+
+Mask R-CNN's RoIAlign and NMS are mmcv's compiled ops. An mmcv built on a machine without a GPU (a CPU login
+node, this project's default install) has CPU kernels only, and fails inside the first training step on a CUDA
+tensor, after the wait in the queue. So a run bound for CUDA checks first, and a suite checks before any
+pretraining.
+"""
+
+import torch
+
+from dropbench.core.errors import UserInputError
+
+FIX = (
+    "rebuild mmcv with its CUDA ops on a machine with nvcc (README, 'Install on a GPU cluster'): "
+    "FORCE_CUDA=1 MMCV_WITH_OPS=1 pip install --no-build-isolation --no-cache-dir --force-reinstall mmcv==2.1.0"
+)
+
+
+def _compiled_cuda() -> str:
+    """The CUDA version mmcv's ops were compiled with, or ``not available`` for CPU-only ops."""
+    from mmcv.ops import get_compiling_cuda_version
+
+    return str(get_compiling_cuda_version())
+
+
+def cuda_ops_problem(compiled: str, runtime: str | None) -> str | None:
+    """Why ops compiled for CUDA ``compiled`` cannot run under torch's CUDA ``runtime``, or None when they can
+    (CUDA keeps binary compatibility within a major version)."""
+    if compiled == "not available":
+        return "mmcv's ops were built without CUDA, so RoIAlign and NMS would fail in the first step on the GPU"
+    if runtime is None or compiled.split(".")[0] != runtime.split(".")[0]:
+        return f"mmcv's ops were built for CUDA {compiled}, torch runs CUDA {runtime}"
+    return None
+
+
+def gpu_visible() -> bool:
+    """Whether this process will run on a GPU (a function of its own, so that a test can stand in for a GPU)."""
+    return torch.cuda.is_available()
+
+
+def check_cuda_ops(on_cuda: bool | None = None, compiled: str | None = None, field: str = "mmcv") -> None:
+    """Refuse, in one line naming the fix, a det/seg run bound for CUDA (``on_cuda``; default: a GPU is visible)
+    with mmcv ops that cannot run there (``compiled``: default, the installed mmcv's)."""
+    if on_cuda is None:
+        on_cuda = gpu_visible()
+    if not on_cuda:
+        return
+    problem = cuda_ops_problem(compiled if compiled is not None else _compiled_cuda(), torch.version.cuda)
+    if problem is not None:
+        raise UserInputError(field, f"{problem}; {FIX}")
