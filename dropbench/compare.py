@@ -331,9 +331,38 @@ def render(stats: pd.DataFrame, fmt: str) -> str:
     return table.to_html(escape=False)
 
 
+# The metrics a transfer paper reports per task (ConvNeXt, Swin, ViTDet, MAE tables); the rest are one flag away.
+HEADLINE_METRICS = {
+    "pretrain": ("top1",),
+    "detection": ("box_AP", "mask_AP"),
+    "segmentation": ("mIoU",),
+    "classification": ("top1",),
+}
+REFERENCE_REGIMES = ("random_init",)  # reference rows: shown in the table, not on the regime Δ's axes
+
+
+def _headline(stats: pd.DataFrame) -> pd.DataFrame:
+    keep = [
+        metric in HEADLINE_METRICS.get(task, (metric,))
+        for task, metric in zip(stats["task"], stats["metric"], strict=True)
+    ]
+    return stats[np.asarray(keep, dtype=bool)]
+
+
+def delta_panels(stats: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The Δ figure's panels: per headline metric (``task / dataset / protocol / metric``), its cells with a Δ, one
+    bar each (``bar``: backbone and regime), reference regimes left out."""
+    deltas = _headline(stats.dropna(subset=["delta"]))
+    deltas = deltas[~deltas["regime"].isin(REFERENCE_REGIMES)].copy()
+    deltas["panel"] = deltas[COLUMN].astype(str).agg(" / ".join, axis=1)
+    deltas["bar"] = deltas["backbone"] + "\n" + deltas["regime"]
+    return {panel: deltas[deltas["panel"] == panel] for panel in dict.fromkeys(deltas["panel"])}
+
+
 def plot_deltas(stats: pd.DataFrame, out: str | Path) -> Path:
-    """Δ against the baseline per task/dataset/metric column (groups) and regime (bars), with the paired
-    intervals as error bars, as a PNG."""
+    """Δ against the baseline, one panel per headline metric (task/dataset/protocol/metric), each on its own scale:
+    a bar per backbone × regime with its paired t interval. Reference regimes (random init) stay out: their Δ of
+    tens of points would flatten the regime Δs the figure is for."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -341,28 +370,35 @@ def plot_deltas(stats: pd.DataFrame, out: str | Path) -> Path:
 
     from dropbench.core.io import atomic_write
 
-    deltas = stats.dropna(subset=["delta"]).copy()
-    deltas["column"] = deltas[COLUMN].astype(str).agg("/".join, axis=1)
-    deltas["row"] = deltas["backbone"] + " " + deltas["regime"]
-    table = deltas.pivot_table(index="column", columns="row", values="delta")
-    low = deltas.pivot_table(index="column", columns="row", values="delta_low", dropna=False).reindex_like(table)
-    high = deltas.pivot_table(index="column", columns="row", values="delta_high", dropna=False).reindex_like(table)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(table) + 2), 4.0), dpi=120)
-    if table.empty:
-        ax.text(0.5, 0.5, "no Δ to show (no baseline runs)", ha="center", va="center")
-    else:
-        width = 0.8 / len(table.columns)
-        for i, row in enumerate(table.columns):
-            values = table[row].to_numpy()
-            errors = np.abs(np.vstack([values - low[row].to_numpy(), high[row].to_numpy() - values]))
-            ax.bar(np.arange(len(table)) + i * width, values, width=width, label=row)
-            ax.errorbar(np.arange(len(table)) + i * width, values, yerr=errors, fmt="none", ecolor="black", capsize=3)
-        ax.set_xticks(np.arange(len(table)) + 0.4 - width / 2, table.index, rotation=20, ha="right", fontsize=8)
+    panels = delta_panels(stats)
+    columns = min(3, max(1, len(panels)))
+    rows = max(1, -(-len(panels) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 3.0 * rows), dpi=150, squeeze=False)
+    for ax in axes.flat[len(panels) :]:
+        ax.axis("off")
+    if not panels:
+        axes.flat[0].axis("on")
+        axes.flat[0].text(0.5, 0.5, "no Δ to show (no baseline runs)", ha="center", va="center")
+    for ax, (panel, own) in zip(axes.flat, panels.items(), strict=False):
+        values = own["delta"].to_numpy()
+        low = np.where(np.isnan(own["delta_low"]), values, own["delta_low"])
+        high = np.where(np.isnan(own["delta_high"]), values, own["delta_high"])
+        x = np.arange(len(own))
+        colors = ["tab:green" if significant else "tab:blue" for significant in own["significant"]]
+        ax.bar(x, values, color=colors, width=0.6)
+        ax.errorbar(x, values, yerr=np.vstack([values - low, high - values]), fmt="none", ecolor="black", capsize=3)
         ax.axhline(0, color="black", linewidth=0.8)
-        ax.legend(frameon=False, fontsize=8)
-    ax.set_ylabel(f"Δ vs baseline (points, {LEVEL:.0%} paired t interval)")
-    ax.grid(axis="y", alpha=0.3)
+        middle, half = (len(own) - 1) / 2, max(len(own), 3) / 2  # a lone bar keeps a bar's width, centred
+        ax.set_xlim(middle - half, middle + half)
+        ax.set_xticks(x, own["bar"], fontsize=7)
+        ax.set_title(panel, fontsize=8)
+        ax.set_ylabel("Δ (points)", fontsize=8)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(
+        f"Δ vs baseline, {LEVEL:.0%} paired t interval (green: excludes 0, n ≥ {MIN_SIGNIFICANT_N})", fontsize=9
+    )
     fig.tight_layout()
-    written = atomic_write(out, lambda tmp: fig.savefig(tmp, format="png"))
+    written = atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight"))
     plt.close(fig)
     return written

@@ -299,3 +299,18 @@ def test_the_noise_floor_pools_seed_stds_and_gives_the_minimum_detectable_delta(
     assert floor.min_detectable_delta == pytest.approx(scipy_stats.t.ppf(0.975, 2) / np.sqrt(3))
     text = render(stats, "md")
     assert "noise floor" in text and f"min detectable Δ {floor.min_detectable_delta:.2f}" in text
+
+
+def test_the_delta_figure_has_a_panel_per_headline_metric_without_the_reference_row(results, tmp_path):
+    from dropbench.compare import delta_panels, plot_deltas
+
+    for seed, value in enumerate((-14.0, -12.0, -10.0)):  # random init: far below the regime Δs
+        _record("random_init", seed, value).write(results)
+        _record("no_dropout", seed, 70.0 + seed, metric="top5").write(results)  # not a headline metric
+    stats = summarise(read_records(results)[0])
+    panels = delta_panels(stats)
+    assert list(panels) == ["classification / mnist / from_scratch / top1"]
+    (own,) = panels.values()
+    assert set(own["regime"]) == {"early_dropout", "late_dropout"} and "random_init" in set(stats["regime"])
+    png = plot_deltas(stats, tmp_path / "deltas.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
