@@ -13,6 +13,7 @@ from dropbench.core.lock import hold_run
 # at a time with both (measured; see the README's "Suites").
 DEMO_JOBS = 2
 
+METRIC_CHOICES_HELP = "headline (default: AP^box, AP^mask, mIoU, top-1), all, or a list (box_AP,mIoU); csv has all"
 FORCE_HELP = "run it even though its records exist (they move to records/superseded/)"
 TRANSFER_RESUME_HELP = "continue the run from the newest checkpoint in --work-dir (start it if there is none)"
 
@@ -178,7 +179,7 @@ def _compare(args: argparse.Namespace) -> None:
     records, skipped = read_records(args.results, include_paper=args.include_paper)
     for message in skipped:
         warn(message)
-    text = render(summarise(records, baseline=args.baseline, warn=warn), args.format)
+    text = render(summarise(records, baseline=args.baseline, warn=warn), args.format, args.metrics)
     if args.out:
         atomic_write_text(args.out, text)
     print(text, end="")
@@ -321,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare = commands.add_parser("compare", help="the comparison table from result records")
     compare.add_argument("--results", default="results", help="folder of records, searched recursively")
     compare.add_argument("--format", choices=("md", "csv", "latex", "html"), default="md")
+    compare.add_argument("--metrics", default="headline", help="the metrics md/latex/html show: " + METRIC_CHOICES_HELP)
     compare.add_argument("--baseline", default="no_dropout", help="the regime Δ is measured against")
     compare.add_argument(
         "--include-paper", action="store_true", help="add the paper's published numbers (results/paper/, shipped)"

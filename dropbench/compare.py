@@ -278,62 +278,8 @@ BOLD = {"md": ("**", "**"), "latex": ("\\textbf{", "}"), "html": ("<b>", "</b>")
 FORMATS = ("md", "csv", "latex", "html")
 
 
-def comparison_table(stats: pd.DataFrame, bold: tuple[str, str] = BOLD["md"]) -> pd.DataFrame:
-    """Pivot to rows backbone × recipe × regime, columns task/dataset/protocol/metric, formatted cells."""
-    if stats.empty:
-        return pd.DataFrame()
-    best = stats.groupby(["backbone", "recipe", *COLUMN])["mean"].transform("max")
-
-    def cell(row) -> str:
-        text = f"{row['mean']:.2f}"
-        if row["n"] > 1:
-            text += f" ± {row['std']:.2f}"
-        text += f" (n={int(row['n'])})"
-        if row["mean"] == best[row.name]:
-            text = f"{bold[0]}{text}{bold[1]}"
-        if not np.isnan(row["delta"]):
-            text += f" Δ {row['delta']:+.2f}"
-            if not np.isnan(row["delta_low"]):
-                text += f" [{row['delta_low']:+.2f}, {row['delta_high']:+.2f}] n={int(row['n_paired'])}"
-            if row["significant"]:
-                text += f" {SIGNIFICANT}"
-        return text
-
-    cells = stats.assign(cell=stats.apply(cell, axis=1))
-    cells["column"] = cells[COLUMN].astype(str).agg("/".join, axis=1)
-    table = cells.pivot(index=ROW, columns="column", values="cell").fillna("–")
-    table.columns.name = None
-    return table
-
-
-def _markdown(table: pd.DataFrame) -> str:
-    header = [*table.index.names, *table.columns]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for index, row in table.iterrows():
-        lines.append("| " + " | ".join([*index, *row.tolist()]) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def render(stats: pd.DataFrame, fmt: str) -> str:
-    """The table as Markdown, LaTeX or HTML (formatted cells), or CSV (the tidy numbers, one row per cell)."""
-    if fmt not in FORMATS:
-        raise UserInputError("--format", f"'{fmt}' is not one of {', '.join(FORMATS)}")
-    if fmt == "csv":
-        return stats.to_csv(index=False)
-    table = comparison_table(stats, BOLD[fmt])
-    if table.empty:
-        return "no records\n"
-    if fmt == "md":
-        return _markdown(table) + _noise_lines(stats)
-    if fmt == "latex":
-        table = table.rename(index=lambda name: name.replace("_", r"\_"), columns=lambda name: name.replace("_", r"\_"))
-        return table.to_latex(escape=False).replace("±", "$\\pm$").replace("Δ", "$\\Delta$").replace("†", "$^\\dagger$")
-    return table.to_html(escape=False)
-
-
 # The metrics a transfer paper reports per task (ConvNeXt, Swin, ViTDet, MAE tables); the rest are one flag away.
 HEADLINE_METRICS = {
-    "pretrain": ("top1",),
     "detection": ("box_AP", "mask_AP"),
     "segmentation": ("mIoU",),
     "classification": ("top1",),
@@ -347,6 +293,120 @@ def _headline(stats: pd.DataFrame) -> pd.DataFrame:
         for task, metric in zip(stats["task"], stats["metric"], strict=True)
     ]
     return stats[np.asarray(keep, dtype=bool)]
+
+
+# Short column headers, as transfer papers print them; a metric not named here keeps its record name.
+METRIC_LABELS = {"box_AP": "AP^box", "mask_AP": "AP^mask", "top1": "top-1", "top5": "top-5"}
+
+
+def select_metrics(stats: pd.DataFrame, metrics: str = "headline") -> pd.DataFrame:
+    """The cells a formatted table shows: each task's headline metrics, all of them, or the metrics named."""
+    if metrics == "headline":
+        return _headline(stats)
+    if metrics == "all":
+        return stats
+    wanted = [name.strip() for name in metrics.split(",") if name.strip()]
+    unknown = sorted(set(wanted) - set(stats["metric"]))
+    if not wanted or unknown:
+        known = ", ".join(sorted(set(stats["metric"])))
+        raise UserInputError("--metrics", f"{', '.join(unknown) or metrics!r} not in the records (they have: {known})")
+    return stats[stats["metric"].isin(wanted)]
+
+
+TASK_ORDER = ("detection", "segmentation", "classification")  # as transfer papers order their tables
+
+
+def _column_order(values: pd.Series) -> pd.Series:
+    """Sort key: the pretraining's own accuracy (``from_scratch``) first, then det, seg, cls."""
+    if values.name == "protocol":
+        return (values != "from_scratch").astype(int)
+    return values.map(lambda task: TASK_ORDER.index(task) if task in TASK_ORDER else len(TASK_ORDER))
+
+
+def _group(row) -> str:
+    return f"{row['dataset']} {row['protocol']}"
+
+
+def comparison_table(stats: pd.DataFrame, bold: tuple[str, str] = BOLD["md"]) -> pd.DataFrame:
+    """Rows backbone × recipe × regime, with ``n`` once per row where it is the same in every cell; columns
+    grouped by dataset and protocol (level 0) with short metric names (level 1); formatted cells."""
+    if stats.empty:
+        return pd.DataFrame()
+    best = stats.groupby(["backbone", "recipe", *COLUMN])["mean"].transform("max")
+    row_n = stats.groupby(ROW, sort=False)["n"].transform(lambda n: n.iloc[0] if n.nunique() == 1 else np.nan)
+
+    def cell(row) -> str:
+        uniform = not np.isnan(row_n[row.name])
+        text = f"{row['mean']:.2f}" + (f" ± {row['std']:.2f}" if row["n"] > 1 else "")
+        text += "" if uniform else f" (n={int(row['n'])})"
+        if row["mean"] == best[row.name]:
+            text = f"{bold[0]}{text}{bold[1]}"
+        if not np.isnan(row["delta"]):
+            text += f" Δ {row['delta']:+.2f}"
+            if not np.isnan(row["delta_low"]):
+                text += f" [{row['delta_low']:+.2f}, {row['delta_high']:+.2f}]"
+                text += "" if uniform and row["n_paired"] == row["n"] else f" n={int(row['n_paired'])}"
+            text += SIGNIFICANT if row["significant"] else ""
+        return text
+
+    cells = stats.assign(cell=stats.apply(cell, axis=1), group=stats.apply(_group, axis=1))
+    cells["label"] = cells["metric"].map(lambda m: METRIC_LABELS.get(m, m))
+    first = cells.sort_values(["protocol", "task"], key=_column_order, kind="stable")
+    order = list(dict.fromkeys(zip(first["group"], first["label"], strict=True)))
+    table = cells.pivot(index=ROW, columns=["group", "label"], values="cell").reindex(columns=order).fillna("–")
+    table.columns.names = [None, None]
+    n = stats.assign(row_n=row_n).groupby(ROW, sort=False)["row_n"].first()
+    if n.notna().all():
+        table.insert(0, ("", "n"), n.reindex(table.index).astype(int).astype(str))
+    return table
+
+
+def _markdown(table: pd.DataFrame) -> str:
+    header = [*table.index.names, *(f"{group} {label}".strip() for group, label in table.columns)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for index, row in table.iterrows():
+        lines.append("| " + " | ".join([*index, *row.tolist()]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _latex(table: pd.DataFrame) -> str:
+    def escape(text: str) -> str:
+        return text.replace("_", r"\_").replace("^box", r"$^\mathrm{box}$").replace("^mask", r"$^\mathrm{mask}$")
+
+    table = table.rename(index=escape, columns=escape)
+    text = table.to_latex(escape=False, multicolumn=True, multicolumn_format="c", multirow=False)
+    return text.replace("±", "$\\pm$").replace("Δ", "$\\Delta$").replace("†", "$^\\dagger$")
+
+
+def _html(table: pd.DataFrame, notes: str) -> str:
+    style = (
+        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:13px}"
+        "th,td{border-bottom:1px solid #ccc;padding:4px 8px;text-align:right}th{text-align:center}"
+        "pre{font-size:12px;color:#444}"
+    )
+    body = table.to_html(escape=False, border=0)
+    return (
+        f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>dropbench comparison</title>"
+        f"<style>{style}</style></head>\n<body>\n{body}\n<pre>{notes.strip()}</pre>\n</body></html>\n"
+    )
+
+
+def render(stats: pd.DataFrame, fmt: str, metrics: str = "headline") -> str:
+    """The table as Markdown, LaTeX (booktabs, grouped headers) or one self-contained HTML file, with ``metrics``
+    (``select_metrics``); CSV is the tidy table of every metric, one row per cell."""
+    if fmt not in FORMATS:
+        raise UserInputError("--format", f"'{fmt}' is not one of {', '.join(FORMATS)}")
+    if fmt == "csv":
+        return stats.to_csv(index=False)
+    shown = select_metrics(stats, metrics) if not stats.empty else stats
+    table = comparison_table(shown, BOLD[fmt])
+    if table.empty:
+        return "no records\n"
+    if fmt == "md":
+        return _markdown(table) + _noise_lines(shown)
+    if fmt == "latex":
+        return _latex(table)
+    return _html(table, _noise_lines(shown))
 
 
 def delta_panels(stats: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -373,7 +433,7 @@ def plot_deltas(stats: pd.DataFrame, out: str | Path) -> Path:
     panels = delta_panels(stats)
     columns = min(3, max(1, len(panels)))
     rows = max(1, -(-len(panels) // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 3.0 * rows), dpi=150, squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(max(4.5, 3.4 * columns), 3.0 * rows), dpi=150, squeeze=False)
     for ax in axes.flat[len(panels) :]:
         ax.axis("off")
     if not panels:

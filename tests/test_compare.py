@@ -11,6 +11,7 @@ import pytest
 from scipy import stats as scipy_stats
 
 from dropbench.compare import paired_t_interval, read_records, render, summarise
+from dropbench.core.errors import UserInputError
 from dropbench.core.identity import ResultRecord
 
 RECIPE = {"digest": "r" * 16, "overrides": ""}
@@ -123,7 +124,7 @@ def test_the_best_mean_is_bold_in_every_format(results):
     stats = summarise(read_records(results)[0])
     markdown = render(stats, "md")
     early_line = next(line for line in markdown.splitlines() if "early_dropout" in line)
-    assert "**74.00 ± 3.00 (n=3)** Δ +2.00" in early_line
+    assert "**74.00 ± 3.00** Δ +2.00" in early_line
     assert "**" not in next(line for line in markdown.splitlines() if "| no_dropout" in line)
     assert r"\textbf{74.00" in render(stats, "latex") and r"early\_dropout" in render(stats, "latex")
     assert "<b>74.00" in render(stats, "html")
@@ -314,3 +315,58 @@ def test_the_delta_figure_has_a_panel_per_headline_metric_without_the_reference_
     assert set(own["regime"]) == {"early_dropout", "late_dropout"} and "random_init" in set(stats["regime"])
     png = plot_deltas(stats, tmp_path / "deltas.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def two_tasks(tmp_path):
+    """no/early dropout over 3 seeds: pretraining top-1 and top-5, and a detection transfer's box AP and AP50."""
+    for seed in range(3):
+        for regime, shift in (("no_dropout", 0.0), ("early_dropout", 1.0 + seed)):
+            _record(regime, seed, 70.0 + seed + shift).write(tmp_path)
+            _record(regime, seed, 90.0 + seed, metric="top5").write(tmp_path)
+            for metric, value in (("box_AP", 40.0), ("box_AP50", 60.0)):
+                task = dict(stage="transfer", task="detection", dataset="coco", protocol="1x", transfer_seed=0)
+                _record(regime, seed, value + seed + shift / 2, metric=metric, **task).write(tmp_path)
+    return summarise(read_records(tmp_path)[0])
+
+
+# Reference renderings of the two_tasks table: headline metrics, grouped columns, n once per row.
+REFERENCE_MD = """\
+| backbone | recipe | regime | n | mnist from_scratch top-1 | coco 1x AP^box |
+|---|---|---|---|---|---|
+| vit_micro | cpu | early_dropout | 3 | **73.00 ± 2.00** Δ +2.00 [-0.48, +4.48] | **42.00 ± 1.50** Δ +1.00 [-0.24, +2.24] |
+| vit_micro | cpu | no_dropout | 3 | 71.00 ± 1.00 | 41.00 ± 1.00 |
+"""
+REFERENCE_LATEX = r"""\begin{tabular}{llllll}
+\toprule
+ &  &  &  & mnist from\_scratch & coco 1x \\
+ &  &  & n & top-1 & AP$^\mathrm{box}$ \\
+backbone & recipe & regime &  &  &  \\
+\midrule
+vit\_micro & cpu & early\_dropout & 3 & \textbf{73.00 $\pm$ 2.00} $\Delta$ +2.00 [-0.48, +4.48] & \textbf{42.00 $\pm$ 1.50} $\Delta$ +1.00 [-0.24, +2.24] \\
+ &  & no\_dropout & 3 & 71.00 $\pm$ 1.00 & 41.00 $\pm$ 1.00 \\
+\bottomrule
+\end{tabular}
+"""
+
+
+def test_the_headline_table_matches_its_reference_rendering_in_markdown_and_latex(two_tasks):
+    assert render(two_tasks, "md").split("\n\n")[0] + "\n" == REFERENCE_MD
+    assert render(two_tasks, "latex") == REFERENCE_LATEX
+
+
+def test_all_metrics_and_a_list_are_one_flag_away_and_csv_keeps_every_metric(two_tasks):
+    header = render(two_tasks, "md", "all").splitlines()[0]
+    assert "coco 1x box_AP50" in header and "mnist from_scratch top-5" in header
+    assert render(two_tasks, "md", "box_AP50").splitlines()[0].endswith("| coco 1x box_AP50 |")
+    assert set(pd.read_csv(io.StringIO(render(two_tasks, "csv")))["metric"]) == {"top1", "top5", "box_AP", "box_AP50"}
+    with pytest.raises(UserInputError, match="--metrics"):
+        render(two_tasks, "md", "box_AP99")
+
+
+def test_html_is_one_self_contained_file_with_grouped_headers(two_tasks):
+    html = render(two_tasks, "html")
+    assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
+    assert "<style>" in html and "src=" not in html and "href=" not in html
+    assert '<th colspan="1" halign="left">coco 1x</th>' in html or ">coco 1x</th>" in html
+    assert "<b>73.00 ± 2.00</b> Δ +2.00 [-0.48, +4.48]" in html
