@@ -381,10 +381,11 @@ def _latex(table: pd.DataFrame) -> str:
 def _html(table: pd.DataFrame, notes: str) -> str:
     style = (
         "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:13px}"
-        "th,td{border-bottom:1px solid #ccc;padding:4px 8px;text-align:right}th{text-align:center}"
+        "th,td{border-bottom:1px solid #ccc;padding:4px 8px;text-align:right;white-space:nowrap}th{text-align:center}"
         "pre{font-size:12px;color:#444}"
     )
     body = table.to_html(escape=False, border=0)
+    body = body.replace("^box", "<sup>box</sup>").replace("^mask", "<sup>mask</sup>")
     return (
         f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>dropbench comparison</title>"
         f"<style>{style}</style></head>\n<body>\n{body}\n<pre>{notes.strip()}</pre>\n</body></html>\n"

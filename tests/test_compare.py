@@ -354,3 +354,26 @@ def test_html_is_one_self_contained_file_with_grouped_headers(two_tasks):
     assert "<style>" in html and "src=" not in html and "href=" not in html
     assert '<th colspan="1" halign="left">coco 1x</th>' in html or ">coco 1x</th>" in html
     assert "<b>73.00 ± 2.00</b> Δ +2.00 [-0.48, +4.48]" in html
+
+
+def test_the_html_table_renders_in_a_headless_browser(two_tasks, tmp_path):
+    """Chromium (headless) opens the HTML file and its screenshot shows a table: dark text on a light page, over
+    the width of a table with grouped columns."""
+    import shutil
+    import subprocess
+
+    from PIL import Image
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        pytest.skip("no Chromium to load the HTML table (apt-get install chromium)")
+    page, shot = tmp_path / "table.html", tmp_path / "table.png"
+    page.write_text(render(two_tasks, "html"), encoding="utf-8")
+    command = [browser, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}"]
+    command += ["--window-size=1200,500", "--hide-scrollbars", page.as_uri()]
+    subprocess.run(command, capture_output=True, timeout=120, check=False)
+    with Image.open(shot) as image:
+        gray = np.asarray(image.convert("L"))
+    dark_columns = np.flatnonzero((gray < 100).any(axis=0))
+    assert (gray > 200).mean() > 0.5, "a light page"
+    assert dark_columns.size and dark_columns[-1] - dark_columns[0] > 500, "text across a table's width"
