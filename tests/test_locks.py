@@ -54,6 +54,26 @@ def test_a_lock_names_its_holder_and_goes_with_a_killed_process(tmp_path):
     assert said == []
 
 
+def test_a_forked_child_does_not_keep_the_run_lock(tmp_path):
+    """A data loader worker forked during a run (and kept alive, as persistent workers are) does not hold the lock
+    after its parent's run ended: the next run in the folder starts at once."""
+    import multiprocessing
+
+    folder = tmp_path / "run"
+    with hold_run(folder, "the run"):
+        child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
+        child.start()
+    try:
+        lock, deadline = RunLock(folder), time.monotonic() + 10  # the child closes its copy just after the fork
+        while not lock.try_take():
+            assert time.monotonic() < deadline, "the forked child kept the lock"
+            time.sleep(0.05)
+        lock.release()
+    finally:
+        child.terminate()
+        child.join()
+
+
 @pytest.mark.slow
 def test_two_suites_on_the_same_output_run_each_run_once(tmp_path):
     """The same suite started twice, 3 s apart, in one folder: every run executes once, in its own log, both

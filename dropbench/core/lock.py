@@ -69,6 +69,20 @@ class RunLock:
         return {HELD_ENV: os.pathsep.join([*held, str(self.path)])}
 
 
+_HELD: set[RunLock] = set()  # the locks this process holds for its own run (``hold_run``)
+
+
+def _close_in_forked_child() -> None:
+    """A forked child (a data loader worker) must not hold its parent's run lock: with its copy of the open lock
+    file it would keep the lock after the parent released it, and the next run in that folder would wait for it."""
+    for lock in _HELD:
+        lock.file.close()
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_in_forked_child)
+
+
 def _held_by_parent(path: Path) -> bool:
     return str(path) in os.environ.get(HELD_ENV, "").split(os.pathsep)
 
@@ -84,6 +98,8 @@ def hold_run(folder: str | Path, what: str, echo: Callable[[str], None] = print)
         if not lock.try_take():
             echo(f"{what} is running elsewhere ({lock.holder()}): waiting for it to end")
             lock.take()
+        _HELD.add(lock)
         yield
     finally:
+        _HELD.discard(lock)
         lock.release()
