@@ -245,5 +245,5 @@ def test_an_imported_export_goes_through_every_transfer_into_the_table(cli, tmp_
     assert code == 0, err
     row = next(line for line in table.splitlines() if "vit_tiny" in line)
     assert "basic" in row and "early_dropout" in row
-    for column in ("sklearn_digits/linear/top1", "coco_digits/mask_rcnn_cpu/box_AP", "ade_digits/upernet_cpu/mIoU"):
+    for column in ("sklearn_digits linear top-1", "coco_digits mask_rcnn_cpu AP^box", "ade_digits upernet_cpu mIoU"):
         assert column in table
