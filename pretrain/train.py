@@ -9,6 +9,7 @@ weights as an uninterrupted one.
 import csv
 import itertools
 import json
+import logging
 import math
 import os
 import random
@@ -55,6 +56,8 @@ from dropbench.pretrain.config import Recipe, Regime, pretrain_identity
 from dropbench.pretrain.controller import DropController
 from dropbench.pretrain.data import DataSplits, build_data, dataset_name
 from dropbench.pretrain.diagnostics import DIAGNOSTIC_COLUMNS, DiagnosticsConfig, GradientDiagnostics, gradient_norm
+
+logger = logging.getLogger(__name__)
 
 LOG_FILE = "log.csv"
 DIAGNOSTICS_FILE = "diagnostics.csv"
@@ -219,7 +222,7 @@ def pretrain(
     identity = pretrain_identity(backbone, regime, recipe, dataset_name(data, recipe, data_name))
     existing = identity.existing_records(results_dir) if results_dir is not None else []
     if existing and not force:
-        print(identity.finished_message(existing), flush=True)
+        logger.info(identity.finished_message(existing))
         return _finished_summary(out, recipe, existing)
     _check_run_folder(out, resume, force)
     distributed, dev = _init_distributed(device)
@@ -276,7 +279,7 @@ def _prepare_run_folder(out: Path, resume: bool, force: bool, distributed: _Dist
     if force and not resume and distributed.main and out.exists() and any(out.iterdir()):
         aside = out.with_name(f"{out.name}.superseded-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}")
         os.replace(out, aside)
-        print(f"--force: the earlier run folder is now {aside}", flush=True)
+        logger.info(f"--force: the earlier run folder is now {aside}")
     if distributed.world > 1:
         dist.barrier()
 

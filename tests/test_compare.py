@@ -2,7 +2,7 @@ import io
 import json
 import shutil
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -214,6 +214,19 @@ def test_the_compare_command_prints_the_table_and_warns(cli, results):
     (results / "records" / "broken.json").write_text("{")
     code, out, err = cli("compare", "--results", results, "--format", "md")
     assert code == 0 and "early_dropout" in out and "broken.json" in err
+
+
+def test_the_records_format_shows_every_field_of_the_record_type(cli, results):
+    """Record columns come from the record type: a field added to ResultRecord reaches --format records unnamed."""
+    code, out, err = cli("compare", "--results", results, "--format", "records")
+    assert code == 0, err
+    frame = pd.read_csv(io.StringIO(out))
+    assert list(frame.columns) == [*(f.name for f in fields(ResultRecord)), "path"]
+    assert len(frame) == 7 and frame["value"].notna().all() and frame["config_hash"].notna().all()
+    first = json.loads(Path(frame["path"][0]).read_text())
+    row = frame[frame["path"] == frame["path"][0]].iloc[0]
+    assert all(str(row[name]) == str(first[name]) for name in first if name not in ("parts", "transfer_seed"))
+    assert json.loads(row["parts"]) == first["parts"]
 
 
 def test_paper_numbers_are_shown_only_when_asked(cli, results):

@@ -132,16 +132,16 @@ def test_the_shipped_suites_are_valid_plans():
     assert {run.stage for run in embedded.runs} == {"pretrain", "det", "seg", "cls"}
     assert paper.grid[0] == 3 and paper.grid[3] >= 3
     assert {run.stage for run in paper.runs} == {"pretrain", "det", "seg", "cls"}
-    assert paper.slurm["pretrain"].gpus > 1 and paper.slurm["cls"].gpus == 1
+    assert paper.sections["slurm"]["pretrain"].gpus > 1 and paper.sections["slurm"]["cls"].gpus == 1
 
 
 def test_slurm_resources_take_defaults_then_per_stage_values_and_slurm_times(tmp_path):
     slurm = {"partition": "gpu", "cpus": 4, "time": "1-02:30:00", "cls": {"gpus": 1, "time": "45"}, "seg": {"time": 90}}
     suite = load_suite(_suite(tmp_path, slurm=slurm))
-    assert suite.slurm["pretrain"] == SlurmResources(partition="gpu", cpus=4, time=24 * 60 + 150)
-    assert suite.slurm["cls"] == SlurmResources(partition="gpu", cpus=4, gpus=1, time=45)
-    assert suite.slurm["seg"].time == 90 and suite.slurm["det"].time == 24 * 60 + 150
-    assert load_suite(_suite(tmp_path)).slurm["det"] == SlurmResources()
+    assert suite.sections["slurm"]["pretrain"] == SlurmResources(partition="gpu", cpus=4, time=24 * 60 + 150)
+    assert suite.sections["slurm"]["cls"] == SlurmResources(partition="gpu", cpus=4, gpus=1, time=45)
+    assert suite.sections["slurm"]["seg"].time == 90 and suite.sections["slurm"]["det"].time == 24 * 60 + 150
+    assert load_suite(_suite(tmp_path)).sections["slurm"]["det"] == SlurmResources()
 
 
 def test_on_several_gpus_pretraining_and_dense_transfers_go_under_torchrun_and_parse(tmp_path):

@@ -13,6 +13,7 @@ pretraining uses (``dropbench.core.loop``).
 """
 
 import hashlib
+import logging
 import os
 import random
 import sys
@@ -64,6 +65,8 @@ from dropbench.transfer.cls_data import (
     load_cls_data,
     stratified_split,
 )
+
+logger = logging.getLogger(__name__)
 
 TASK = "classification"
 PROTOCOLS = ("finetune", "linear")
@@ -588,7 +591,7 @@ def transfer_classification(
     identity = RunIdentity.of_export(sidecar).transfer(TASK, dataset_name, protocol, config.seed, task_part)
     existing = identity.existing_records(results_dir) if results_dir is not None else []
     if existing and not force:
-        print(identity.finished_message(existing), flush=True)
+        logger.info(identity.finished_message(existing))
         return ClsSummary(work_dir=work_dir, protocol=protocol, metrics={}, records=existing)
     if protocol == "linear":
         _check_holdout(config, data)
@@ -619,5 +622,5 @@ def transfer_classification(
         )
     shown = "  ".join(f"{m} {v:.2f}%" for m, v in summary.metrics.items())
     name = sidecar.get("backbone", sidecar["model"])
-    print(f"{name} / {sidecar.get('regime', '?')} → {config.name} {protocol}: {shown}")
+    logger.info(f"{name} / {sidecar.get('regime', '?')} → {config.name} {protocol}: {shown}")
     return summary

@@ -11,8 +11,8 @@ import torch
 from dropbench.core.errors import UserInputError
 
 FIX = (
-    "rebuild mmcv with its CUDA ops on a machine with nvcc (README, 'Install on a GPU cluster'): "
-    "FORCE_CUDA=1 MMCV_WITH_OPS=1 pip install --no-build-isolation --no-cache-dir --force-reinstall mmcv==2.1.0"
+    'rebuild mmcv with CUDA ops for the GPUs\' compute capabilities: make install CUDA_ARCH="8.0 9.0" '
+    "(docs/install.md, 'Install on a GPU cluster')"
 )
 
 

@@ -7,6 +7,7 @@ once (plus the task's extra evaluation), and writes one record per metric.
 """
 
 import json
+import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from dropbench.core.version import code_version
 from dropbench.transfer import mm_checkpoints, mm_distributed, mm_ops
 from dropbench.transfer.backbone import TimmBackbone
 from dropbench.transfer.optim import family_rule
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -173,7 +176,7 @@ def use_float32_without_gpu(cfg: Config) -> None:
     wrapper.type = "OptimWrapper"
     for key in ("loss_scale", "dtype"):
         wrapper.pop(key, None)
-    print("no GPU: AmpOptimWrapper (float16) needs CUDA, so this run trains in float32 with OptimWrapper", flush=True)
+    logger.info("no GPU: AmpOptimWrapper (float16) needs CUDA, so this run trains in float32 with OptimWrapper")
 
 
 def configure(spec: TaskSpec, backbone: Path, config: Path, cfg_options: Sequence[str]) -> Config:
@@ -206,7 +209,7 @@ def wire(spec: TaskSpec, backbone: Path, cfg: Config) -> Config:
 
 def check_fixed_grid(spec: TaskSpec, cfg: Config, fixed_size: tuple[int, int] | None, model: str) -> None:
     """Refuse, before any run, a backbone whose token grid is part of its weights (MLP-Mixer) in a task config that
-    has no sound protocol for it (README, "Paper-scale transfer")."""
+    has no sound protocol for it (docs/paper-scale.md)."""
     if fixed_size is None:
         return
     problem = spec.fixed_grid_problem(cfg, fixed_size)
@@ -241,7 +244,7 @@ def run_transfer(
     identity = RunIdentity.of_export(sidecar).transfer(spec.task, dataset, protocol, seed, task_part)
     existing = identity.existing_records(results_dir) if results_dir is not None else []
     if existing and not force:
-        print(identity.finished_message(existing), flush=True)
+        logger.info(identity.finished_message(existing))
         return []
     mm_ops.check_cuda_ops()
     cfg = wire(spec, backbone, cfg)  # the identity was computed from the config as loaded
@@ -298,9 +301,9 @@ def _checkpoints(cfg: Config, work_dir: Path, identity: RunIdentity, resume: boo
         held = json.loads((work_dir / RUN_FILE).read_text()) if (work_dir / RUN_FILE).is_file() else None
         check_same_run(held, this_run, work_dir)
         cfg.resume, cfg.load_from = True, str(latest)
-        print(f"resuming from {latest}", flush=True)
+        logger.info(f"resuming from {latest}")
     elif resume:
-        print(f"'{work_dir}' holds no checkpoint: the run starts at iteration 0", flush=True)
+        logger.info(f"'{work_dir}' holds no checkpoint: the run starts at iteration 0")
     if is_main_process():
         atomic_write_json(work_dir / RUN_FILE, this_run)
 

@@ -1,16 +1,11 @@
 # The embedded CPU config: MNIST test-split digits on 96 px grey canvases in the COCO layout (made on first use
 # under data/coco_digits), 10 classes, about 85 s on 2 cores. mmdet's Mask R-CNN with FPN, RPN and RoI box and
-# mask heads, as at paper scale, narrowed to the micro backbones (48 channels instead of 256, fewer RoIs).
-# 300 iterations: at 180 (60 s) both rows were still learning fast (box AP ~25 pretrained,
-# ~20 random), and one pretraining seed's export detected no better than random init.
+# mask heads, as at paper scale, narrowed to the micro backbones (48 channels instead of 256, fewer RoIs). Why its
+# sizes are these (300 iterations, 400 validation canvases, digits packed by their strokes), measured against other
+# choices: docs/embedded-benchmark.md.
 _base_ = ["_base_/mask_rcnn_timm.py", "_base_/coco_instance.py", "_base_/default_runtime.py"]
 
 dataset_name = "coco_digits"
-# 400 validation canvases: with 80, AP's evaluation noise alone (sd 5.4 box AP over fine-tune seeds of one random-init
-# export, 3.2 with 400) hid the backbone; 400 cost about 10 s more per run on 2 cores.
-# Digits are packed by their strokes (3.5 a canvas): with boxes kept apart (1.9 a canvas) box and mask AP75 had a
-# seed std of 3.7, three times the other AP columns', and mask AP75 could not tell a pretrained backbone from a random
-# one over 4 seeds (+4.85 [-4.89, +14.59]; now +6.15 [+3.14, +9.16], box AP75's std 1.25).
 embedded_data = dict(
     type="coco_digits",
     num_train=200,
@@ -27,8 +22,8 @@ image_size = 96
 width = 48  # FPN, RPN and RoI-head channels
 
 model = dict(
-    # The adapter as sensitivity.py measured it (README): no output LayerNorm (GroupNorm in the FPN instead) and, for
-    # plain ViTs, evenly spaced blocks; the paper-scale configs follow their anchors instead.
+    # The adapter as benchmarks/sensitivity.py measured it: no output LayerNorm (GroupNorm in the FPN instead) and,
+    # for plain ViTs, evenly spaced blocks; the paper-scale configs follow their anchors instead.
     backbone=dict(drop_path_rate=0.0, out_norm=False, plain_blocks="spaced"),
     # GroupNorm after the FPN's convolutions: trained transformer blocks give maps an order of magnitude larger than
     # a fresh neck expects (and than an untrained backbone's), which makes a short fine-tune unstable.

@@ -14,6 +14,7 @@ moves the old records into ``records/superseded/``.
 
 import hashlib
 import json
+import logging
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -24,6 +25,8 @@ from typing import Any
 
 from dropbench.core.io import atomic_write_json
 from dropbench.core.lock import RunLock
+
+logger = logging.getLogger(__name__)
 
 PERCENT = "%"
 RECORDS_FOLDER = "records"
@@ -176,10 +179,9 @@ class RunIdentity:
             lock.take()
             existing = self.existing_records(results_dir)
             if existing and not force:
-                print(
+                logger.warning(
                     f"records of this run appeared in {existing[0].parent} while it ran (another process wrote them): "
-                    "they are kept and this run's values are not recorded; --force supersedes them",
-                    flush=True,
+                    "they are kept and this run's values are not recorded; --force supersedes them"
                 )
                 return []
             supersede(existing)

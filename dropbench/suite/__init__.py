@@ -16,72 +16,57 @@ cancels the transfers of a failed pretraining (Slurm would otherwise leave them 
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from dropbench.core.errors import UserInputError
-from dropbench.suite.local import check_gpus, check_jobs, execute_local, launches
+from dropbench.suite.executors import Executor, executor_classes, register_executor, start_executor
+from dropbench.suite.local import LocalExecutor, execute_local
 from dropbench.suite.plan import Run, Suite, describe, load_suite
-from dropbench.suite.running import Outcome, report
-from dropbench.suite.slurm import SlurmResources, execute_slurm, job_command, queued_jobs
+from dropbench.suite.running import Outcome, Status, report
+from dropbench.suite.slurm import SlurmExecutor, SlurmResources, execute_slurm, queued_jobs
+from dropbench.tasks import PRETRAIN_STAGE, transfer_task
 
 __all__ = [
+    "Executor",
+    "LocalExecutor",
     "Outcome",
     "Run",
+    "SlurmExecutor",
     "SlurmResources",
+    "Status",
     "Suite",
     "describe",
     "execute_local",
     "execute_slurm",
+    "executor_classes",
     "load_suite",
     "queued_jobs",
+    "register_executor",
     "report",
     "run_suite",
 ]
 
 
 def check_dense_ops(suite: Suite, gpus_of: Callable[[str], int]) -> None:
-    """Before any pretraining: det/seg runs that will get GPUs (``gpus_of(stage)``) need mmcv's CUDA ops."""
-    dense = {run.stage for run in suite.runs if run.stage in ("det", "seg")}
+    """Before any pretraining: runs of tasks with mmcv's compiled ops (det/seg) that will get GPUs
+    (``gpus_of(stage)``) need mmcv's CUDA ops."""
+    dense = {run.stage for run in suite.runs if run.stage != PRETRAIN_STAGE and transfer_task(run.stage).needs_cuda_ops}
     if any(gpus_of(stage) > 0 for stage in dense):
         from dropbench.transfer.mm_ops import check_cuda_ops
 
         check_cuda_ops(on_cuda=True, field=f"suite ({', '.join(sorted(dense))} on GPUs)")
 
 
-def run_suite(
-    path: str | Path,
-    executor: str = "local",
-    dry_run: bool = False,
-    poll_seconds: float = 30.0,
-    gpus: int | None = None,
-    jobs: int = 1,
-) -> int:
-    """Load the suite, print its plan (``dry_run``; for the local executor with the exact commands on ``gpus``
-    GPUs) or run it; returns the exit code (1 when any run failed). ``gpus``: the local executor's, default every
-    visible GPU; ``jobs``: CPU runs side by side."""
+def run_suite(path: str | Path, executor: str = "local", dry_run: bool = False, **options: Any) -> int:
+    """Load the suite, print its plan (``dry_run``: each run with the exact command the executor gives it) or run
+    it; returns the exit code (1 when any run failed). ``options``: the executor's (local: ``gpus``, default every
+    visible GPU, and ``jobs``, CPU runs side by side); ``None`` is not given."""
     suite = load_suite(path)
-    if executor not in ("local", "slurm"):
-        raise UserInputError("--executor", f"unknown executor '{executor}' (choose from: local, slurm)")
-    if gpus is not None and executor != "local":
-        raise UserInputError("--gpus", "is the local executor's; a Slurm job's GPUs are the suite's slurm.gpus")
-    if jobs != 1 and executor != "local":
-        raise UserInputError("--jobs", "is the local executor's; Slurm runs every job as the scheduler places it")
+    runner = start_executor(executor, dry_run=dry_run, **options)
     if dry_run:
-        if executor == "local":
-            count = check_gpus(gpus, dry_run=True)
-            plan = launches(suite, count, check_jobs(jobs, count))
-            print(describe(suite, [(launch.run, launch.shell(count)) for launch in plan]))
-        else:
-            print(describe(suite, [(run, job_command(suite, run)) for run in suite.runs]))
+        print(describe(suite, runner.commands(suite)))
         return 0
-    cwd = Path.cwd()
+    check_dense_ops(suite, lambda stage: runner.gpus_of(suite, stage))
     echo = lambda line: print(line, flush=True)  # noqa: E731 - progress lines must appear as runs go
-    if executor == "local":
-        count = check_gpus(gpus)
-        check_dense_ops(suite, lambda stage: count)
-        outcomes = execute_local(suite, cwd, echo, count, jobs)
-    else:
-        check_dense_ops(suite, lambda stage: suite.slurm[stage].gpus)
-        outcomes = execute_slurm(suite, cwd, echo, poll_seconds)
-    text, ok = report(suite, outcomes)
+    text, ok = report(suite, runner.execute(suite, Path.cwd(), echo))
     print(text, flush=True)
     return 0 if ok else 1

@@ -19,9 +19,9 @@ from pathlib import Path
 
 from dropbench.core.errors import UserInputError
 from dropbench.core.lock import RunLock
+from dropbench.suite.executors import Executor, register_executor
 from dropbench.suite.plan import Run, Suite
 from dropbench.suite.running import (
-    NODE_STAGES,
     Outcome,
     command_line,
     conclude,
@@ -29,6 +29,7 @@ from dropbench.suite.running import (
     skip_or_none,
     start_logged,
 )
+from dropbench.tasks import PRETRAIN_STAGE, node_wide
 
 
 @dataclass(frozen=True)
@@ -74,15 +75,17 @@ def launches(suite: Suite, gpus: int, jobs: int = 1) -> list[Launch]:
     order: each transfer after its pretraining), then the single-GPU runs, GPU by GPU in turn."""
     if gpus == 0 and jobs > 1:
         threads = max(1, (os.cpu_count() or 1) // jobs)
-        first = [run for run in suite.runs if run.stage == "pretrain"]
-        return [Launch(run, None, threads) for run in first + [run for run in suite.runs if run.stage != "pretrain"]]
+        first = [run for run in suite.runs if run.stage == PRETRAIN_STAGE]
+        return [
+            Launch(run, None, threads) for run in first + [run for run in suite.runs if run.stage != PRETRAIN_STAGE]
+        ]
     if gpus == 0:
         return [Launch(run, None) for run in suite.runs]
     ids = _device_ids(gpus)
     if gpus == 1:
         return [Launch(run, ids[0]) for run in suite.runs]
-    node = [Launch(run, ",".join(ids)) for run in suite.runs if run.stage in NODE_STAGES]
-    single = [run for run in suite.runs if run.stage not in NODE_STAGES]
+    node = [Launch(run, ",".join(ids)) for run in suite.runs if node_wide(run.stage)]
+    single = [run for run in suite.runs if not node_wide(run.stage)]
     return node + [Launch(run, ids[index % gpus]) for index, run in enumerate(single)]
 
 
@@ -160,7 +163,7 @@ def execute_local(
         outcome = skip_or_none(launch.run, outcomes)  # under the lock: records written elsewhere count
         if outcome is not None:
             lock.release()
-            say(name, outcome.status + detail(outcome))
+            say(name, f"{outcome.status}{detail(outcome)}")
             outcomes[name] = outcome
             continue
         say(name, f"running, log {launch.run.log}")
@@ -174,6 +177,26 @@ def execute_local(
 HELD_RETRY_SECONDS = 2.0
 
 
+@register_executor
+class LocalExecutor(Executor):
+    name = "local"
+    help = "one subprocess after another on this machine (CPU runs --jobs at a time; on N GPUs as --gpus says)"
+    options = ("gpus", "jobs")
+
+    def __init__(self, dry_run: bool = False, gpus: int | None = None, jobs: int | None = None):
+        self.gpus = check_gpus(gpus, dry_run=dry_run)
+        self.jobs = check_jobs(1 if jobs is None else jobs, self.gpus)
+
+    def commands(self, suite: Suite) -> list[tuple[Run, str]]:
+        return [(launch.run, launch.shell(self.gpus)) for launch in launches(suite, self.gpus, self.jobs)]
+
+    def gpus_of(self, suite: Suite, stage: str) -> int:
+        return self.gpus
+
+    def execute(self, suite: Suite, cwd: Path, echo: Callable[[str], None]) -> list[Outcome]:
+        return execute_local(suite, cwd, echo, self.gpus, self.jobs)
+
+
 def _can_start(launch: Launch, running: dict, outcomes: dict, jobs: int) -> bool:
     """After its pretraining has ended; a node-wide run alone, a single-GPU run on its free GPU beside no node-wide
     run, a CPU run in a free slot."""
@@ -183,9 +206,9 @@ def _can_start(launch: Launch, running: dict, outcomes: dict, jobs: int) -> bool
         return True
     if launch.devices is None:
         return len(running) < jobs
-    if launch.run.stage in NODE_STAGES or launch.devices in running:
+    if node_wide(launch.run.stage) or launch.devices in running:
         return False
-    return not any(other.run.stage in NODE_STAGES for other, *_ in running.values())
+    return not any(node_wide(other.run.stage) for other, *_ in running.values())
 
 
 def _wait_any(running: dict, finish: Callable[[str], None]) -> None:

@@ -8,23 +8,22 @@ from typing import Any
 from dropbench.core.configs import check_keys, load_yaml
 from dropbench.core.errors import UserInputError
 from dropbench.core.export import EXPORT_DIR
+from dropbench.core.fields import non_empty_list
 from dropbench.core.identity import RunIdentity
+from dropbench.suite.executors import executor_classes
 from dropbench.suite.schema import (
     SUITE_KEYS,
-    TRANSFER_KINDS,
     Grid,
     Pretraining,
-    Task,
     check_transfer_pairings,
     export_section,
     grid_section,
-    non_empty_list,
     output_section,
     pretrain_section,
+    suite_tasks,
     tasks_for,
-    transfer_tasks,
 )
-from dropbench.suite.slurm import SlurmResources, slurm_section
+from dropbench.tasks import PRETRAIN_STAGE, SuiteTask, transfer_task
 
 PRETRAIN_FOLDER = "pretrain"  # the pretraining run folder inside its grid point's folder
 
@@ -34,7 +33,7 @@ class Run:
     """One command of the plan: a pretraining run or one transfer of its export."""
 
     name: str  # "<backbone>-<regime>-seed<seed>/<task>", unique in the suite
-    stage: str  # "pretrain", "det", "seg" or "cls"
+    stage: str  # "pretrain" or a transfer task's kind ("det", "seg", "cls", ...)
     command: tuple[str, ...]  # the ``dropbench`` arguments
     work_dir: Path
     log: Path
@@ -62,7 +61,7 @@ class Suite:
     runs_dir: Path
     results_dir: Path
     grid: tuple[int, int, int, int]  # backbones, regimes, seeds, transfer tasks × transfer seeds
-    slurm: dict[str, SlurmResources]  # per stage
+    sections: dict[str, Any]  # each executor's section of the file (``slurm``), validated
     regimes: dict[str, Any] = field(default_factory=dict)  # regime name → Regime
     recipes: dict[int, Any] = field(default_factory=dict)  # seed → Recipe
 
@@ -77,7 +76,8 @@ def load_suite(path: str | Path) -> Suite:
     config is loaded with its options, so that a mistake fails here, before any run is started or submitted."""
     path = Path(path)
     raw = load_yaml(path, "suite")
-    check_keys(raw, SUITE_KEYS, "")
+    sections = {cls.section: cls for cls in executor_classes().values() if cls.section}
+    check_keys(raw, (*SUITE_KEYS, *sections), "")
     name = raw.get("name", path.stem)
     if not isinstance(name, str) or not name or "/" in name:
         raise UserInputError("name", f"{name!r} is not a plain name")
@@ -88,16 +88,16 @@ def load_suite(path: str | Path) -> Suite:
         non_empty_list(raw, "transfer_seeds", int, "whole-number seeds") if "transfer_seeds" in raw else [0]
     )
     pretraining = pretrain_section(raw, seeds) if pretrains else None
-    tasks = transfer_tasks(raw.get("transfers"))
+    tasks = suite_tasks(raw.get("transfers"))
     runs_dir, results_dir = output_section(raw, name)
-    slurm = slurm_section(raw.get("slurm"))
+    parsed_sections = {section: cls.parse_section(raw.get(section)) for section, cls in sections.items()}
     seeded = transfer_seeds != [0]  # folders name the transfer seed when there are several
     backbone_tasks = {}  # backbone index → its tasks, each pairing checked before anything runs
     for index, (_, backbone) in enumerate(grid.backbones if grid else []):
         field_name = f"backbones[{index}]"
         backbone_tasks[index] = tasks_for(grid.transfers.get(index), tasks, f"{field_name}.transfers")
         check_transfer_pairings(backbone.model, backbone.kwargs, backbone_tasks[index], field_name)
-    sources: list[tuple[Run | None, _Source, list[Task]]] = []
+    sources: list[tuple[Run | None, _Source, list[SuiteTask]]] = []
     for index, regime_value in grid.pairs if grid else []:
         for seed in seeds:
             run = _pretraining_run(grid, index, regime_value, pretraining, seed, runs_dir, results_dir)
@@ -122,7 +122,7 @@ def load_suite(path: str | Path) -> Suite:
         grid=(len(grid.backbones), len(grid.regimes), len(seeds), len(tasks) * len(transfer_seeds))
         if grid
         else (0, 0, 0, len(tasks) * len(transfer_seeds)),
-        slurm=slurm,
+        sections=parsed_sections,
         regimes={regime.name: regime for _, regime in grid.regimes.values()} if grid else {},
         recipes=pretraining.recipes if pretraining else {},
     )
@@ -140,7 +140,7 @@ def _pretraining_run(
     folder = runs_dir / point / PRETRAIN_FOLDER
     return Run(
         name=f"{point}/{PRETRAIN_FOLDER}",
-        stage="pretrain",
+        stage=PRETRAIN_STAGE,
         command=(
             "pretrain",
             *("--backbone", backbone_argument, "--regime", regime_argument),
@@ -167,7 +167,7 @@ class _Source:
     after: str | None  # the pretraining run to wait for; None for an export that exists
 
 
-def _transfer_run(source: _Source, results_dir: Path, task: Task, transfer_seed: int, seeded: bool) -> Run:
+def _transfer_run(source: _Source, results_dir: Path, task: SuiteTask, transfer_seed: int, seeded: bool) -> Run:
     """A transfer of the source's export, in a folder named after the task (and the seed when ``seeded``)."""
     folder = f"{task.name}-tseed{transfer_seed}" if seeded else task.name
     work_dir = source.point / folder
@@ -186,7 +186,7 @@ def _transfer_run(source: _Source, results_dir: Path, task: Task, transfer_seed:
         log=source.point / f"{folder}.log",
         results_dir=results_dir,
         identity=source.identity.transfer(
-            TRANSFER_KINDS[task.kind], task.dataset, task.protocol, transfer_seed, task.part
+            transfer_task(task.kind).task, task.dataset, task.protocol, transfer_seed, task.part
         ),
         after=source.after,
     )
@@ -197,7 +197,7 @@ def describe(suite: Suite, commands: list[tuple[Run, str]] | None = None) -> str
     finished, its name and its command (``commands``: each run with the exact command line an executor starts)."""
     backbones, regimes, seeds, tasks = suite.grid
     finished = {run.name for run in suite.runs if run.finished()}
-    pretraining = sum(run.stage == "pretrain" for run in suite.runs)
+    pretraining = sum(run.stage == PRETRAIN_STAGE for run in suite.runs)
     each = f"each with {tasks} transfer(s)"
     if pretraining and len(suite.runs) != pretraining * (1 + tasks):  # some backbones list their own transfers
         each = f"each with up to {tasks} transfer(s)"

@@ -11,19 +11,33 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dropbench.core.export import CHECKPOINT_FILE, EXPORT_DIR
+from dropbench.tasks import PRETRAIN_STAGE, node_wide
 
 if TYPE_CHECKING:
     from dropbench.suite.plan import Run, Suite
 
 
+class Status(str, Enum):
+    """How a run of the suite ended, as the progress lines and the summary say it."""
+
+    DONE = "done"
+    FINISHED_EARLIER = "finished earlier"
+    FAILED = "failed"
+    SKIPPED = "skipped"  # its pretraining failed or was skipped
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass
 class Outcome:
     run: Run
-    status: str  # "finished earlier", "done", "failed", "skipped"
+    status: Status
     detail: str = ""
     seconds: float = 0.0  # wall time of the run's command
 
@@ -46,14 +60,13 @@ def _resumed_command(run: Run, remove_stale: bool) -> tuple[str, ...]:
     """The run's command as its folder stands: a pretraining as ``_pretraining_command`` says, a transfer whose
     folder an earlier attempt left with ``--resume`` (it continues from its newest checkpoint, or starts if the
     attempt saved none)."""
-    if run.stage == "pretrain":
+    if run.stage == PRETRAIN_STAGE:
         return _pretraining_command(run, remove_stale)
     if run.work_dir.exists():
         return (*run.command[:2], "--resume", *run.command[2:])
     return run.command
 
 
-NODE_STAGES = ("pretrain", "det", "seg")  # the stages that use every GPU of a node (torchrun)
 RENDEZVOUS_PORT = 29500
 # What a multi-node command's rendezvous reads, as a dry run shows it; a job fills in its first node and its id.
 RENDEZVOUS_PLACEHOLDER = (f"$FIRST_NODE:{RENDEZVOUS_PORT}", "$SLURM_JOB_ID")
@@ -66,19 +79,19 @@ def command_line(
     nodes: int = 1,
     rendezvous: tuple[str, str] = RENDEZVOUS_PLACEHOLDER,
 ) -> list[str]:
-    """``python -m dropbench.cli ...``; on several GPUs, pretraining and det/seg go under torchrun (det/seg with
-    mmengine's ``pytorch`` launcher): ``--standalone`` on one node, on ``nodes`` > 1 one torchrun per node meeting
-    at ``rendezvous`` (endpoint, id) through c10d. ``prepare``: a stale pretraining folder is removed (``False``
-    for a dry run, which changes nothing, and on every node but the first)."""
+    """``python -m dropbench.cli ...``; on several GPUs, pretraining and node-wide transfers (det/seg) go under
+    torchrun (the transfers with the ``pytorch`` launcher): ``--standalone`` on one node, on ``nodes`` > 1 one
+    torchrun per node meeting at ``rendezvous`` (endpoint, id) through c10d. ``prepare``: a stale pretraining
+    folder is removed (``False`` for a dry run, which changes nothing, and on every node but the first)."""
     command = _resumed_command(run, prepare)
-    if run.stage not in NODE_STAGES or (gpus <= 1 and nodes <= 1):
+    if not node_wide(run.stage) or (gpus <= 1 and nodes <= 1):
         return [sys.executable, "-m", "dropbench.cli", *command]
     if nodes > 1:
         endpoint, job = rendezvous
         where = (f"--nnodes={nodes}", "--rdzv_backend=c10d", f"--rdzv_endpoint={endpoint}", f"--rdzv_id={job}")
     else:
         where = ("--standalone",)
-    launcher = ("--launcher", "pytorch") if run.stage != "pretrain" else ()
+    launcher = ("--launcher", "pytorch") if run.stage != PRETRAIN_STAGE else ()
     return [
         *(sys.executable, "-m", "torch.distributed.run", *where, f"--nproc_per_node={max(gpus, 1)}"),
         *("-m", "dropbench.cli", *command, *launcher),
@@ -142,18 +155,18 @@ def _last_line(log: Path, limit: int = 200) -> str:
 def conclude(run: Run, code: int) -> Outcome:
     if code != 0:
         last = _last_line(run.log)
-        return Outcome(run, "failed", f"exit code {code}" + (f": {last}" if last else ""))
+        return Outcome(run, Status.FAILED, f"exit code {code}" + (f": {last}" if last else ""))
     if not run.finished():
-        return Outcome(run, "failed", f"exited 0 but wrote no record '{run.identity.stem()}*.json'")
-    return Outcome(run, "done")
+        return Outcome(run, Status.FAILED, f"exited 0 but wrote no record '{run.identity.stem()}*.json'")
+    return Outcome(run, Status.DONE)
 
 
 def skip_or_none(run: Run, outcomes: dict[str, Outcome]) -> Outcome | None:
     if run.finished():
-        return Outcome(run, "finished earlier")
+        return Outcome(run, Status.FINISHED_EARLIER)
     pretraining = outcomes.get(run.after) if run.after else None  # None too while its job is queued
-    if pretraining is not None and pretraining.status in ("failed", "skipped"):
-        return Outcome(run, "skipped", f"its pretraining {run.after} {pretraining.status}")
+    if pretraining is not None and pretraining.status in (Status.FAILED, Status.SKIPPED):
+        return Outcome(run, Status.SKIPPED, f"its pretraining {run.after} {pretraining.status}")
     return None
 
 
@@ -163,12 +176,12 @@ def detail(outcome: Outcome) -> str:
 
 def report(suite: Suite, outcomes: list[Outcome]) -> tuple[str, bool]:
     """The closing summary (counts, then each failed or skipped run with its log) and whether all went well."""
-    counts = {status: 0 for status in ("done", "finished earlier", "failed", "skipped")}
+    counts = {status: 0 for status in Status}
     for outcome in outcomes:
         counts[outcome.status] += 1
     lines = [f"suite '{suite.name}': " + ", ".join(f"{n} {status}" for status, n in counts.items())]
-    failed = [o for o in outcomes if o.status == "failed"]
-    skipped = [o for o in outcomes if o.status == "skipped"]
+    failed = [o for o in outcomes if o.status == Status.FAILED]
+    skipped = [o for o in outcomes if o.status == Status.SKIPPED]
     if failed:
         lines.append("failed:")
         lines += [f"  {o.run.name}: {o.detail}\n    log: {o.run.log}" for o in failed]

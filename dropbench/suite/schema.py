@@ -1,24 +1,14 @@
 """The suite file's schema: its keys, value checks and transfer tasks, each error naming its field."""
 
-import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from dropbench.core.configs import CONFIG_ROOT, check_keys, parse_key_values, shipped_path
+from dropbench.core.configs import check_keys, parse_key_values, shipped_path
 from dropbench.core.errors import UserInputError, did_you_mean
-from dropbench.core.identity import Part
-from dropbench.core.tracking import check_trackers
-
-TRANSFER_KINDS = {"det": "detection", "seg": "segmentation", "cls": "classification"}
-
-DENSE_CONFIG_FOLDERS = {"det": "detection", "seg": "segmentation"}
-
-CLS_PROTOCOLS = ("finetune", "linear")
+from dropbench.core.fields import config_field, non_empty_list, option_items, renamed_fields, require, yaml_value
+from dropbench.tasks import SuiteTask, transfer_task, transfer_tasks
 
 SUITE_KEYS = (
     "name",
@@ -30,8 +20,7 @@ SUITE_KEYS = (
     "pretrain",
     "transfers",
     "output",
-    "slurm",
-)
+)  # and each executor's section (``slurm``)
 
 PRETRAIN_KEYS = ("recipe", "data", "data_name", "overrides")
 
@@ -39,61 +28,7 @@ BACKBONE_KEYS = ("backbone", "regimes", "transfers")
 
 OUTPUT_KEYS = ("runs", "results")
 
-TASK_KEYS = {
-    "det": ("kind", "name", "config", "cfg_options", "loggers"),
-    "seg": ("kind", "name", "config", "cfg_options", "loggers"),
-    "cls": ("kind", "name", "dataset", "protocol", "overrides"),
-}
-
-STAGES = ("pretrain", *TRANSFER_KINDS)  # a run's stage: "pretrain" or a transfer kind
-
-
-@contextmanager
-def renamed_fields(rename: Callable[[str], str]) -> Iterator[None]:
-    """Re-raise a loader's UserInputError under the suite file's field name."""
-    try:
-        yield
-    except UserInputError as err:
-        message = str(err).removeprefix(f"{err.field}: ")
-        raise UserInputError(rename(err.field), message) from None
-
-
-def config_field(loader: str, overridden: set[str], file_field: str, overrides_field: str) -> Callable[[str], str]:
-    """Name a config loader's error field in suite terms: the config itself, one of its keys, or an override.
-
-    Loaders name their config ``<loader>`` (``recipe``, ``dataset``), a key of it ``<loader>.<key>``, and an
-    unknown override by its bare key."""
-
-    def rename(loader_field: str) -> str:
-        if loader_field == loader:
-            return file_field
-        key = loader_field.removeprefix(f"{loader}.")
-        if key in overridden or not loader_field.startswith(f"{loader}."):
-            return f"{overrides_field}.{key}"
-        return f"{file_field}.{key}"
-
-    return rename
-
-
-def require(data: dict, key: str, prefix: str, kind: type | tuple[type, ...], what: str) -> Any:
-    if key not in data or data[key] is None:
-        raise UserInputError(f"{prefix}{key}", f"missing; give {what}")
-    if not isinstance(data[key], kind):
-        raise UserInputError(f"{prefix}{key}", f"{data[key]!r} is not {what}")
-    return data[key]
-
-
-def non_empty_list(data: dict, key: str, item: type, what: str, prefix: str = "") -> list:
-    values = require(data, key, prefix, list, f"a list of {what}")
-    if not values:
-        raise UserInputError(f"{prefix}{key}", f"is empty; give at least one of {what}")
-    for index, value in enumerate(values):
-        if not isinstance(value, item) or isinstance(value, bool):
-            raise UserInputError(f"{prefix}{key}[{index}]", f"{value!r} is not one of {what}")
-    if len(set(values)) != len(values):
-        duplicate = next(v for v in values if values.count(v) > 1)
-        raise UserInputError(f"{prefix}{key}", f"lists {duplicate!r} twice")
-    return values
+COMMON_TASK_KEYS = ("kind", "name")  # every transfers entry's; each task adds its own (its suite_keys)
 
 
 def check_unique(names: list[str], key: str, what: str) -> None:
@@ -104,125 +39,24 @@ def check_unique(names: list[str], key: str, what: str) -> None:
         )
 
 
-def yaml_value(value: Any) -> str:
-    """A value as the ``key=value`` text that ``parse_overrides`` (YAML) reads back as the same value."""
-    if isinstance(value, str) and yaml.safe_load(value) == value:
-        return value
-    return json.dumps(value)
-
-
-def mm_value(value: Any, field_name: str) -> str:
-    """A value as the ``--cfg-options`` text that mmengine's DictAction reads back as the same value."""
-    if value is None or isinstance(value, bool):
-        return str(value)
-    if isinstance(value, (int, float, str)):
-        return str(value)
-    if isinstance(value, (list, tuple)):
-        inner = ",".join(mm_value(item, field_name) for item in value)
-        return f"[{inner}]" if isinstance(value, list) else f"({inner})"
-    raise UserInputError(field_name, f"{value!r}: give nested keys dotted (a.b=1), values as scalars or lists")
-
-
-def option_items(raw: Any, field_name: str, render: Callable[[Any, str], str]) -> list[str]:
-    """Overrides given as a mapping ``{key: value}`` or as a list of ``key=value`` strings."""
+def suite_tasks(raw: Any) -> list[SuiteTask]:
+    """The ``transfers`` list, each entry validated by its task (the registry's ``from_suite``)."""
     if raw is None:
         return []
-    if isinstance(raw, dict):
-        return [f"{key}={render(value, f'{field_name}.{key}')}" for key, value in raw.items()]
-    if isinstance(raw, list):
-        for index, item in enumerate(raw):
-            if not isinstance(item, str) or "=" not in item or item.startswith("="):
-                raise UserInputError(f"{field_name}[{index}]", f"{item!r} is not key=value")
-        return list(raw)
-    raise UserInputError(field_name, f"{raw!r} is neither a mapping nor a list of key=value")
-
-
-@dataclass(frozen=True)
-class Task:
-    """A validated transfer task: what its records are called and how its command ends."""
-
-    kind: str
-    name: str
-    dataset: str  # as the records name it
-    protocol: str  # as the records name it
-    part: Part  # the task's settings, as the run computes them
-    arguments: tuple[str, ...]  # everything of the command but --backbone, --work-dir, --results and --seed
-    trailing: tuple[str, ...]  # key=value options, last on the command line
-    config: Any = field(default=None, compare=False, repr=False)  # a det/seg task's mm* config, as loaded
-
-
-def _dense_task(index: int, raw: dict, kind: str) -> Task:
-    from dropbench.transfer.mm_runner import load_config, task_identity  # mmengine: only when a suite has det/seg tasks
-
-    prefix = f"transfers[{index}]"
-    value = require(raw, "config", f"{prefix}.", str, f"an {DENSE_CONFIG_FOLDERS[kind]} config path or name")
-    folder = CONFIG_ROOT / DENSE_CONFIG_FOLDERS[kind]
-    config = shipped_path(value)
-    if config is None or not config.is_file():
-        named = folder / (value if value.endswith(".py") else f"{value}.py")
-        if not named.is_file():
-            hint = did_you_mean(Path(value).stem, [p.stem for p in folder.glob("*.py")])
-            raise UserInputError(f"{prefix}.config", f"no such config '{value}'{hint}")
-        config = named.resolve()
-    options = option_items(raw.get("cfg_options"), f"{prefix}.cfg_options", mm_value)
-
-    def rename(loader_field: str) -> str:
-        if loader_field.startswith("--cfg-options "):
-            return f"{prefix}.cfg_options.{loader_field.removeprefix('--cfg-options ')}"
-        return f"{prefix}.config"
-
-    with renamed_fields(rename):
-        cfg = load_config(config, options)
-    dataset, protocol, part = task_identity(cfg, config, options)
-    trailing = ("--cfg-options", *options) if options else ()
-    name = raw.get("name") or f"{kind}-{config.stem}"
-    loggers = check_trackers(raw.get("loggers", []), f"{prefix}.loggers")
-    arguments = ("--config", str(config), *(("--loggers", *loggers) if loggers else ()))
-    return Task(kind, name, dataset, protocol, part, arguments, trailing, config=cfg)
-
-
-def _cls_task(index: int, raw: dict) -> Task:
-    from dropbench.transfer.classification import task_identity
-    from dropbench.transfer.cls_data import load_cls_config
-
-    prefix = f"transfers[{index}]"
-    value = require(raw, "dataset", f"{prefix}.", str, "a classification dataset name, config or folder")
-    protocol = require(raw, "protocol", f"{prefix}.", str, f"one of {', '.join(CLS_PROTOCOLS)}")
-    if protocol not in CLS_PROTOCOLS:
-        raise UserInputError(
-            f"{prefix}.protocol", f"unknown protocol '{protocol}'{did_you_mean(protocol, CLS_PROTOCOLS)}"
-        )
-    existing = shipped_path(value)
-    dataset = str(existing) if existing is not None else value
-    overrides = option_items(raw.get("overrides"), f"{prefix}.overrides", lambda v, _: yaml_value(v))
-    parsed = parse_key_values(overrides)
-    if "seed" in parsed:
-        raise UserInputError(f"{prefix}.overrides.seed", "give transfer seeds in the suite's 'transfer_seeds' list")
-    with renamed_fields(config_field("dataset", set(parsed), f"{prefix}.dataset", f"{prefix}.overrides")):
-        config = load_cls_config(dataset, parsed)
-    name = raw.get("name") or f"cls-{config.name}-{protocol}"
-    dataset_name, _, part = task_identity(config, protocol, parsed)
-    arguments = ("--dataset", dataset, "--protocol", protocol)
-    return Task("cls", name, dataset_name, protocol, part, arguments, tuple(overrides))
-
-
-def transfer_tasks(raw: Any) -> list[Task]:
-    if raw is None:
-        return []
+    kinds = ", ".join(transfer_tasks())
     if not isinstance(raw, list):
-        raise UserInputError("transfers", "must be a list of tasks (each with kind: det, seg or cls)")
-    tasks = []
-    for index, task in enumerate(raw):
+        raise UserInputError("transfers", f"must be a list of tasks (each with kind: {kinds})")
+    tasks: list[SuiteTask] = []
+    for index, entry in enumerate(raw):
         prefix = f"transfers[{index}]"
-        if not isinstance(task, dict):
-            raise UserInputError(prefix, "must be a mapping with kind: det, seg or cls")
-        kind = require(task, "kind", f"{prefix}.", str, "det, seg or cls")
-        if kind not in TRANSFER_KINDS:
-            raise UserInputError(f"{prefix}.kind", f"unknown task kind '{kind}'{did_you_mean(kind, TRANSFER_KINDS)}")
-        check_keys(task, TASK_KEYS[kind], f"{prefix}.")
-        if "name" in task and (not isinstance(task["name"], str) or not task["name"] or "/" in task["name"]):
-            raise UserInputError(f"{prefix}.name", f"{task['name']!r} is not a folder name")
-        made = _cls_task(index, task) if kind == "cls" else _dense_task(index, task, kind)
+        if not isinstance(entry, dict):
+            raise UserInputError(prefix, f"must be a mapping with kind: {kinds}")
+        kind = require(entry, "kind", f"{prefix}.", str, kinds)
+        task = transfer_task(kind, f"{prefix}.kind")
+        check_keys(entry, (*COMMON_TASK_KEYS, *task.suite_keys), f"{prefix}.")
+        if "name" in entry and (not isinstance(entry["name"], str) or not entry["name"] or "/" in entry["name"]):
+            raise UserInputError(f"{prefix}.name", f"{entry['name']!r} is not a folder name")
+        made = task.from_suite(index, entry)
         for earlier_index, earlier in enumerate(tasks):
             same_records = (earlier.kind, earlier.dataset, earlier.protocol) == (made.kind, made.dataset, made.protocol)
             if same_records or earlier.name == made.name:
@@ -315,7 +149,7 @@ def grid_section(raw: dict) -> Grid:
     return Grid(backbones, regimes, pairs, transfers)
 
 
-def tasks_for(names: list[str] | None, tasks: list[Task], field_name: str) -> list[Task]:
+def tasks_for(names: list[str] | None, tasks: list[SuiteTask], field_name: str) -> list[SuiteTask]:
     """The tasks a backbone's exports go through: all of them, or those ``names`` lists (each must be one)."""
     if names is None:
         return tasks
@@ -328,36 +162,21 @@ def tasks_for(names: list[str] | None, tasks: list[Task], field_name: str) -> li
     return [task for task in tasks if task.name in names]
 
 
-def check_transfer_pairings(model: str, kwargs: dict, tasks: list[Task], field_name: str) -> None:
-    """Refuse, before anything runs, a backbone whose token grid is part of its weights (MLP-Mixer) in a dense task
-    that has no sound protocol for it, as ``transfer`` itself would refuse it after the pretraining."""
-    dense = [task for task in tasks if task.config is not None]
-    if not dense:
-        return
-    from dropbench.transfer.backbone import backbone_fixed_size
-    from dropbench.transfer.mm_runner import check_fixed_grid
-
-    fixed = backbone_fixed_size(model, kwargs)
-    for task in dense:
-        spec = _task_spec(task.kind)
+def check_transfer_pairings(model: str, kwargs: dict, tasks: list[SuiteTask], field_name: str) -> None:
+    """Refuse, before anything runs, a backbone that a task cannot take (an MLP-Mixer, whose token grid is part of
+    its weights, in a dense task), as ``transfer`` itself would refuse it after the pretraining."""
+    for task in tasks:
+        check = transfer_task(task.kind).check_backbone
+        if check is None:
+            continue
         try:
-            check_fixed_grid(spec, task.config.copy(), fixed, model)
+            check(model, kwargs, task)
         except UserInputError as err:
             reason = str(err).removeprefix(f"{err.field}: ")
             hint = "leave the task out of its transfers: list"
             raise UserInputError(
                 f"{field_name} × {task.name}", f"{reason}; {hint} {{backbone: ..., transfers: [...]}}"
             ) from None
-
-
-def _task_spec(kind: str) -> Any:
-    if kind == "det":
-        from dropbench.transfer.detection import DETECTION
-
-        return DETECTION
-    from dropbench.transfer.segmentation import SEGMENTATION
-
-    return SEGMENTATION
 
 
 @dataclass(frozen=True)

@@ -17,17 +17,18 @@ from typing import TYPE_CHECKING, Any
 
 from dropbench.core.configs import check_keys
 from dropbench.core.errors import UserInputError
+from dropbench.suite.executors import Executor, register_executor
 from dropbench.suite.running import (
-    NODE_STAGES,
     RENDEZVOUS_PORT,
     Outcome,
+    Status,
     command_line,
     conclude,
     detail,
     run_logged,
     skip_or_none,
 )
-from dropbench.suite.schema import STAGES
+from dropbench.tasks import PRETRAIN_STAGE, node_wide, stages
 
 if TYPE_CHECKING:
     from dropbench.suite.plan import Run, Suite
@@ -37,8 +38,8 @@ RESOURCE_KEYS = ("partition", "nodes", "cpus", "gpus", "mem_gb", "time", "setup"
 
 @dataclass(frozen=True)
 class SlurmResources:
-    """What one Slurm job asks for; ``gpus`` > 1 or ``nodes`` > 1 runs pretraining and det/seg under torchrun (one
-    per node; ``cpus`` and ``gpus`` are per node)."""
+    """What one Slurm job asks for; ``gpus`` > 1 or ``nodes`` > 1 runs pretraining and the node-wide transfers
+    (det/seg) under torchrun (one per node; ``cpus`` and ``gpus`` are per node)."""
 
     partition: str | None = None
     nodes: int = 1
@@ -100,22 +101,23 @@ def _resources(raw: dict, field_name: str, base: SlurmResources) -> SlurmResourc
 
 
 def slurm_section(raw: Any) -> dict[str, SlurmResources]:
-    """Resources for every stage: the section's defaults, then its per-stage mappings (pretrain, det, seg, cls)."""
+    """Resources for every stage: the section's defaults, then its per-stage mappings (pretrain and each transfer
+    task's kind: det, seg, cls, ...)."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise UserInputError("slurm", "must be a mapping (partition, cpus, gpus, mem_gb, time, setup, additional)")
-    check_keys(raw, (*RESOURCE_KEYS, *STAGES), "slurm.")
+    check_keys(raw, (*RESOURCE_KEYS, *stages()), "slurm.")
     defaults = _resources({k: v for k, v in raw.items() if k in RESOURCE_KEYS}, "slurm", SlurmResources())
     resources = {}
-    for stage in STAGES:
+    for stage in stages():
         stage_raw = raw.get(stage) or {}
         if not isinstance(stage_raw, dict):
             raise UserInputError(f"slurm.{stage}", "must be a mapping of resources")
         check_keys(stage_raw, RESOURCE_KEYS, f"slurm.{stage}.")
         resources[stage] = _resources(stage_raw, f"slurm.{stage}", defaults)
-        if resources[stage].nodes > 1 and stage not in NODE_STAGES:
-            raise UserInputError(f"slurm.{stage}.nodes", "a classification transfer runs on one node; set it to 1")
+        if resources[stage].nodes > 1 and not node_wide(stage):
+            raise UserInputError(f"slurm.{stage}.nodes", f"a {stage} transfer runs on one node; set it to 1")
     return resources
 
 
@@ -148,7 +150,7 @@ def run_in_job(run: Run, gpus: int, cwd: str, nodes: int = 1) -> int:
 def job_command(suite: Suite, run: Run) -> str:
     """What a dry run shows of a run's job: its resources, and the command each of its nodes runs (the
     rendezvous' first node and job id as the job fills them in)."""
-    resources = suite.slurm[run.stage]
+    resources = suite.sections["slurm"][run.stage]
     argv = command_line(run, resources.gpus, prepare=False, nodes=resources.nodes)
     return f"[{resources.nodes} node(s) × {resources.gpus} GPU(s), {resources.time} min] {shlex.join(argv)}"
 
@@ -255,10 +257,10 @@ def execute_slurm(
             continue
         dependency = jobs[run.after].job_id if run.after in jobs else None
         try:
-            jobs[run.name] = _submit(executor, run, job_name, suite.slurm[run.stage], dependency, cwd)
+            jobs[run.name] = _submit(executor, run, job_name, suite.sections["slurm"][run.stage], dependency, cwd)
         except Exception as err:  # noqa: BLE001 - sbatch refused it (a bad partition; its pretraining failed already)
             reason = [line for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
-            outcomes[run.name] = Outcome(run, "failed", f"not submitted: {reason[-1].strip()}")
+            outcomes[run.name] = Outcome(run, Status.FAILED, f"not submitted: {reason[-1].strip()}")
             echo(f"{run.name}: failed" + detail(outcomes[run.name]))
             continue
         after = f", after job {dependency}" if dependency else ""
@@ -321,25 +323,29 @@ def _wait_for_jobs(
                     job.result()
                     outcome = conclude(run, 0)
                 except Exception as err:  # noqa: BLE001 - the job's error, whatever it was, is the run's failure
-                    outcome = Outcome(run, "failed", _job_failure(run, job, err))
+                    outcome = Outcome(run, Status.FAILED, _job_failure(run, job, err))
             elif states is not None and states.get(job.job_id, "GONE").split()[0] not in SLURM_ACTIVE_STATES:
                 # Its result file may lag behind on a network file system: look again at the next poll first.
                 ended_without_result[name] = ended_without_result.get(name, 0) + 1
                 if ended_without_result[name] < 3:
                     continue
                 state = states.get(job.job_id, "no longer in the queue")
-                outcome = Outcome(run, "failed", f"Slurm job {job.job_id} {state} without a result; {job.paths.stderr}")
+                outcome = Outcome(
+                    run, Status.FAILED, f"Slurm job {job.job_id} {state} without a result; {job.paths.stderr}"
+                )
             else:
                 continue
             outcomes[name] = outcome
             del waiting[name]
             echo(f"{name}: {outcome.status}" + detail(outcome))
-            if outcome.status == "failed" and run.stage == "pretrain":
+            if outcome.status == Status.FAILED and run.stage == PRETRAIN_STAGE:
                 for dependent, dependent_job in list(waiting.items()):
                     if suite.run(dependent).after == name:
                         dependent_job.cancel(check=False)
                         del waiting[dependent]
-                        outcomes[dependent] = Outcome(suite.run(dependent), "skipped", f"its pretraining {name} failed")
+                        outcomes[dependent] = Outcome(
+                            suite.run(dependent), Status.SKIPPED, f"its pretraining {name} failed"
+                        )
                         echo(f"{dependent}: skipped (Slurm job {dependent_job.job_id} cancelled)")
         if waiting:
             delay = 1.0 if len(waiting) < before else min(poll, delay * 1.5)
@@ -354,3 +360,26 @@ def _job_failure(run: Run, job: Any, err: Exception) -> str:
         return f"{conclude(run, int(ran.group(1))).detail} (Slurm job {job.job_id})"
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return f"Slurm job {job.job_id}: {lines[-1] if lines else type(err).__name__}; Slurm output {job.paths.stderr}"
+
+
+@register_executor
+class SlurmExecutor(Executor):
+    name = "slurm"
+    help = "submitit jobs, a transfer afterok its pretraining; resources from the suite's slurm section"
+    section = "slurm"
+
+    def __init__(self, dry_run: bool = False, poll_seconds: float = 30.0):
+        self.poll_seconds = poll_seconds
+
+    @classmethod
+    def parse_section(cls, raw: Any) -> dict[str, SlurmResources]:
+        return slurm_section(raw)
+
+    def commands(self, suite: Suite) -> list[tuple[Run, str]]:
+        return [(run, job_command(suite, run)) for run in suite.runs]
+
+    def gpus_of(self, suite: Suite, stage: str) -> int:
+        return suite.sections["slurm"][stage].gpus
+
+    def execute(self, suite: Suite, cwd: Path, echo: Callable[[str], None]) -> list[Outcome]:
+        return execute_slurm(suite, cwd, echo, self.poll_seconds)
