@@ -27,9 +27,9 @@ from timm.data import create_dataset, create_loader
 
 from dropbench.pretrain.augment import DeviceAugment
 from dropbench.pretrain.config import Recipe
-from dropbench.pretrain.data import build_data
+from dropbench.pretrain.data import build_data, build_loaders
+from dropbench.pretrain.distributed import Processes
 from dropbench.pretrain.shards import write_shards
-from dropbench.pretrain.train import _Dist, _loaders
 
 INPUT = 224
 
@@ -96,7 +96,7 @@ def timm_arm(folder: Path, batch: int, workers: int, limit: int) -> float:
 def dropbench_arm(data: Path, batch: int, workers: int, limit: int, shards: bool) -> float:
     config = recipe(batch, workers, shards)
     splits = build_data(str(data), config, INPUT, check_images=False)
-    sampler, loader, generator, _ = _loaders(splits, config, _Dist(), torch.device("cpu"))
+    sampler, loader, generator, _ = build_loaders(splits, config, Processes(), torch.device("cpu"))
     sampler.set_epoch(0)
     generator.manual_seed(0)
     augment = DeviceAugment(config, INPUT, torch.device("cpu"), geometric=False)

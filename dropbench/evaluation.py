@@ -3,7 +3,6 @@ export's own evaluation transform, written as a record of stage ``eval``."""
 
 import dataclasses
 import logging
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -13,9 +12,9 @@ from torch.utils.data import DataLoader
 from dropbench.core.errors import UserInputError
 from dropbench.core.export import load_exported_model
 from dropbench.core.identity import Part, RunIdentity
+from dropbench.core.lifecycle import StageRun, now
 from dropbench.core.loop import autocast_for, evaluate
 from dropbench.core.readers import IMAGENET_1K, ArrayImageDataset, image_folders, imagenet_1k_layout, load_mnist
-from dropbench.core.version import code_version
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +62,7 @@ def evaluate_export(
     device: str | None = None,
 ) -> dict[str, float]:
     """Top-1 and top-5 (percent) of the export's classifier; one record per metric unless ``results_dir`` is None."""
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    started = now()
     model, sidecar = load_exported_model(backbone)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     settings = eval_transform_settings(sidecar, model)
@@ -82,14 +81,9 @@ def evaluate_export(
         identity = dataclasses.replace(
             RunIdentity.of_export(sidecar).transfer("classification", name, "val", 0, part), stage="eval"
         )
-        identity.write_records(
-            results_dir,
-            values,
-            model=sidecar["model"],
-            started=started,
-            run_dir=Path(backbone),
-            code_version=code_version(),
-            force=True,
+        # an evaluation is measured again whenever it is asked for: its records replace the earlier ones
+        StageRun(identity, Path(results_dir), force=True, started=started).record(
+            values, model=sidecar["model"], run_dir=Path(backbone)
         )
     logger.info(
         f"{sidecar.get('backbone', sidecar['model'])} / {sidecar.get('regime', '?')} on {name}: "

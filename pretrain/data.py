@@ -1,18 +1,22 @@
 """Training data: an ImageNet-layout folder (``train/`` and ``val/`` of class folders), WebDataset shards of one
 (``dropbench data shard``), embedded MNIST, or ``synthetic``: random ImageNet-shaped images held in memory, for
-measuring the training step's speed."""
+measuring the training step's speed; and the loaders over it, which a resumed epoch enters at any batch."""
 
 import copy
+import itertools
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from timm.data import create_transform
-from torch.utils.data import Dataset, Subset, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, Subset, TensorDataset
+from torch.utils.data.distributed import DistributedSampler
 from torchvision import transforms
 
 from dropbench.core.errors import UserInputError
+from dropbench.core.loop import epoch_seed
 from dropbench.core.readers import (
     IMAGENET_1K,
     ArrayImageDataset,
@@ -22,6 +26,7 @@ from dropbench.core.readers import (
     load_mnist,
 )
 from dropbench.pretrain.augment import geometric_only
+from dropbench.pretrain.distributed import Processes
 from dropbench.pretrain.shards import is_shard_folder, read_info, shard_datasets
 
 MNIST = "mnist"
@@ -162,3 +167,108 @@ def _shards(root: Path, recipe, input_size: int, val_tf, data_name: str | None) 
     name = dataset_name(str(root), recipe, data_name)
     count = info["splits"]["train"]["num_samples"]
     return DataSplits(name, train, val, len(info["classes"]), None, False, train_images=count, streamed=True)
+
+
+# ------------------------------------------------------------------------------------------------ loaders
+
+
+class EpochSampler(Sampler):
+    """The distributed sampler's order for an epoch, from its ``skip``-th index on (a mid-epoch recovery point); with
+    ``seeded``, each index goes out as ``(epoch, index)`` for ``SeededSamples``."""
+
+    def __init__(self, sampler: DistributedSampler, seeded: bool = False):
+        self.sampler, self.seeded, self.epoch, self.skip = sampler, seeded, 0, 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.sampler.set_epoch(epoch)
+        self.epoch, self.skip = epoch, skip
+
+    def __iter__(self):
+        indices = itertools.islice(iter(self.sampler), self.skip, None)
+        return ((self.epoch, index) for index in indices) if self.seeded else indices
+
+    def __len__(self) -> int:
+        return len(self.sampler) - self.skip
+
+
+class SeededSamples(Dataset):
+    """Seeds Python's, NumPy's and torch's generators from (seed, epoch, index) before each image's transform, so
+    that its augmentation does not depend on which loader worker reads it, nor on where a resumed epoch starts.
+    Indexed by ``(epoch, index)``: the epoch travels with the index, so persistent workers need no message."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, index = key
+        seed = epoch_seed(self.seed, epoch) * 1_000_003 + index
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.default_generator.manual_seed(seed)  # the CPU's: torch.manual_seed also seeds GPUs, 0.2 ms a call
+        return self.dataset[index]
+
+
+class StreamedEpochs:
+    """A loader over a stream of shards, with ``EpochSampler``'s ``set_epoch``: timm's reader reshuffles shards and
+    samples from the epoch and each worker's seed (the loader's generator gives those per epoch, and the workers start
+    afresh every epoch), so an epoch's stream is the same every time; a resumed epoch reads through the batches its
+    recovery point had done."""
+
+    def __init__(self, loader: DataLoader):
+        self.loader, self.skip = loader, 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.loader.dataset.set_epoch(epoch)
+        self.skip = skip // self.loader.batch_size
+
+    def __iter__(self):
+        return itertools.islice(iter(self.loader), self.skip, None)
+
+
+def _stream_loaders(splits: DataSplits, recipe, dev: torch.device):
+    """``build_loaders`` for shards: timm's reader gives each rank and worker its own shards (of val too)."""
+    generator = torch.Generator()
+    common = {"batch_size": recipe.per_device_batch, "num_workers": recipe.workers, "pin_memory": dev.type == "cuda"}
+    epochs = StreamedEpochs(DataLoader(splits.train, **common, drop_last=True, generator=generator))
+    return epochs, epochs, generator, DataLoader(splits.val, **common)
+
+
+def build_loaders(splits: DataSplits, recipe, processes: Processes, dev: torch.device):
+    """``(sampler, train loader, its generator, val loader over this rank's shard)``. Images transformed in loader
+    workers are seeded one by one (``SeededSamples``); the workers persist across epochs."""
+    if splits.streamed:
+        return _stream_loaders(splits, recipe, dev)
+    seeded = recipe.workers > 0 and not splits.raw_batches
+    train = SeededSamples(splits.train, recipe.seed) if seeded else splits.train
+    sampler = EpochSampler(
+        DistributedSampler(
+            train, num_replicas=processes.world, rank=processes.rank, shuffle=True, seed=recipe.seed, drop_last=True
+        ),
+        seeded,
+    )
+    generator = torch.Generator()
+    if splits.raw_batches:  # the dataset takes a batch's index list and returns the batch as one array slice
+        batches = {"sampler": BatchSampler(sampler, recipe.per_device_batch, drop_last=True), "batch_size": None}
+    else:
+        batches = {"sampler": sampler, "batch_size": recipe.per_device_batch, "drop_last": True}
+    train_loader = DataLoader(
+        train,
+        **batches,
+        num_workers=recipe.workers,
+        pin_memory=dev.type == "cuda",
+        generator=generator,
+        persistent_workers=recipe.workers > 0,
+    )
+    val_shard = Subset(splits.val, range(processes.rank, len(splits.val), processes.world))
+    val_loader = DataLoader(
+        val_shard,
+        batch_size=recipe.per_device_batch,
+        shuffle=False,
+        num_workers=recipe.workers,
+        pin_memory=dev.type == "cuda",
+        persistent_workers=recipe.workers > 0,
+    )
+    return sampler, train_loader, generator, val_loader

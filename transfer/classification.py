@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +46,7 @@ from dropbench.core.errors import UserInputError
 from dropbench.core.export import WEIGHTS_FILE, load_exported_model, read_sidecar
 from dropbench.core.identity import Part, RunIdentity, settings_digest
 from dropbench.core.io import atomic_write, atomic_write_csv, atomic_write_json
+from dropbench.core.lifecycle import StageRun
 from dropbench.core.loop import (
     accuracy_metrics,
     autocast_for,
@@ -56,7 +56,6 @@ from dropbench.core.loop import (
     evaluate,
     train_one_epoch,
 )
-from dropbench.core.version import code_version
 from dropbench.transfer.cls_data import (
     ClsConfig,
     ClsData,
@@ -576,7 +575,6 @@ def transfer_classification(
     the checkpoint of its last finished epoch in ``work_dir`` (a linear probe resumes from its cached features).
     Bad input raises ``UserInputError`` before ``work_dir`` is made.
     """
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     if protocol not in PROTOCOLS:
         raise UserInputError("protocol", f"unknown protocol '{protocol}' (choose from: {', '.join(PROTOCOLS)})")
     backbone, work_dir = Path(backbone), Path(work_dir)
@@ -589,9 +587,8 @@ def transfer_classification(
     metric_names = ["top1"] + (["mean_per_class_accuracy"] if selection == "mean_per_class_accuracy" else [])
     dataset_name, _, task_part = task_identity(config, protocol, overrides)
     identity = RunIdentity.of_export(sidecar).transfer(TASK, dataset_name, protocol, config.seed, task_part)
-    existing = identity.existing_records(results_dir) if results_dir is not None else []
-    if existing and not force:
-        logger.info(identity.finished_message(existing))
+    stage = StageRun(identity, Path(results_dir) if results_dir is not None else None, force)
+    if existing := stage.earlier_records():
         return ClsSummary(work_dir=work_dir, protocol=protocol, metrics={}, records=existing)
     if protocol == "linear":
         _check_holdout(config, data)
@@ -610,16 +607,7 @@ def transfer_classification(
         metrics, _ = _linear_probe(model, data, config, backbone, input_size, work_dir, dev, autocast)
 
     summary = ClsSummary(work_dir=work_dir, protocol=protocol, metrics={m: metrics[m] for m in metric_names})
-    if results_dir is not None:
-        summary.records = identity.write_records(
-            results_dir,
-            summary.metrics,
-            model=sidecar["model"],
-            started=started,
-            run_dir=work_dir,
-            code_version=code_version(),
-            force=force,
-        )
+    summary.records = stage.record(summary.metrics, model=sidecar["model"], run_dir=work_dir)
     shown = "  ".join(f"{m} {v:.2f}%" for m, v in summary.metrics.items())
     name = sidecar.get("backbone", sidecar["model"])
     logger.info(f"{name} / {sidecar.get('regime', '?')} → {config.name} {protocol}: {shown}")

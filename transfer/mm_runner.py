@@ -11,7 +11,6 @@ import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +25,8 @@ from dropbench.core.errors import UserInputError, did_you_mean
 from dropbench.core.export import read_sidecar
 from dropbench.core.identity import Part, RunIdentity
 from dropbench.core.io import atomic_write_json
+from dropbench.core.lifecycle import StageRun, now
 from dropbench.core.tracking import vis_backends
-from dropbench.core.version import code_version
 from dropbench.transfer import mm_checkpoints, mm_distributed, mm_ops
 from dropbench.transfer.backbone import TimmBackbone
 from dropbench.transfer.optim import family_rule
@@ -242,9 +241,8 @@ def run_transfer(
     cfg = load_config(config, cfg_options)
     dataset, protocol, task_part = task_identity(cfg, config, cfg_options)
     identity = RunIdentity.of_export(sidecar).transfer(spec.task, dataset, protocol, seed, task_part)
-    existing = identity.existing_records(results_dir) if results_dir is not None else []
-    if existing and not force:
-        logger.info(identity.finished_message(existing))
+    stage = StageRun(identity, Path(results_dir) if results_dir is not None else None, force)
+    if stage.earlier_records():
         return []
     mm_ops.check_cuda_ops()
     cfg = wire(spec, backbone, cfg)  # the identity was computed from the config as loaded
@@ -262,7 +260,7 @@ def run_transfer(
             cfg.visualizer.vis_backends = vis_backends(loggers, work_dir, f"{work_dir.parent.name}/{work_dir.name}")
     _seed(cfg, seed)
     _checkpoints(cfg, work_dir, identity, resume)
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    stage.started = now()
     try:
         runner = Runner.from_cfg(cfg)
     except (TypeError, KeyError) as err:
@@ -275,17 +273,9 @@ def run_transfer(
     if spec.extra_evaluation is not None:
         metrics = dict(metrics) | spec.extra_evaluation(runner, cfg)
     values = recorded_values(spec, metrics, runner.logger.info)
-    if results_dir is None or not is_main_process():
+    if not is_main_process():
         return []
-    return identity.write_records(
-        results_dir,
-        values,
-        model=sidecar["model"],
-        started=started,
-        run_dir=work_dir,
-        code_version=code_version(),
-        force=force,
-    )
+    return stage.record(values, model=sidecar["model"], run_dir=work_dir)
 
 
 def _checkpoints(cfg: Config, work_dir: Path, identity: RunIdentity, resume: bool) -> None:

@@ -102,7 +102,7 @@ def backbone_entries(raw: dict) -> list[tuple[Any, list[str] | None, list[str] |
 def check_pairings(backbones: list, regimes: dict, pairs: list[tuple[int, str]]) -> None:
     """Build every backbone × regime pairing (on the meta device: no memory, no weights) with its drop controller,
     so that a regime a backbone cannot take fails before anything runs."""
-    from dropbench.pretrain.train import check_pairing
+    from dropbench.pretrain.build import check_pairing
 
     for index, regime_name in pairs:
         argument, backbone = backbones[index]
