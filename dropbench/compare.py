@@ -425,6 +425,8 @@ def delta_panels(stats: pd.DataFrame) -> dict[str, pd.DataFrame]:
     bar each (``bar``: backbone and regime), reference regimes left out."""
     deltas = _headline(stats.dropna(subset=["delta"]))
     deltas = deltas[~deltas["regime"].isin(REFERENCE_REGIMES)].copy()
+    if deltas.empty:  # no regime has a baseline to pair with (its runs failed, or the suite has none)
+        return {}
     deltas["panel"] = deltas[COLUMN].astype(str).agg(" / ".join, axis=1)
     deltas["bar"] = deltas["backbone"] + "\n" + deltas["regime"]
     return {panel: deltas[deltas["panel"] == panel] for panel in dict.fromkeys(deltas["panel"])}

@@ -330,6 +330,18 @@ def test_the_delta_figure_has_a_panel_per_headline_metric_without_the_reference_
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_the_delta_figure_without_a_baseline_says_so(tmp_path):
+    """A suite whose baseline runs failed: the figure is drawn, with a line saying there is no Δ, not a crash."""
+    from dropbench.compare import delta_panels, plot_deltas
+
+    for seed in range(2):
+        _record("random_init", seed, 9.0 + seed).write(tmp_path)
+        _record("early_dropout", seed, 70.0 + seed).write(tmp_path)
+    stats = summarise(read_records(tmp_path)[0])
+    assert stats["delta"].isna().all() and delta_panels(stats) == {}
+    assert plot_deltas(stats, tmp_path / "deltas.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 @pytest.fixture
 def two_tasks(tmp_path):
     """no/early dropout over 3 seeds: pretraining top-1 and top-5, and a detection transfer's box AP and AP50."""
