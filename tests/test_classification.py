@@ -2,6 +2,7 @@
 
 import contextlib
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -21,7 +22,7 @@ from dropbench.core.models import BackboneConfig
 from dropbench.core.readers import load_mnist
 from dropbench.pretrain.config import Recipe, Regime
 from dropbench.pretrain.train import pretrain
-from dropbench.transfer.classification import fit_linear_probe
+from dropbench.transfer.classification import _features_key, fit_linear_probe
 from dropbench.transfer.cls_data import load_cls_config, load_cls_data
 
 from .conftest import make_untrained_export
@@ -190,6 +191,20 @@ def test_new_weights_in_the_same_work_dir_are_not_served_cached_features(cli, li
     code, _, err = cli(*_transfer_args(changed, "optdigits", "linear", work_dir, tmp_path / "r"), *LINEAR_OVERRIDES)
     assert code == 0, err
     assert json.loads((work_dir / "linear_probe.json").read_text())["feature_extraction"]["cached"] is False
+
+
+def test_the_feature_cache_key_follows_the_fields_that_say_they_change_the_features(tmp_path):
+    """A field counts in the cache key unless it says the features do not depend on it: a new field can make a
+    cache miss, never serve stale features; a training setting (lr) keeps the cache, autocast (amp) does not."""
+    export = make_untrained_export("vit_micro", tmp_path / "export")
+    config = load_cls_config("optdigits", {})
+    key = _features_key(export, config, 32)
+    assert _features_key(export, dataclasses.replace(config, lr=0.5, epochs=3, seed=7), 32) == key
+    for change in ({"amp": False}, {"crop_pct": 0.5}, {"train_subset": 100}):
+        assert _features_key(export, dataclasses.replace(config, **change), 32) != key, change
+    undeclared = {f.name for f in dataclasses.fields(config) if not f.metadata}
+    assert undeclared <= set(config.feature_inputs()) & set(config.settings())
+    assert {"name", "path", "seed", "install_hint"}.isdisjoint(config.settings())
 
 
 @needs_sklearn

@@ -210,13 +210,13 @@ def _file_digest(path: Path) -> str:
 
 
 def _features_key(backbone: Path, config: ClsConfig, input_size: int) -> str:
-    """What the cached features depend on: the weights, the images and the evaluation transform."""
-    data_fields = ("name", "source", "path", "torchvision", "train_subset", "test_subset", "interpolation", "crop_pct")
+    """What the cached features depend on: the weights, the images and the evaluation transform (the config's
+    fields that say so, ``ClsConfig.feature_inputs``)."""
     return settings_digest(
         {
             "weights_sha256": _file_digest(backbone / WEIGHTS_FILE),
             "input_size": input_size,
-            **{key: getattr(config, key) for key in data_fields},
+            **config.feature_inputs(),
         }
     )
 
@@ -492,13 +492,10 @@ def _finetune(
 
 # ---------------------------------------------------------------------------------------------------- the command
 
-# Fields that say where the data is or how it is named, not what the run computes.
-_NOT_SETTINGS = ("name", "seed", "path", "install_hint")
-
 
 def task_identity(config: ClsConfig, protocol: str, overrides: dict) -> tuple[str, str, Part]:
     """``(dataset, protocol, task part)`` of a classification transfer; its transfer seed is ``config.seed``."""
-    settings = {k: v for k, v in config.to_dict().items() if k not in _NOT_SETTINGS} | {"protocol": protocol}
+    settings = config.settings() | {"protocol": protocol}
     return config.name, protocol, Part.of(settings, {k: v for k, v in overrides.items() if k != "seed"})
 
 

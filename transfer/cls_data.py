@@ -10,7 +10,7 @@ import importlib.util
 import types
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,51 +44,74 @@ TORCHVISION_SPLITS: dict[str, tuple[list[dict], dict]] = {
 }
 
 
+NOT_A_SETTING = {"setting": False}  # where the data is or how it is named: not what the run computes
+NOT_FEATURES = {"features": False}  # the extracted features do not depend on it
+NEITHER = NOT_A_SETTING | NOT_FEATURES
+
+
 @dataclass(frozen=True)
 class ClsConfig:
-    """One dataset with its fine-tuning and linear-probe settings (timm names where timm has one)."""
+    """One dataset with its fine-tuning and linear-probe settings (timm names where timm has one).
 
-    name: str
+    Each field says what it changes (``dataclasses.field`` metadata): ``setting=False`` where it says where the data
+    is, how it is named or which seed runs (not part of the settings digest); ``features=False`` where the features
+    a linear probe extracts do not depend on it (not part of their cache key). A field declared without either is
+    both, so a new field can make a cache miss but never serve stale features."""
+
+    name: str = field(metadata=NOT_A_SETTING)
     source: str
-    path: str | None = None  # the ImageFolder root, torchvision root or idx folder
+    path: str | None = field(default=None, metadata=NOT_A_SETTING)  # the ImageFolder, torchvision or idx root
     torchvision: str | None = None  # the torchvision class, for source "torchvision"
-    install_hint: str | None = None  # how to put the data on disk, shown when it is missing
-    num_classes: int | None = None  # checked against the data when given
-    metric: str = "auto"  # the metric that picks the probe's C; "auto": mean per-class where classes are imbalanced
+    install_hint: str | None = field(default=None, metadata=NEITHER)  # how to put the data on disk, if missing
+    num_classes: int | None = field(default=None, metadata=NOT_FEATURES)  # checked against the data when given
+    # the metric that picks the probe's C; "auto": mean per-class where classes are imbalanced
+    metric: str = field(default="auto", metadata=NOT_FEATURES)
     train_subset: int | None = None
     test_subset: int | None = None
-    seed: int = 0
-    workers: int = 0
+    seed: int = field(default=0, metadata=NEITHER)
+    workers: int = field(default=0, metadata=NOT_FEATURES)
     amp: bool = True  # bf16 autocast where a GPU is used
-    # transforms (timm.data.create_transform)
+    # transforms (timm.data.create_transform): the evaluation transform's, then the training augmentation's
     interpolation: str = "bicubic"
     crop_pct: float = 0.875
-    scale: tuple[float, float] = (0.08, 1.0)
-    hflip: float = 0.5
-    color_jitter: float | None = None
-    aa: str | None = None
-    reprob: float = 0.0
+    scale: tuple[float, float] = field(default=(0.08, 1.0), metadata=NOT_FEATURES)
+    hflip: float = field(default=0.5, metadata=NOT_FEATURES)
+    color_jitter: float | None = field(default=None, metadata=NOT_FEATURES)
+    aa: str | None = field(default=None, metadata=NOT_FEATURES)
+    reprob: float = field(default=0.0, metadata=NOT_FEATURES)
     # fine-tuning
-    epochs: int = 10
-    batch_size: int = 64
-    opt: str = "adamw"
-    lr: float = 1.0e-3
-    weight_decay: float = 0.05
-    layer_decay: float | None = 0.75
-    drop_path: float = 0.0
-    sched: str = "cosine"
-    warmup_epochs: int = 0
-    warmup_lr: float = 1.0e-6
-    min_lr: float = 1.0e-6
-    smoothing: float = 0.1
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    clip_grad: float | None = None
+    epochs: int = field(default=10, metadata=NOT_FEATURES)
+    batch_size: int = field(default=64, metadata=NOT_FEATURES)
+    opt: str = field(default="adamw", metadata=NOT_FEATURES)
+    lr: float = field(default=1.0e-3, metadata=NOT_FEATURES)
+    weight_decay: float = field(default=0.05, metadata=NOT_FEATURES)
+    layer_decay: float | None = field(default=0.75, metadata=NOT_FEATURES)
+    drop_path: float = field(default=0.0, metadata=NOT_FEATURES)
+    sched: str = field(default="cosine", metadata=NOT_FEATURES)
+    warmup_epochs: int = field(default=0, metadata=NOT_FEATURES)
+    warmup_lr: float = field(default=1.0e-6, metadata=NOT_FEATURES)
+    min_lr: float = field(default=1.0e-6, metadata=NOT_FEATURES)
+    smoothing: float = field(default=0.1, metadata=NOT_FEATURES)
+    mixup: float = field(default=0.0, metadata=NOT_FEATURES)
+    cutmix: float = field(default=0.0, metadata=NOT_FEATURES)
+    clip_grad: float | None = field(default=None, metadata=NOT_FEATURES)
     # linear probe
-    linear_c_grid: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0, 10.0, 100.0)
-    holdout_fraction: float = 0.2
-    linear_max_iter: int = 1000
-    feature_batch_size: int = 256
+    linear_c_grid: tuple[float, ...] = field(default=(0.001, 0.01, 0.1, 1.0, 10.0, 100.0), metadata=NOT_FEATURES)
+    holdout_fraction: float = field(default=0.2, metadata=NOT_FEATURES)
+    linear_max_iter: int = field(default=1000, metadata=NOT_FEATURES)
+    feature_batch_size: int = field(default=256, metadata=NOT_FEATURES)
+
+    def settings(self) -> dict:
+        """What changes the run's result: every field but where the data is, its name and the seed."""
+        return {f.name: value for f, value in self._fields() if f.metadata.get("setting", True)}
+
+    def feature_inputs(self) -> dict:
+        """What the extracted features depend on, besides the weights and the input size."""
+        return {f.name: value for f, value in self._fields() if f.metadata.get("features", True)}
+
+    def _fields(self):
+        data = self.to_dict()
+        return [(f, data[f.name]) for f in dataclasses.fields(self)]
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self) | {"scale": list(self.scale), "linear_c_grid": list(self.linear_c_grid)}
