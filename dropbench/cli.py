@@ -346,8 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     log_to_stdout()
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)  # the parser reads the task and executor registries: plugins load
         args.run(args)
     except UserInputError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -14,8 +14,8 @@ from tqdm import tqdm
 
 from dropbench.core.checkpoint import gather_rng_states, save_checkpoint
 from dropbench.core.errors import UserInputError
-from dropbench.core.export import CHECKPOINT_FILE
 from dropbench.core.io import atomic_write_csv
+from dropbench.core.layout import CHECKPOINT_FILE
 from dropbench.core.tracking import Trackers
 from dropbench.pretrain.build import Place, Training
 from dropbench.pretrain.config import Recipe

@@ -15,7 +15,7 @@ from dropbench.core.checkpoint import load_checkpoint as read_checkpoint
 from dropbench.core.checkpoint import own_rng_state, set_rng_state
 from dropbench.core.configs import flatten
 from dropbench.core.errors import UserInputError
-from dropbench.core.export import CHECKPOINT_FILE
+from dropbench.core.layout import CHECKPOINT_FILE
 from dropbench.pretrain.build import Place, Training
 
 # How a run checkpoints, whether its step is compiled, where it is tracked: free to change when it resumes.

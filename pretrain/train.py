@@ -24,8 +24,9 @@ from torch.utils.data import DataLoader
 
 from dropbench.core.checkpoint import gather_rng_states, save_checkpoint
 from dropbench.core.errors import UserInputError
-from dropbench.core.export import CHECKPOINT_FILE, EXPORT_DIR, SIDECAR_FILE, export_backbone
+from dropbench.core.export import SIDECAR_FILE, export_backbone
 from dropbench.core.io import atomic_write_json
+from dropbench.core.layout import CHECKPOINT_FILE, EXPORT_DIR
 from dropbench.core.lifecycle import StageRun
 from dropbench.core.loop import StepHooks, autocast_for, epoch_seed, evaluate, train_one_epoch
 from dropbench.core.models import BackboneConfig

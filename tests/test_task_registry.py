@@ -5,6 +5,8 @@ edited."""
 
 import argparse
 import os
+import subprocess
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -106,6 +108,18 @@ def test_a_task_registered_outside_the_package_runs_through_the_cli_the_suite_an
 
     code, out, _ = cli("suite", suite)  # finished: nothing runs again
     assert code == 0 and "2 finished earlier" in out
+
+
+def test_a_plugin_that_cannot_be_imported_is_refused_in_one_line(tmp_path):
+    environment = {**os.environ, PLUGINS_VARIABLE: "no_such_plugin_module"}
+    result = subprocess.run(
+        [sys.executable, "-m", "dropbench.cli", "compare", "--results", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=environment,
+    )
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("error: DROPBENCH_PLUGINS: cannot import the plugin 'no_such_plugin_module'")
 
 
 def test_an_unknown_task_kind_names_the_registered_ones(cli, tmp_path, monkeypatch):

@@ -13,9 +13,6 @@ from dropbench.core.errors import UserInputError
 from dropbench.core.io import atomic_write, atomic_write_json
 from dropbench.core.models import create_timm_model
 
-# A pretraining run folder holds its checkpoint and, once finished, its export folder.
-CHECKPOINT_FILE = "checkpoint.pt"
-EXPORT_DIR = "export"
 WEIGHTS_FILE = "backbone.safetensors"
 SIDECAR_FILE = "backbone.json"
 EXPORT_FORMAT = "dropbench-backbone/1"

@@ -11,7 +11,8 @@ folder; a failed run is reported with that log at the end and costs only the tra
 Executors: ``local`` runs one subprocess after another on a CPU or one GPU; on N GPUs pretraining and det/seg
 take them all (torchrun), then the classification transfers go N at a time, one per GPU. ``slurm`` submits every
 run through submitit, a transfer with ``--dependency=afterok:<its pretraining job>``, waits for them all, and
-cancels the transfers of a failed pretraining (Slurm would otherwise leave them pending forever).
+cancels the transfers of a failed pretraining (Slurm would otherwise leave them pending forever). Both implement
+``executors.Executor``; another executor is one module that registers its own (docs/extending.md).
 """
 
 from collections.abc import Callable

@@ -76,9 +76,8 @@ def launches(suite: Suite, gpus: int, jobs: int = 1) -> list[Launch]:
     if gpus == 0 and jobs > 1:
         threads = max(1, (os.cpu_count() or 1) // jobs)
         first = [run for run in suite.runs if run.stage == PRETRAIN_STAGE]
-        return [
-            Launch(run, None, threads) for run in first + [run for run in suite.runs if run.stage != PRETRAIN_STAGE]
-        ]
+        rest = [run for run in suite.runs if run.stage != PRETRAIN_STAGE]
+        return [Launch(run, None, threads) for run in first + rest]
     if gpus == 0:
         return [Launch(run, None) for run in suite.runs]
     ids = _device_ids(gpus)

@@ -7,9 +7,9 @@ from typing import Any
 
 from dropbench.core.configs import check_keys, load_yaml
 from dropbench.core.errors import UserInputError
-from dropbench.core.export import EXPORT_DIR
 from dropbench.core.fields import non_empty_list
 from dropbench.core.identity import RunIdentity
+from dropbench.core.layout import EXPORT_DIR
 from dropbench.suite.executors import executor_classes
 from dropbench.suite.schema import (
     SUITE_KEYS,

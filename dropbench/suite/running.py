@@ -15,7 +15,7 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dropbench.core.export import CHECKPOINT_FILE, EXPORT_DIR
+from dropbench.core.layout import CHECKPOINT_FILE, EXPORT_DIR
 from dropbench.tasks import PRETRAIN_STAGE, node_wide
 
 if TYPE_CHECKING:

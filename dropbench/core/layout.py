@@ -1,0 +1,5 @@
+"""What a pretraining run folder holds, by name: its checkpoint and, once finished, its export folder. Kept apart
+from ``core.export`` (which needs torch and timm) so that planning a suite does not import them."""
+
+CHECKPOINT_FILE = "checkpoint.pt"
+EXPORT_DIR = "export"
