@@ -26,7 +26,7 @@ from timm.data import create_transform
 from timm.optim import create_optimizer_v2
 from torch import nn
 
-from dropbench.core.export import export_backbone
+from dropbench.core.export import ExportSidecar, export_backbone
 from dropbench.core.models import BackboneConfig
 from dropbench.transfer.classification import extract_features, transfer_classification
 from dropbench.transfer.cls_data import TransformedDataset, load_cls_config, load_cls_data
@@ -34,8 +34,9 @@ from dropbench.transfer.cls_data import TransformedDataset, load_cls_config, loa
 
 def make_export(backbone: BackboneConfig, folder: Path) -> Path:
     torch.manual_seed(0)
-    sidecar = dict(model=backbone.model, kwargs=backbone.kwargs, num_classes=10, input_size=backbone.input_size)
-    sidecar |= dict(backbone=backbone.name, regime="none", recipe="none", seed=0, config_hash="bench")
+    sidecar = ExportSidecar(
+        backbone.model, backbone.kwargs, 10, backbone.input_size, backbone.name, "none", "none", config_hash="bench"
+    )
     return export_backbone(backbone.create_model(10), folder, sidecar)
 
 

@@ -27,11 +27,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _schedule(args: argparse.Namespace) -> None:
-    from dropbench.pretrain.schedules import drop_schedule
+    from dropbench.core.settings import from_arguments
+    from dropbench.pretrain.schedules import DropSetting
 
-    if not 0 <= args.rate < 1:  # drop_schedule takes any rate, as the authors' scheduler does; a regime does not
-        raise UserInputError("--rate", f"{args.rate} is outside [0, 1); a drop rate is a probability")
-    rates = drop_schedule(args.rate, args.epochs, args.iters_per_epoch, args.cutoff_epoch, args.mode, args.shape)
+    setting = from_arguments(DropSetting, args, args.setting_fields)
+    rates = setting.rates(args.epochs, args.iters_per_epoch)
     if args.format == "json":
         print(json.dumps([float(r) for r in rates]))
         return
@@ -179,7 +179,8 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dropbench.pretrain.schedules import MODES, SHAPES
+    from dropbench.core.settings import add_arguments
+    from dropbench.pretrain.schedules import DropSetting
     from dropbench.suite import executor_classes
     from dropbench.tasks import transfer_tasks
 
@@ -187,15 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     schedule = commands.add_parser("schedule", help="print or plot a per-iteration drop-rate schedule")
-    schedule.add_argument("--mode", choices=MODES, default="standard")
-    schedule.add_argument("--shape", choices=SHAPES, default="constant")
-    schedule.add_argument("--rate", type=float, required=True)
+    # the regime's schedule fields (a cutoff is given for the run itself, not scaled from the paper's 300 epochs)
+    setting_fields = add_arguments(schedule, DropSetting, skip=("reference_epochs",))
     schedule.add_argument("--epochs", type=int, required=True)
     schedule.add_argument("--iters-per-epoch", type=int, required=True)
-    schedule.add_argument("--cutoff-epoch", type=int, default=0)
     schedule.add_argument("--format", choices=("json", "png"), default="json")
     schedule.add_argument("--out", help="PNG file for --format png")
-    schedule.set_defaults(run=_schedule)
+    schedule.set_defaults(run=_schedule, setting_fields=setting_fields)
 
     pretrain = commands.add_parser("pretrain", help="train a backbone under one regime and export it")
     pretrain.add_argument("--backbone", required=True, help="configs/backbones/<name>.yaml, its name, or a timm name")

@@ -39,7 +39,7 @@ def _figures(suite: Suite, stats) -> list[Path]:
         for kind in ("dropout", "drop_path"):
             setting = getattr(regime, kind)
             if setting is not None:
-                schedules[f"{regime.name} ({kind})"] = setting.schedule(recipe.epochs, iters_per_epoch)
+                schedules[f"{regime.name} ({kind})"] = setting.rates(recipe.epochs, iters_per_epoch)
     written = [plot_deltas(stats, figures / "deltas.png")]
     if logs:
         written.append(plot_curves(logs, figures / "pretrain_curves.png", title=f"pretraining, suite '{suite.name}'"))

@@ -10,8 +10,8 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transf
 from torch.utils.data import DataLoader
 
 from dropbench.core.errors import UserInputError
-from dropbench.core.export import load_exported_model
-from dropbench.core.identity import Part, RunIdentity
+from dropbench.core.export import ExportSidecar, load_exported_model
+from dropbench.core.identity import Part
 from dropbench.core.lifecycle import StageRun, now
 from dropbench.core.loop import autocast_for, evaluate
 from dropbench.core.readers import IMAGENET_1K, ArrayImageDataset, image_folders, imagenet_1k_layout, load_mnist
@@ -19,16 +19,16 @@ from dropbench.core.readers import IMAGENET_1K, ArrayImageDataset, image_folders
 logger = logging.getLogger(__name__)
 
 
-def eval_transform_settings(sidecar: dict, model: torch.nn.Module) -> dict:
+def eval_transform_settings(sidecar: ExportSidecar, model: torch.nn.Module) -> dict:
     """crop_pct, interpolation, mean, std: the sidecar's ``eval_transform``, else a dropbench recipe's, else the
     timm pretrained config of the architecture."""
-    if "eval_transform" in sidecar:
-        return dict(sidecar["eval_transform"])
-    if sidecar.get("recipe") and "imported_from" not in sidecar:
+    if sidecar.eval_transform is not None:
+        return dict(sidecar.eval_transform)
+    if sidecar.recipe and sidecar.imported_from is None:
         from dropbench.pretrain.config import Recipe
 
         try:
-            recipe = Recipe.load(sidecar["recipe"])
+            recipe = Recipe.load(sidecar.recipe)
         except UserInputError:
             recipe = None
         if recipe is not None:  # dropbench's pretraining: timm's default mean/std, the recipe's crop and resize
@@ -66,27 +66,25 @@ def evaluate_export(
     model, sidecar = load_exported_model(backbone)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     settings = eval_transform_settings(sidecar, model)
-    size = int(sidecar.get("input_size") or 224)
+    size = sidecar.image_size
     transform = create_transform(input_size=size, is_training=False, **settings)
     dataset, name = _dataset(data, transform)
-    if len(getattr(dataset, "classes", [])) > sidecar["num_classes"]:
-        raise UserInputError(
-            "--data", f"{len(dataset.classes)} classes, the export's head has {sidecar['num_classes']}"
-        )
+    if len(getattr(dataset, "classes", [])) > sidecar.num_classes:
+        raise UserInputError("--data", f"{len(dataset.classes)} classes, the export's head has {sidecar.num_classes}")
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=min(workers, 8), pin_memory=dev.type == "cuda")
-    metrics = evaluate(model.to(dev), loader, sidecar["num_classes"], dev, autocast_for(dev, True))
+    metrics = evaluate(model.to(dev), loader, sidecar.num_classes, dev, autocast_for(dev, True))
     values = {"top1": metrics["top1"], "top5": metrics["top5"]}
     if results_dir is not None:
         part = Part.of({"input_size": size, **{k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}})
         identity = dataclasses.replace(
-            RunIdentity.of_export(sidecar).transfer("classification", name, "val", 0, part), stage="eval"
+            sidecar.pretraining_identity().transfer("classification", name, "val", 0, part), stage="eval"
         )
         # an evaluation is measured again whenever it is asked for: its records replace the earlier ones
         StageRun(identity, Path(results_dir), force=True, started=started).record(
-            values, model=sidecar["model"], run_dir=Path(backbone)
+            values, model=sidecar.model, run_dir=Path(backbone)
         )
     logger.info(
-        f"{sidecar.get('backbone', sidecar['model'])} / {sidecar.get('regime', '?')} on {name}: "
+        f"{sidecar.name} / {sidecar.regime or '?'} on {name}: "
         f"top1 {values['top1']:.2f}%  top5 {values['top5']:.2f}%  ({len(dataset)} images)"
     )
     return values

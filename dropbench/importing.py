@@ -11,6 +11,7 @@
 """
 
 import argparse
+import dataclasses
 import os
 import pickle
 from pathlib import Path
@@ -22,11 +23,12 @@ from safetensors.torch import load_file
 from torch import nn
 
 from dropbench.core.errors import UserInputError, did_you_mean
-from dropbench.core.export import export_backbone
+from dropbench.core.export import ExportSidecar, export_backbone
 from dropbench.core.identity import Part, RunIdentity
 from dropbench.core.models import BackboneConfig
 from dropbench.core.readers import IMAGENET_1K
 from dropbench.core.version import code_version
+from dropbench.pretrain.schedules import DropSetting
 
 # The authors' model names → the paper's backbone configs (configs/backbones/), same widths and depths.
 OFFICIAL_BACKBONES = {
@@ -113,24 +115,24 @@ def regime_from_args(args) -> str:
         f"dropout={dropout}, drop_path={drop_path}, drop_mode={mode}, drop_schedule={shape}, "
         f"cutoff_epoch={cutoff}, epochs={epochs}"
     )
+    wanted = {"dropout": dropout, "drop_path": drop_path}
     for name in known_configs("regimes"):
         regime = Regime.load(name)
-        if not regime.train:
-            continue
-        wanted = {"dropout": dropout, "drop_path": drop_path}
-        if all(_matches(getattr(regime, kind), wanted[kind], mode, shape, cutoff, epochs) for kind in wanted):
+        if regime.train and all(
+            _schedule_of(getattr(regime, kind), epochs) == _schedule_of(DropSetting(rate, mode, shape, cutoff), epochs)
+            for kind, rate in wanted.items()
+        ):
             return regime.name
     raise UserInputError("args", f"no shipped regime has {described}; pass --regime")
 
 
-def _matches(setting, rate: float, mode: str, shape: str, cutoff: int, epochs: int) -> bool:
-    if setting is None or rate == 0:
-        return (setting is None or setting.rate == 0) and rate == 0
-    if abs(setting.rate - rate) > 1e-9 or setting.mode != mode:
-        return False
-    if mode == "standard":
-        return True
-    return setting.shape == shape and setting.cutoff_for(epochs) == cutoff
+def _schedule_of(setting: DropSetting | None, epochs: int) -> DropSetting | None:
+    """What a run of ``epochs`` gets from ``setting``: None without one or with a rate of 0, the rate rounded to
+    tell floats apart only where they differ."""
+    if setting is None or setting.rate == 0:
+        return None
+    run = setting.for_run(epochs)
+    return dataclasses.replace(run, rate=round(run.rate, 9))
 
 
 def recipe_from_args(args) -> str:
@@ -148,24 +150,25 @@ def recipe_from_args(args) -> str:
     )
 
 
-def _write(model: nn.Module, backbone: BackboneConfig, out: Path, identity: RunIdentity, extra: dict) -> Path:
+def _write(model: nn.Module, backbone: BackboneConfig, out: Path, identity: RunIdentity, **provenance) -> Path:
+    """Export ``model`` with a sidecar that names ``identity``; ``provenance``: the import's own sidecar fields."""
     head = model.get_classifier()
     num_classes = head.out_features if isinstance(head, nn.Linear) else int(getattr(model, "num_classes", 0))
-    sidecar = {
-        "model": backbone.model,
-        "kwargs": backbone.kwargs,
-        "num_classes": num_classes,
-        "input_size": backbone.input_size,
-        "backbone": backbone.name,
-        "regime": identity.regime,
-        "recipe": identity.recipe,
-        "seed": identity.seed,
-        "dataset": identity.dataset,
-        "code_version": code_version(),
-        "config_hash": identity.digest,
-        "identity": identity.to_json(),
-        **extra,
-    }
+    sidecar = ExportSidecar(
+        model=backbone.model,
+        kwargs=backbone.kwargs,
+        num_classes=num_classes,
+        input_size=backbone.input_size,
+        backbone=backbone.name,
+        regime=identity.regime,
+        recipe=identity.recipe,
+        seed=identity.seed,
+        dataset=identity.dataset,
+        code_version=code_version(),
+        config_hash=identity.digest,
+        identity=identity.to_json(),
+        **provenance,
+    )
     return export_backbone(model, out, sidecar)
 
 
@@ -202,9 +205,17 @@ def import_official(
     model = backbone.create_model(head.shape[0] if head is not None else 1000)
     _load_strictly(model, weights, str(checkpoint))
     identity = pretrain_identity(backbone, regime_config, recipe_config, IMAGENET_1K)
-    extra = {"epochs": int(_args_value(args, "epochs", 0)), "imported_from": str(checkpoint), "ema": ema}
-    extra["eval_transform"] = OFFICIAL_EVAL
-    return _write(model, backbone, out, identity, extra)
+    epochs = int(_args_value(args, "epochs", 0))
+    return _write(
+        model,
+        backbone,
+        out,
+        identity,
+        epochs=epochs,
+        imported_from=str(checkpoint),
+        ema=ema,
+        eval_transform=OFFICIAL_EVAL,
+    )
 
 
 def hf_cache_file(name: str) -> Path | None:
@@ -261,4 +272,4 @@ def import_weights(
     model = backbone.create_model(head.shape[0] if head is not None else 1000)
     _load_strictly(model, state, str(weights))
     identity = _plain_identity(backbone, regime, recipe, seed, Path(weights).name)
-    return _write(model, backbone, out, identity, {"imported_from": str(weights)})
+    return _write(model, backbone, out, identity, imported_from=str(weights))

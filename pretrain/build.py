@@ -102,7 +102,7 @@ def build_training(
     torch.manual_seed(recipe.seed)
     model = backbone.create_model(splits.num_classes, **max_rates)
     schedules = {
-        kind: (getattr(regime, kind).schedule(recipe.epochs, iters_per_epoch), rate) for kind, rate in max_rates.items()
+        kind: (getattr(regime, kind).rates(recipe.epochs, iters_per_epoch), rate) for kind, rate in max_rates.items()
     }
     controller = DropController(model, schedules, backbone.drop_path_rule, tensor_rates=recipe.compile is not False)
     random.seed(recipe.seed + processes.rank)

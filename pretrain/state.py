@@ -17,9 +17,10 @@ from dropbench.core.configs import flatten
 from dropbench.core.errors import UserInputError
 from dropbench.core.layout import CHECKPOINT_FILE
 from dropbench.pretrain.build import Place, Training
+from dropbench.pretrain.config import Recipe
 
-# How a run checkpoints, whether its step is compiled, where it is tracked: free to change when it resumes.
-EXECUTION_SETTINGS = {"recipe.recovery_every", "recipe.compile", "recipe.loggers"}
+# The recipe's fields that a resumed run may change (how it checkpoints, compiles and is tracked).
+EXECUTION_SETTINGS = {f"recipe.{name}" for name in Recipe.names_where("resumable")}
 
 
 def check_same_config(saved: dict, current: dict) -> None:

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from dropbench.core.checkpoint import gather_rng_states, save_checkpoint
 from dropbench.core.errors import UserInputError
-from dropbench.core.export import SIDECAR_FILE, export_backbone
+from dropbench.core.export import SIDECAR_FILE, ExportSidecar, export_backbone
 from dropbench.core.io import atomic_write_json
 from dropbench.core.layout import CHECKPOINT_FILE, EXPORT_DIR
 from dropbench.core.lifecycle import StageRun
@@ -239,26 +239,23 @@ def _export(
     out: Path,
     summary: RunSummary,
 ) -> None:
-    export_backbone(
-        run.model,
-        out / EXPORT_DIR,
-        {
-            "model": backbone.model,
-            "kwargs": backbone.kwargs,
-            "num_classes": run.splits.num_classes,
-            "input_size": backbone.input_size,
-            "backbone": backbone.name,
-            "regime": regime.name,
-            "recipe": recipe.name,
-            "epochs": summary.epochs,
-            "seed": recipe.seed,
-            "dataset": run.splits.name,
-            "val_top1": summary.val_top1,
-            "code_version": code_version(),
-            "config_hash": identity.digest,
-            "identity": identity.to_json(),
-        },
+    sidecar = ExportSidecar(
+        model=backbone.model,
+        kwargs=backbone.kwargs,
+        num_classes=run.splits.num_classes,
+        input_size=backbone.input_size,
+        backbone=backbone.name,
+        regime=regime.name,
+        recipe=recipe.name,
+        epochs=summary.epochs,
+        seed=recipe.seed,
+        dataset=run.splits.name,
+        val_top1=summary.val_top1,
+        code_version=code_version(),
+        config_hash=identity.digest,
+        identity=identity.to_json(),
     )
+    export_backbone(run.model, out / EXPORT_DIR, sidecar)
 
 
 def _finished_summary(out: Path, recipe: Recipe, records: list[Path]) -> RunSummary:

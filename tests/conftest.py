@@ -55,12 +55,13 @@ def exports(tmp_path_factory) -> dict[str, Path]:
 
 def make_untrained_export(name: str, folder: Path, regime: str = "no_dropout") -> Path:
     """A freshly initialised backbone (a micro config or any timm name) in the export format."""
-    from dropbench.core.export import export_backbone
+    from dropbench.core.export import ExportSidecar, export_backbone
     from dropbench.core.models import BackboneConfig
 
     backbone = BackboneConfig.load(name)
-    sidecar = dict(model=backbone.model, kwargs=backbone.kwargs, num_classes=10, input_size=backbone.input_size)
-    sidecar |= dict(backbone=name, regime=regime, recipe="cpu", seed=0, config_hash="0" * 16)
+    sidecar = ExportSidecar(
+        backbone.model, backbone.kwargs, 10, backbone.input_size, name, regime, "cpu", seed=0, config_hash="0" * 16
+    )
     torch.manual_seed(0)
     return export_backbone(backbone.create_model(10), folder, sidecar)
 

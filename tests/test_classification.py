@@ -395,14 +395,13 @@ def test_a_typo_in_an_override_suggests_the_key(cli, untrained_export, tmp_path)
 def test_a_run_whose_records_exist_is_skipped(cli, untrained_export, tmp_path):
     """The identity the run computes names the same records the table and the suite planner read."""
     from dropbench.core.export import read_sidecar
-    from dropbench.core.identity import RunIdentity
     from dropbench.transfer.classification import task_identity
     from dropbench.transfer.cls_data import load_cls_config
 
     config = load_cls_config("optdigits", {"epochs": 2})
     dataset, protocol, part = task_identity(config, "linear", {"epochs": 2})
-    identity = RunIdentity.of_export(read_sidecar(untrained_export)).transfer(
-        "classification", dataset, protocol, 0, part
+    identity = (
+        read_sidecar(untrained_export).pretraining_identity().transfer("classification", dataset, protocol, 0, part)
     )
     (existing,) = identity.write_records(
         tmp_path, {"top1": 12.5}, model="m", started="s", run_dir=tmp_path, code_version="v"

@@ -66,7 +66,7 @@ def test_dropout_of_every_module_follows_the_schedule(backbone):
 @pytest.mark.parametrize("backbone", MICRO_BACKBONES)
 def test_late_stochastic_depth_starts_at_zero_with_the_modules_present(backbone):
     regime = Regime.load("late_sd")
-    rates = regime.drop_path.schedule(epochs=6, iters_per_epoch=3)
+    rates = regime.drop_path.rates(epochs=6, iters_per_epoch=3)
     _, controller = _controlled(backbone, {"drop_path": (rates, regime.drop_path.rate)})
     controller.step(0)
     pairs = controller.module_rates()["drop_path"]

@@ -50,7 +50,7 @@ def test_two_process_ddp_under_torchrun_trains_and_exports(tmp_path):
     lines = (run / "log.csv").read_text().splitlines()
     assert len(lines) == 3  # header + 2 epochs
     model, sidecar = load_exported_model(run / "export")
-    assert sidecar["regime"] == "early_sd"
+    assert sidecar.regime == "early_sd"
     records = list((tmp_path / "results" / "records").glob("*.json"))
     assert len(records) == 1, "only rank 0 writes the record"
     assert json.loads(records[0].read_text())["value"] > 10

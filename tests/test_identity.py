@@ -1,7 +1,9 @@
 """Run identity: what the settings digest covers, record names, the existing-record policy."""
 
 import json
+from pathlib import Path
 
+from dropbench.core.export import ExportSidecar
 from dropbench.core.identity import Part, ResultRecord, RunIdentity
 from dropbench.core.models import BackboneConfig
 from dropbench.pretrain.config import Recipe, Regime, pretrain_identity
@@ -42,8 +44,8 @@ def test_a_transfer_identity_carries_its_export_parts_and_its_own_seed():
     assert transfer.parts["recipe"] == pretraining.parts["recipe"] and transfer.parts["task"] == task
     assert "__tseed2__" in transfer.stem() and transfer.stem().endswith(f"__{transfer.digest[:12]}__")
     assert transfer.digest != pretraining.transfer("detection", "coco_digits", "mask_rcnn_cpu", 2, Part.of({})).digest
-    sidecar = {"model": "vit_tiny_patch16_224", "identity": pretraining.to_json()}
-    assert RunIdentity.of_export(json.loads(json.dumps(sidecar))) == pretraining
+    sidecar = {"model": "vit_tiny_patch16_224", "kwargs": {}, "num_classes": 10, "identity": pretraining.to_json()}
+    assert ExportSidecar.from_json(json.loads(json.dumps(sidecar)), Path("x")).pretraining_identity() == pretraining
 
 
 def test_records_are_found_by_identity_kept_and_superseded_only_by_a_forced_rewrite(tmp_path, capsys):

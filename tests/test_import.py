@@ -95,10 +95,10 @@ def test_an_authors_checkpoint_imports_with_the_originals_logits(cli, tmp_path, 
     code, out, err = cli("import", "--from", "official", tmp_path / "checkpoint.pth", "--out", tmp_path / "export")
     assert code == 0, err
     imported, sidecar = load_exported_model(tmp_path / "export")
-    assert (imported(torch.zeros(1, 3, 224, 224)).shape[1], sidecar["backbone"]) == (1000, name)
+    assert (imported(torch.zeros(1, 3, 224, 224)).shape[1], sidecar.backbone) == (1000, name)
     assert (_logits(imported) - _logits(original)).abs().max().item() <= 1e-5
     regime = "late_sd" if name.endswith(("b16", "base")) else "early_dropout"
-    assert (sidecar["regime"], sidecar["recipe"], sidecar["seed"], sidecar["dataset"]) == (
+    assert (sidecar.regime, sidecar.recipe, sidecar.seed, sidecar.dataset) == (
         regime,
         "basic",
         3,
@@ -139,7 +139,7 @@ def test_args_that_match_no_shipped_regime_are_named_not_guessed(cli, tmp_path):
         *("--regime", "early_dropout"),
     )
     assert code == 0, err
-    assert read_sidecar(tmp_path / "export")["regime"] == "early_dropout"
+    assert read_sidecar(tmp_path / "export").regime == "early_dropout"
 
 
 def test_timm_weights_from_a_file_and_a_missing_cache_named(cli, tmp_path, monkeypatch):
@@ -151,7 +151,7 @@ def test_timm_weights_from_a_file_and_a_missing_cache_named(cli, tmp_path, monke
     )
     assert code == 0, err
     imported, sidecar = load_exported_model(tmp_path / "e")
-    assert sidecar["regime"] == "timm_pretrained" and torch.equal(_logits(imported, 64), _logits(model, 64))
+    assert sidecar.regime == "timm_pretrained" and torch.equal(_logits(imported, 64), _logits(model, 64))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     code, _, err = cli("import", "--from", "timm", "resnet10t", "--out", tmp_path / "f")
     assert code == 2 and "models--timm--resnet10t" in err and "nothing is downloaded" in err

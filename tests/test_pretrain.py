@@ -84,7 +84,7 @@ def test_export_reloads_in_timm_with_identical_outputs(finished_run):
     reference.load_state_dict(checkpoint["model"])
     exported, sidecar = load_exported_model(finished_run / "export")
     exported.eval()
-    assert sidecar["regime"] == "early_dropout" and sidecar["epochs"] == 4
+    assert sidecar.regime == "early_dropout" and sidecar.epochs == 4
     assert all(
         isinstance(v, torch.Tensor) for v in load_file(finished_run / "export" / "backbone.safetensors").values()
     )

@@ -30,7 +30,7 @@ def test_a_random_init_export_loads_in_every_transfer(random_init_export):
     from dropbench.transfer.mm_runner import load_config
 
     sidecar = read_sidecar(random_init_export)
-    assert sidecar["regime"] == "random_init" and sidecar["epochs"] == 0
+    assert sidecar.regime == "random_init" and sidecar.epochs == 0
 
     adapter = TimmBackbone(str(random_init_export))
     features = adapter(torch.randn(1, 3, 96, 96))

@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from dropbench.core.export import read_sidecar, read_weights
-from dropbench.core.identity import Part, RunIdentity
+from dropbench.core.identity import Part
 from dropbench.core.version import code_version
 from dropbench.tasks import PLUGINS_VARIABLE, SuiteTask, TransferTask, register, transfer_tasks
 from tests.conftest import make_untrained_export
@@ -31,14 +31,15 @@ def _run(args: argparse.Namespace) -> None:
     weights = read_weights(args.backbone)
     order = 2 if args.norm == "l2" else 1
     value = torch.linalg.vector_norm(torch.cat([w.float().flatten() for w in weights.values()]), ord=order)
-    identity = RunIdentity.of_export(read_sidecar(args.backbone)).transfer(
+    sidecar = read_sidecar(args.backbone)
+    identity = sidecar.pretraining_identity().transfer(
         "weight_probe", "weights", args.norm, args.seed, Part.of({"norm": args.norm})
     )
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     identity.write_records(
         args.results,
         {f"{args.norm}_norm": float(value)},
-        model=read_sidecar(args.backbone)["model"],
+        model=sidecar.model,
         started=started,
         run_dir=args.work_dir,
         code_version=code_version(),

@@ -101,10 +101,10 @@ class TimmBackbone(nn.Module):
             raise UserInputError("model.backbone.plain_blocks", f"'{plain_blocks}' is not one of {PLAIN_BLOCKS}")
         sidecar = read_sidecar(export)
         self.export, self.sidecar = str(export), sidecar
-        kwargs = dict(sidecar["kwargs"], num_classes=sidecar["num_classes"])
-        model = create_timm_model(sidecar["model"], kwargs, dict(_DYNAMIC_SIZE_KWARGS, drop_path_rate=drop_path_rate))
+        kwargs = dict(sidecar.kwargs, num_classes=sidecar.num_classes)
+        model = create_timm_model(sidecar.model, kwargs, dict(_DYNAMIC_SIZE_KWARGS, drop_path_rate=drop_path_rate))
         self._load_strictly(model, read_weights(export))
-        size = int(sidecar.get("input_size", kwargs.get("img_size", 224)))
+        size = sidecar.image_size
 
         model.eval()
         with torch.no_grad():
@@ -158,7 +158,7 @@ class TimmBackbone(nn.Module):
             if height > self.fixed_size[0] or width > self.fixed_size[1]:
                 raise ValueError(
                     f"a {height}×{width} input exceeds the {self.fixed_size[0]}×{self.fixed_size[1]} this "
-                    f"{self.sidecar['model']} takes (its token count is part of its weights): train on crops of that "
+                    f"{self.sidecar.model} takes (its token count is part of its weights): train on crops of that "
                     "size and infer with model.test_cfg mode='slide' over windows no larger"
                 )
             return self.fixed_size

@@ -43,8 +43,8 @@ from dropbench.core.checkpoint import (
     set_rng_state,
 )
 from dropbench.core.errors import UserInputError
-from dropbench.core.export import WEIGHTS_FILE, load_exported_model, read_sidecar
-from dropbench.core.identity import Part, RunIdentity, settings_digest
+from dropbench.core.export import WEIGHTS_FILE, ExportSidecar, load_exported_model, read_sidecar
+from dropbench.core.identity import Part, settings_digest
 from dropbench.core.io import atomic_write, atomic_write_csv, atomic_write_json
 from dropbench.core.lifecycle import StageRun
 from dropbench.core.loop import (
@@ -531,7 +531,7 @@ def _write_run_config(
     config: ClsConfig,
     input_size: int,
     data: ClsData,
-    sidecar: dict,
+    sidecar: ExportSidecar,
     digest: str,
 ) -> None:
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -546,7 +546,7 @@ def _write_run_config(
             "train_images": len(data.train_labels),
             "test_images": len(data.test_labels),
             "imbalanced": data.imbalanced,
-            "backbone_config_hash": sidecar.get("config_hash"),
+            "backbone_config_hash": sidecar.config_hash,
             "config_hash": digest,
         },
     )
@@ -579,11 +579,11 @@ def transfer_classification(
     config = load_cls_config(dataset, overrides)
     dev = _resolve_device(device)
     data = load_cls_data(config)
-    input_size = int(sidecar.get("input_size") or sidecar["kwargs"].get("img_size", 224))
+    input_size = sidecar.image_size
     selection = _selection_metric(config, data)
     metric_names = ["top1"] + (["mean_per_class_accuracy"] if selection == "mean_per_class_accuracy" else [])
     dataset_name, _, task_part = task_identity(config, protocol, overrides)
-    identity = RunIdentity.of_export(sidecar).transfer(TASK, dataset_name, protocol, config.seed, task_part)
+    identity = sidecar.pretraining_identity().transfer(TASK, dataset_name, protocol, config.seed, task_part)
     stage = StageRun(identity, Path(results_dir) if results_dir is not None else None, force)
     if existing := stage.earlier_records():
         return ClsSummary(work_dir=work_dir, protocol=protocol, metrics={}, records=existing)
@@ -604,8 +604,7 @@ def transfer_classification(
         metrics, _ = _linear_probe(model, data, config, backbone, input_size, work_dir, dev, autocast)
 
     summary = ClsSummary(work_dir=work_dir, protocol=protocol, metrics={m: metrics[m] for m in metric_names})
-    summary.records = stage.record(summary.metrics, model=sidecar["model"], run_dir=work_dir)
+    summary.records = stage.record(summary.metrics, model=sidecar.model, run_dir=work_dir)
     shown = "  ".join(f"{m} {v:.2f}%" for m, v in summary.metrics.items())
-    name = sidecar.get("backbone", sidecar["model"])
-    logger.info(f"{name} / {sidecar.get('regime', '?')} → {config.name} {protocol}: {shown}")
+    logger.info(f"{sidecar.name} / {sidecar.regime or '?'} → {config.name} {protocol}: {shown}")
     return summary

@@ -5,21 +5,20 @@ Sources: any ImageFolder tree (``train/`` plus ``test/`` or ``val/``), torchvisi
 ``load_digits`` and MNIST-format idx folders such as Debian's Fashion-MNIST.
 """
 
-import dataclasses
 import importlib.util
-import types
-import typing
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
+from dropbench.core import training_fields as shared
 from dropbench.core.configs import CONFIG_ROOT, load_yaml
 from dropbench.core.errors import UserInputError, did_you_mean
 from dropbench.core.readers import ArrayImageDataset, image_folders, read_idx
+from dropbench.core.settings import NON_NEGATIVE, OPTIONAL_POSITIVE_INT, POSITIVE_INT, Check, Settings, one_of, setting
 
 CONFIG_FOLDER = "classification"
 SOURCES = ("imagefolder", "torchvision", "optdigits", "sklearn_digits", "idx")
@@ -44,151 +43,80 @@ TORCHVISION_SPLITS: dict[str, tuple[list[dict], dict]] = {
 }
 
 
-NOT_A_SETTING = {"setting": False}  # where the data is or how it is named: not what the run computes
-NOT_FEATURES = {"features": False}  # the extracted features do not depend on it
-NEITHER = NOT_A_SETTING | NOT_FEATURES
+HOLDOUT = Check(lambda v: 0 < v < 1, "must be in (0, 1)")
+LAYER_DECAY = Check(lambda v: v is None or 0 < v <= 1, "must be in (0, 1] or null")
+C_GRID = Check(lambda v: len(v) > 0 and all(c > 0 for c in v), "must be a non-empty list of positive numbers")
+WHERE = {"result": False}  # where the data is or how it is named: not what the run computes
+TRAINING = {"features": False}  # the extracted features do not depend on it
 
 
 @dataclass(frozen=True)
-class ClsConfig:
+class ClsConfig(Settings):
     """One dataset with its fine-tuning and linear-probe settings (timm names where timm has one).
 
-    Each field says what it changes (``dataclasses.field`` metadata): ``setting=False`` where it says where the data
+    Each field says what it changes (``dropbench.core.settings``): ``result=False`` where it says where the data
     is, how it is named or which seed runs (not part of the settings digest); ``features=False`` where the features
-    a linear probe extracts do not depend on it (not part of their cache key). A field declared without either is
-    both, so a new field can make a cache miss but never serve stale features."""
+    a linear probe extracts do not depend on it (not part of their cache key)."""
 
-    name: str = field(metadata=NOT_A_SETTING)
-    source: str
-    path: str | None = field(default=None, metadata=NOT_A_SETTING)  # the ImageFolder, torchvision or idx root
+    PREFIX: ClassVar[str] = "dataset."
+    WHOLE_FLOATS_STAY_INT: ClassVar[bool] = False
+
+    name: str = setting(**WHERE)
+    source: str = setting(check=one_of(SOURCES, "source"))
+    path: str | None = setting(None, **WHERE)  # the ImageFolder, torchvision or idx root
     torchvision: str | None = None  # the torchvision class, for source "torchvision"
-    install_hint: str | None = field(default=None, metadata=NEITHER)  # how to put the data on disk, if missing
-    num_classes: int | None = field(default=None, metadata=NOT_FEATURES)  # checked against the data when given
+    install_hint: str | None = setting(None, **WHERE, **TRAINING)  # how to put the data on disk, if missing
+    num_classes: int | None = setting(None, check=OPTIONAL_POSITIVE_INT, **TRAINING)  # checked against the data
     # the metric that picks the probe's C; "auto": mean per-class where classes are imbalanced
-    metric: str = field(default="auto", metadata=NOT_FEATURES)
-    train_subset: int | None = None
-    test_subset: int | None = None
-    seed: int = field(default=0, metadata=NEITHER)
-    workers: int = field(default=0, metadata=NOT_FEATURES)
-    amp: bool = True  # bf16 autocast where a GPU is used
+    metric: str = setting("auto", check=one_of(METRICS, "metric"), **TRAINING)
+    train_subset: int | None = shared.SUBSET(None)
+    test_subset: int | None = shared.SUBSET(None)
+    seed: int = shared.SEED(0)
+    workers: int = shared.WORKERS(0, **TRAINING)
+    amp: bool = shared.AMP(True)
     # transforms (timm.data.create_transform): the evaluation transform's, then the training augmentation's
-    interpolation: str = "bicubic"
-    crop_pct: float = 0.875
-    scale: tuple[float, float] = field(default=(0.08, 1.0), metadata=NOT_FEATURES)
-    hflip: float = field(default=0.5, metadata=NOT_FEATURES)
-    color_jitter: float | None = field(default=None, metadata=NOT_FEATURES)
-    aa: str | None = field(default=None, metadata=NOT_FEATURES)
-    reprob: float = field(default=0.0, metadata=NOT_FEATURES)
+    interpolation: str = shared.INTERPOLATION("bicubic")
+    crop_pct: float = shared.CROP_PCT(0.875)
+    scale: tuple[float, float] = shared.SCALE((0.08, 1.0), **TRAINING)
+    hflip: float = shared.HFLIP(0.5, **TRAINING)
+    color_jitter: float | None = shared.COLOR_JITTER(None, **TRAINING)
+    aa: str | None = shared.AA(None, **TRAINING)
+    reprob: float = shared.REPROB(0.0, **TRAINING)
     # fine-tuning
-    epochs: int = field(default=10, metadata=NOT_FEATURES)
-    batch_size: int = field(default=64, metadata=NOT_FEATURES)
-    opt: str = field(default="adamw", metadata=NOT_FEATURES)
-    lr: float = field(default=1.0e-3, metadata=NOT_FEATURES)
-    weight_decay: float = field(default=0.05, metadata=NOT_FEATURES)
-    layer_decay: float | None = field(default=0.75, metadata=NOT_FEATURES)
-    drop_path: float = field(default=0.0, metadata=NOT_FEATURES)
-    sched: str = field(default="cosine", metadata=NOT_FEATURES)
-    warmup_epochs: int = field(default=0, metadata=NOT_FEATURES)
-    warmup_lr: float = field(default=1.0e-6, metadata=NOT_FEATURES)
-    min_lr: float = field(default=1.0e-6, metadata=NOT_FEATURES)
-    smoothing: float = field(default=0.1, metadata=NOT_FEATURES)
-    mixup: float = field(default=0.0, metadata=NOT_FEATURES)
-    cutmix: float = field(default=0.0, metadata=NOT_FEATURES)
-    clip_grad: float | None = field(default=None, metadata=NOT_FEATURES)
-    # linear probe
-    linear_c_grid: tuple[float, ...] = field(default=(0.001, 0.01, 0.1, 1.0, 10.0, 100.0), metadata=NOT_FEATURES)
-    holdout_fraction: float = field(default=0.2, metadata=NOT_FEATURES)
-    linear_max_iter: int = field(default=1000, metadata=NOT_FEATURES)
-    feature_batch_size: int = field(default=256, metadata=NOT_FEATURES)
-
-    def settings(self) -> dict:
-        """What changes the run's result: every field but where the data is, its name and the seed."""
-        return {f.name: value for f, value in self._fields() if f.metadata.get("setting", True)}
+    epochs: int = shared.EPOCHS(10, **TRAINING)
+    batch_size: int = shared.BATCH_SIZE(64, **TRAINING)
+    opt: str = shared.OPT("adamw", **TRAINING)
+    lr: float = shared.LR(1.0e-3, **TRAINING)
+    weight_decay: float = shared.WEIGHT_DECAY(0.05, **TRAINING)
+    layer_decay: float | None = setting(0.75, check=LAYER_DECAY, **TRAINING)
+    drop_path: float = setting(0.0, check=NON_NEGATIVE, **TRAINING)
+    sched: str = shared.SCHED("cosine", **TRAINING)
+    warmup_epochs: int = shared.WARMUP_EPOCHS(0, **TRAINING)
+    warmup_lr: float = shared.WARMUP_LR(1.0e-6, **TRAINING)
+    min_lr: float = shared.MIN_LR(1.0e-6, **TRAINING)
+    smoothing: float = shared.SMOOTHING(0.1, **TRAINING)
+    mixup: float = shared.MIXUP(0.0, **TRAINING)
+    cutmix: float = shared.CUTMIX(0.0, **TRAINING)
+    clip_grad: float | None = shared.CLIP_GRAD(None, **TRAINING)
+    # linear probe (one C: no held-out selection)
+    linear_c_grid: tuple[float, ...] = setting((0.001, 0.01, 0.1, 1.0, 10.0, 100.0), check=C_GRID, **TRAINING)
+    holdout_fraction: float = setting(0.2, check=HOLDOUT, **TRAINING)
+    linear_max_iter: int = setting(1000, check=POSITIVE_INT, **TRAINING)
+    feature_batch_size: int = setting(256, check=POSITIVE_INT, **TRAINING)
 
     def feature_inputs(self) -> dict:
         """What the extracted features depend on, besides the weights and the input size."""
-        return {f.name: value for f, value in self._fields() if f.metadata.get("features", True)}
+        return self.where("features")
 
-    def _fields(self):
-        data = self.to_dict()
-        return [(f, data[f.name]) for f in dataclasses.fields(self)]
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self) | {"scale": list(self.scale), "linear_c_grid": list(self.linear_c_grid)}
-
-    def validate(self) -> None:
-        if self.source not in SOURCES:
-            raise UserInputError(
-                "dataset.source", f"unknown source '{self.source}'{did_you_mean(self.source, SOURCES)}"
-            )
+    def check(self, prefix: str) -> None:
         if self.source in ("imagefolder", "torchvision", "idx") and not self.path:
-            raise UserInputError("dataset.path", f"source '{self.source}' needs a path (add path=/the/folder)")
+            raise UserInputError(f"{prefix}path", f"source '{self.source}' needs a path (add path=/the/folder)")
         if self.source == "torchvision" and self.torchvision not in TORCHVISION_SPLITS:
             hint = did_you_mean(str(self.torchvision), TORCHVISION_SPLITS)
-            raise UserInputError("dataset.torchvision", f"unsupported torchvision dataset '{self.torchvision}'{hint}")
-        if self.metric not in METRICS:
-            raise UserInputError(
-                "dataset.metric", f"unknown metric '{self.metric}'{did_you_mean(self.metric, METRICS)}"
-            )
-        positive = ("epochs", "batch_size", "linear_max_iter", "feature_batch_size")
-        for name in positive + ("num_classes", "train_subset", "test_subset"):
-            value = getattr(self, name)
-            if (value is not None or name in positive) and (not isinstance(value, int) or value < 1):
-                raise UserInputError(f"dataset.{name}", f"{value!r} must be a positive integer")
-        if not isinstance(self.workers, int) or self.workers < 0:
-            raise UserInputError("dataset.workers", f"{self.workers!r} must be an integer >= 0")
-        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1] <= 1:
-            raise UserInputError("dataset.scale", f"{list(self.scale)} must be [min, max] with 0 < min <= max <= 1")
-        if not 0 <= self.warmup_epochs < self.epochs:
-            raise UserInputError("dataset.warmup_epochs", f"{self.warmup_epochs} must be in [0, epochs={self.epochs})")
-        for name in ("lr", "weight_decay", "smoothing", "mixup", "cutmix", "drop_path", "reprob", "min_lr"):
-            if getattr(self, name) < 0:
-                raise UserInputError(f"dataset.{name}", f"{getattr(self, name)} must be >= 0")
-        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
-            raise UserInputError("dataset.layer_decay", f"{self.layer_decay} must be in (0, 1] or null")
-        if not self.linear_c_grid or any(c <= 0 for c in self.linear_c_grid):
-            raise UserInputError("dataset.linear_c_grid", "must be a non-empty list of positive numbers")
-        if not 0 < self.holdout_fraction < 1:
-            raise UserInputError("dataset.holdout_fraction", f"{self.holdout_fraction} must be in (0, 1)")
+            raise UserInputError(f"{prefix}torchvision", f"unsupported torchvision dataset '{self.torchvision}'{hint}")
+        shared.check_warmup(self, prefix)
         if (self.mixup > 0 or self.cutmix > 0) and self.batch_size % 2:
-            raise UserInputError("dataset.batch_size", f"{self.batch_size} must be even for mixup/cutmix")
-
-
-_FIELDS = {f.name: f for f in dataclasses.fields(ClsConfig)}
-_FIELD_TYPES = typing.get_type_hints(ClsConfig)
-
-
-def _coerce(name: str, value: Any) -> Any:
-    """YAML and ``key=value`` values to the field's type: ``1e-3`` (a string to YAML 1.1) is a float, lists tuples."""
-    hint = _FIELD_TYPES[name]
-    allowed = set(typing.get_args(hint)) if isinstance(hint, types.UnionType) else {hint}
-    if value is None:
-        if type(None) in allowed:
-            return None
-        raise UserInputError(f"dataset.{name}", "must not be null")
-    if float in allowed and isinstance(value, (int, float, str)) and not isinstance(value, bool):
-        try:
-            return float(value)
-        except ValueError:
-            raise UserInputError(f"dataset.{name}", f"'{value}' is not a number") from None
-    if any(typing.get_origin(t) is tuple for t in allowed):
-        if name == "linear_c_grid" and isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = [value]  # one C: no held-out selection
-        if not isinstance(value, (list, tuple)):
-            raise UserInputError(f"dataset.{name}", f"{value!r} must be a list of numbers")
-        return tuple(_coerce_number(name, v) for v in value)
-    for kind in (bool, int, str):
-        if kind in allowed:
-            if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
-                return value
-    raise UserInputError(f"dataset.{name}", f"{value!r} is not a valid {hint}")
-
-
-def _coerce_number(name: str, value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise UserInputError(f"dataset.{name}", f"'{value}' is not a number") from None
+            raise UserInputError(f"{prefix}batch_size", f"{self.batch_size} must be even for mixup/cutmix")
 
 
 def known_datasets() -> list[str]:
@@ -212,19 +140,7 @@ def load_cls_config(value: str, overrides: dict[str, Any] | None = None) -> ClsC
             )
         data = load_yaml(path, "dataset")
         data.setdefault("name", path.stem)
-    for key in data:
-        if key not in _FIELDS:
-            raise UserInputError(f"dataset.{key}", f"unknown key{did_you_mean(key, _FIELDS)}")
-    for key, override in (overrides or {}).items():
-        if key not in _FIELDS:
-            raise UserInputError(key, f"unknown override{did_you_mean(key, _FIELDS)}")
-        data[key] = override
-    for key in ("name", "source"):
-        if key not in data:
-            raise UserInputError(f"dataset.{key}", f"the dataset config '{value}' must give a {key}")
-    config = ClsConfig(**{key: _coerce(key, raw) for key, raw in data.items()})
-    config.validate()
-    return config
+    return ClsConfig.from_config(data, overrides)
 
 
 @dataclass

@@ -198,7 +198,7 @@ def wire(spec: TaskSpec, backbone: Path, cfg: Config) -> Config:
         adapter = TimmBackbone(**adapter_args)
     except TypeError as err:
         raise UserInputError("model.backbone", str(err)) from None
-    check_fixed_grid(spec, cfg, adapter.fixed_size, adapter.sidecar["model"])
+    check_fixed_grid(spec, cfg, adapter.fixed_size, adapter.sidecar.model)
     layer_decay = (cfg.get("optim_wrapper") or {}).get("paramwise_cfg", {}).get("layer_decay")
     if layer_decay is not None:
         family_rule(layer_decay, adapter.model)  # a missing or malformed family rule fails before the run
@@ -240,7 +240,7 @@ def run_transfer(
     sidecar = read_sidecar(backbone)
     cfg = load_config(config, cfg_options)
     dataset, protocol, task_part = task_identity(cfg, config, cfg_options)
-    identity = RunIdentity.of_export(sidecar).transfer(spec.task, dataset, protocol, seed, task_part)
+    identity = sidecar.pretraining_identity().transfer(spec.task, dataset, protocol, seed, task_part)
     stage = StageRun(identity, Path(results_dir) if results_dir is not None else None, force)
     if stage.earlier_records():
         return []
@@ -275,7 +275,7 @@ def run_transfer(
     values = recorded_values(spec, metrics, runner.logger.info)
     if not is_main_process():
         return []
-    return stage.record(values, model=sidecar["model"], run_dir=work_dir)
+    return stage.record(values, model=sidecar.model, run_dir=work_dir)
 
 
 def _checkpoints(cfg: Config, work_dir: Path, identity: RunIdentity, resume: bool) -> None:

@@ -123,24 +123,6 @@ class RunIdentity:
         parts = {name: Part(**part) for name, part in (data.get("parts") or {}).items()}
         return cls(**{**data, "parts": parts})
 
-    @classmethod
-    def of_export(cls, sidecar: Mapping) -> "RunIdentity":
-        """The pretraining identity an export's sidecar carries; an older sidecar's is rebuilt from its fields."""
-        if isinstance(sidecar.get("identity"), Mapping):
-            return cls.from_json(sidecar["identity"])
-        legacy = Part(str(sidecar.get("config_hash") or LEGACY))
-        return cls(
-            backbone=sidecar.get("backbone", sidecar["model"]),
-            regime=sidecar.get("regime", "unknown"),
-            recipe=sidecar.get("recipe", "unknown"),
-            seed=int(sidecar.get("seed", 0)),
-            stage="pretrain",
-            task="classification",
-            dataset=str(sidecar.get("dataset", "unknown")),
-            protocol="from_scratch",
-            parts={"backbone": legacy, "regime": legacy, "recipe": legacy},
-        )
-
     # ---------------------------------------------------------------------------------------- records
 
     def existing_records(self, results_dir: str | Path) -> list[Path]:

@@ -104,8 +104,8 @@ def load_suite(path: str | Path) -> Suite:
             source = _Source(run.work_dir.parent, run.work_dir / EXPORT_DIR, run.identity, run.name)
             sources.append((run, source, backbone_tasks[index]))
     for index, (export, sidecar) in enumerate(export_section(raw)):
-        check_transfer_pairings(sidecar["model"], sidecar["kwargs"], tasks, f"exports[{index}]")
-        identity = RunIdentity.of_export(sidecar)
+        check_transfer_pairings(sidecar.model, sidecar.kwargs, tasks, f"exports[{index}]")
+        identity = sidecar.pretraining_identity()
         point = runs_dir / f"{identity.backbone}-{identity.regime}-seed{identity.seed}"
         sources.append((None, _Source(point, export, identity, None), tasks))
     runs = []
