@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from dropbench.core.errors import UserInputError
 from dropbench.core.export import ExportSidecar, load_exported_model
-from dropbench.core.identity import Part
+from dropbench.core.identity import Part, Stage
 from dropbench.core.lifecycle import StageRun, now
 from dropbench.core.loop import autocast_for, evaluate
 from dropbench.core.readers import IMAGENET_1K, ArrayImageDataset, image_folders, imagenet_1k_layout, load_mnist
@@ -77,7 +77,7 @@ def evaluate_export(
     if results_dir is not None:
         part = Part.of({"input_size": size, **{k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}})
         identity = dataclasses.replace(
-            sidecar.pretraining_identity().transfer("classification", name, "val", 0, part), stage="eval"
+            sidecar.pretraining_identity().transfer("classification", name, "val", 0, part), stage=Stage.EVAL
         )
         # an evaluation is measured again whenever it is asked for: its records replace the earlier ones
         StageRun(identity, Path(results_dir), force=True, started=started).record(

@@ -14,6 +14,14 @@ torch.set_num_threads(os.cpu_count() or 1)
 MICRO_BACKBONES = ["vit_micro", "swin_micro", "convnext_micro", "mixer_micro"]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _messages_on_stdout():
+    """The package's messages on stdout, as the command line prints them, whichever test runs first."""
+    from dropbench.core.log import log_to_stdout
+
+    log_to_stdout()
+
+
 @pytest.fixture
 def cli(capsys):
     """Run the real ``dropbench`` entry point in-process; returns (exit code, stdout, stderr)."""

@@ -56,6 +56,7 @@ from dropbench.core.loop import (
     evaluate,
     train_one_epoch,
 )
+from dropbench.transfer import CLS_PROTOCOLS
 from dropbench.transfer.cls_data import (
     ClsConfig,
     ClsData,
@@ -68,7 +69,6 @@ from dropbench.transfer.cls_data import (
 logger = logging.getLogger(__name__)
 
 TASK = "classification"
-PROTOCOLS = ("finetune", "linear")
 CONFIG_FILE = "config.json"
 LOG_FILE = "log.csv"
 FEATURES_FILE = "features.safetensors"
@@ -572,8 +572,8 @@ def transfer_classification(
     the checkpoint of its last finished epoch in ``work_dir`` (a linear probe resumes from its cached features).
     Bad input raises ``UserInputError`` before ``work_dir`` is made.
     """
-    if protocol not in PROTOCOLS:
-        raise UserInputError("protocol", f"unknown protocol '{protocol}' (choose from: {', '.join(PROTOCOLS)})")
+    if protocol not in CLS_PROTOCOLS:
+        raise UserInputError("protocol", f"unknown protocol '{protocol}' (choose from: {', '.join(CLS_PROTOCOLS)})")
     backbone, work_dir = Path(backbone), Path(work_dir)
     sidecar = read_sidecar(backbone)
     config = load_cls_config(dataset, overrides)

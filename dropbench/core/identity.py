@@ -20,6 +20,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import datetime, timezone
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -72,13 +73,21 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+class Stage(StrEnum):
+    """What a run is, in its identity and records."""
+
+    PRETRAIN = "pretrain"
+    TRANSFER = "transfer"
+    EVAL = "eval"  # an export's classifier evaluated as it is
+
+
 @dataclass(frozen=True)
 class RunIdentity:
     backbone: str
     regime: str
     recipe: str
     seed: int
-    stage: str  # "pretrain", "transfer" or "eval"
+    stage: Stage
     task: str  # "classification", "detection", "segmentation"
     dataset: str
     protocol: str  # "from_scratch", a det/seg config name, "finetune", "linear", ...
@@ -105,7 +114,7 @@ class RunIdentity:
             self.regime,
             self.recipe,
             self.seed,
-            "transfer",
+            Stage.TRANSFER,
             task,
             dataset,
             protocol,

@@ -7,13 +7,12 @@ from dropbench.core.configs import parse_key_values, shipped_path
 from dropbench.core.errors import UserInputError, did_you_mean
 from dropbench.core.fields import config_field, option_items, renamed_fields, require, yaml_value
 from dropbench.tasks.registry import SuiteTask, TransferTask, register
-
-PROTOCOLS = ("finetune", "linear")
+from dropbench.transfer import CLS_PROTOCOLS
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True, help="configs/classification/<name>.yaml, its name, or a folder")
-    parser.add_argument("--protocol", choices=PROTOCOLS, required=True)
+    parser.add_argument("--protocol", choices=CLS_PROTOCOLS, required=True)
     parser.add_argument("--device", help="cpu, cuda (default: cuda when available)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dataset-config overrides, e.g. epochs=5")
 
@@ -45,9 +44,11 @@ def _from_suite(index: int, raw: dict) -> SuiteTask:
 
     prefix = f"transfers[{index}]"
     value = require(raw, "dataset", f"{prefix}.", str, "a classification dataset name, config or folder")
-    protocol = require(raw, "protocol", f"{prefix}.", str, f"one of {', '.join(PROTOCOLS)}")
-    if protocol not in PROTOCOLS:
-        raise UserInputError(f"{prefix}.protocol", f"unknown protocol '{protocol}'{did_you_mean(protocol, PROTOCOLS)}")
+    protocol = require(raw, "protocol", f"{prefix}.", str, f"one of {', '.join(CLS_PROTOCOLS)}")
+    if protocol not in CLS_PROTOCOLS:
+        raise UserInputError(
+            f"{prefix}.protocol", f"unknown protocol '{protocol}'{did_you_mean(protocol, CLS_PROTOCOLS)}"
+        )
     existing = shipped_path(value)
     dataset = str(existing) if existing is not None else value
     overrides = option_items(raw.get("overrides"), f"{prefix}.overrides", lambda v, _: yaml_value(v))
