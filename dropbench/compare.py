@@ -26,7 +26,7 @@ from scipy import stats as scipy_stats
 
 from dropbench.core.configs import PAPER_RESULTS
 from dropbench.core.errors import UserInputError
-from dropbench.core.identity import LEGACY, REQUIRED_RECORD_FIELDS, SUPERSEDED_FOLDER, ResultRecord, Stage
+from dropbench.core.identity import LEGACY, REQUIRED_RECORD_FIELDS, SUPERSEDED_FOLDER, ResultRecord, StageName
 from dropbench.tasks import transfer_tasks
 
 ROW = ["backbone", "recipe", "regime"]
@@ -165,7 +165,7 @@ def label_variants(records: pd.DataFrame) -> pd.DataFrame:
         found = [_part(parts, part, str(h)) for parts, h in zip(own["parts"], own["config_hash"], strict=True)]
         digests = [digest for digest, _ in found]
         if part == "task":  # a pretraining record has no task part: its protocol has no variants
-            digests = [d if stage == Stage.TRANSFER else "" for d, stage in zip(digests, own["stage"], strict=True)]
+            digests = [d if stage == StageName.TRANSFER else "" for d, stage in zip(digests, own["stage"], strict=True)]
         labelled.loc[~published, column] = _variant_labels(own[column], digests, [text for _, text in found])
     labelled.loc[published, "recipe"] = labelled.loc[published, "recipe"] + " (paper)"
     return labelled

@@ -3,16 +3,17 @@ export's own evaluation transform, written as a record of stage ``eval``."""
 
 import dataclasses
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform, resolve_data_config
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from dropbench.core.errors import UserInputError
 from dropbench.core.export import ExportSidecar, load_exported_model
-from dropbench.core.identity import Part, Stage
-from dropbench.core.lifecycle import StageRun, now
+from dropbench.core.identity import Part, StageName
+from dropbench.core.lifecycle import Measured, Stage, StageRun
 from dropbench.core.loop import autocast_for, evaluate
 from dropbench.core.readers import IMAGENET_1K, ArrayImageDataset, image_folders, imagenet_1k_layout, load_mnist
 
@@ -62,29 +63,41 @@ def evaluate_export(
     device: str | None = None,
 ) -> dict[str, float]:
     """Top-1 and top-5 (percent) of the export's classifier; one record per metric unless ``results_dir`` is None."""
-    started = now()
     model, sidecar = load_exported_model(backbone)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     settings = eval_transform_settings(sidecar, model)
     size = sidecar.image_size
-    transform = create_transform(input_size=size, is_training=False, **settings)
-    dataset, name = _dataset(data, transform)
+    dataset, name = _dataset(data, create_transform(input_size=size, is_training=False, **settings))
     if len(getattr(dataset, "classes", [])) > sidecar.num_classes:
         raise UserInputError("--data", f"{len(dataset.classes)} classes, the export's head has {sidecar.num_classes}")
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=min(workers, 8), pin_memory=dev.type == "cuda")
-    metrics = evaluate(model.to(dev), loader, sidecar.num_classes, dev, autocast_for(dev, True))
-    values = {"top1": metrics["top1"], "top5": metrics["top5"]}
-    if results_dir is not None:
-        part = Part.of({"input_size": size, **{k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}})
-        identity = dataclasses.replace(
-            sidecar.pretraining_identity().transfer("classification", name, "val", 0, part), stage=Stage.EVAL
+    part = Part.of({"input_size": size, **{k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}})
+    identity = sidecar.pretraining_identity().transfer("classification", name, "val", 0, part)
+    identity = dataclasses.replace(identity, stage=StageName.EVAL)
+    stage = Evaluation(identity, model, sidecar, dataset, Path(backbone), batch_size, min(workers, 8), device)
+    # an evaluation is measured again whenever it is asked for: its records replace the earlier ones
+    stage.run(results_dir, force=True)
+    return stage.values
+
+
+@dataclass
+class Evaluation(Stage):
+    """The export's classifier on a labelled dataset, as it is; ``values`` is what it measured once executed."""
+
+    model: torch.nn.Module
+    sidecar: ExportSidecar
+    dataset: Dataset
+    export: Path
+    batch_size: int
+    workers: int
+    device: str | None
+    values: dict[str, float] = field(default_factory=dict)
+
+    def execute(self, stage_run: StageRun) -> Measured:
+        dev = torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        loader = DataLoader(self.dataset, self.batch_size, num_workers=self.workers, pin_memory=dev.type == "cuda")
+        metrics = evaluate(self.model.to(dev), loader, self.sidecar.num_classes, dev, autocast_for(dev, True))
+        self.values = {"top1": metrics["top1"], "top5": metrics["top5"]}
+        logger.info(
+            f"{self.sidecar.name} / {self.sidecar.regime or '?'} on {self.identity.dataset}: "
+            f"top1 {self.values['top1']:.2f}%  top5 {self.values['top5']:.2f}%  ({len(self.dataset)} images)"
         )
-        # an evaluation is measured again whenever it is asked for: its records replace the earlier ones
-        StageRun(identity, Path(results_dir), force=True, started=started).record(
-            values, model=sidecar.model, run_dir=Path(backbone)
-        )
-    logger.info(
-        f"{sidecar.name} / {sidecar.regime or '?'} on {name}: "
-        f"top1 {values['top1']:.2f}%  top5 {values['top5']:.2f}%  ({len(dataset)} images)"
-    )
-    return values
+        return Measured(self.values, model=self.sidecar.model, run_dir=self.export)

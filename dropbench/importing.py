@@ -24,7 +24,7 @@ from torch import nn
 
 from dropbench.core.errors import UserInputError, did_you_mean
 from dropbench.core.export import ExportSidecar, export_backbone
-from dropbench.core.identity import Part, RunIdentity, Stage
+from dropbench.core.identity import Part, RunIdentity, StageName
 from dropbench.core.models import BackboneConfig
 from dropbench.core.readers import IMAGENET_1K
 from dropbench.core.version import code_version
@@ -232,7 +232,7 @@ def _plain_identity(backbone: BackboneConfig, regime: str, recipe: str, seed: in
         regime=regime,
         recipe=recipe,
         seed=seed,
-        stage=Stage.PRETRAIN,
+        stage=StageName.PRETRAIN,
         task="classification",
         dataset=IMAGENET_1K,
         protocol="from_scratch",

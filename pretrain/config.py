@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 from dropbench.core import training_fields as shared
 from dropbench.core.configs import known_configs, load_yaml, resolve_config
 from dropbench.core.errors import UserInputError, did_you_mean
-from dropbench.core.identity import Part, RunIdentity, Stage
+from dropbench.core.identity import Part, RunIdentity, StageName
 from dropbench.core.models import BackboneConfig
 from dropbench.core.settings import (
     NON_NEGATIVE,
@@ -152,7 +152,7 @@ def pretrain_identity(backbone: BackboneConfig, regime: Regime, recipe: Recipe, 
         regime=regime.name,
         recipe=recipe.name,
         seed=recipe.seed,
-        stage=Stage.PRETRAIN,
+        stage=StageName.PRETRAIN,
         task="classification",
         dataset=dataset,
         protocol="from_scratch",

@@ -27,7 +27,7 @@ from dropbench.core.errors import UserInputError
 from dropbench.core.export import SIDECAR_FILE, ExportSidecar, export_backbone
 from dropbench.core.io import atomic_write_json
 from dropbench.core.layout import CHECKPOINT_FILE, EXPORT_DIR
-from dropbench.core.lifecycle import StageRun
+from dropbench.core.lifecycle import Measured, Stage, StageRun
 from dropbench.core.loop import StepHooks, autocast_for, epoch_seed, evaluate, train_one_epoch
 from dropbench.core.models import BackboneConfig
 from dropbench.core.version import code_version
@@ -77,43 +77,67 @@ def pretrain(
     afresh (an earlier run folder is moved aside) and supersedes its records. ``diagnostics`` adds the gradient
     analysis (``dropbench.pretrain.diagnostics``) to ``diagnostics.csv`` and TensorBoard.
     """
-    out = Path(out)
     identity = pretrain_identity(backbone, regime, recipe, dataset_name(data, recipe, data_name))
-    stage = StageRun(identity, Path(results_dir) if results_dir is not None else None, force)
-    if existing := stage.earlier_records():
-        return _finished_summary(out, recipe, existing)
-    _check_run_folder(out, resume, force)
-    processes, dev = init_distributed(device)
-    _prepare_run_folder(out, resume, force, processes)
-    run = build_training(backbone, regime, recipe, data, data_name, processes, dev, check_images=not resume)
-    if diagnostics and run.splits.train_plain is None:
-        raise UserInputError("--diagnostics", "it reads training images at random: train on the folder, not its shards")
-    config = run_config(backbone, regime, recipe, run.splits.name)
-    checkpoint = read_run_checkpoint(out, resume, config)
-    if checkpoint:
-        stage.started = checkpoint["started"]  # the first attempt's
-    if processes.main:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / CONFIG_FILE, config | {"config_hash": identity.digest})
-    epochs = recipe.epochs if regime.train else 0  # random_init: the initialisation, evaluated and exported
-    place = Place(out, json.dumps(config, sort_keys=True), stage.started, processes, dev)
-    log_rows = _train(run, recipe, epochs, place, checkpoint, diagnostics)
-    final = log_rows[-1] if log_rows else {}
-    summary = RunSummary(
-        run_dir=out,
-        train_loss=float(final.get("train_loss", "nan")),
-        val_top1=float(final.get("val_top1", "nan")),
-        epochs=epochs,
-        iters_per_epoch=run.iters_per_epoch,
-    )
-    if not processes.main:
-        summary.main_process = False
-        return summary
-    start_epoch = checkpoint["epoch"] if checkpoint else 0
-    if not (start_epoch == epochs and (out / EXPORT_DIR / SIDECAR_FILE).is_file()):  # else exported before
-        _export(run, backbone, regime, recipe, identity, out, summary)
-    summary.records = stage.record({"top1": summary.val_top1}, model=backbone.model, run_dir=out)
-    return summary
+    stage = Pretraining(identity, backbone, regime, recipe, data, Path(out), resume, device, diagnostics, data_name)
+    done = stage.run(results_dir, force)
+    if done.finished_earlier:
+        return _finished_summary(Path(out), recipe, done.records)
+    stage.summary.records = done.records
+    return stage.summary
+
+
+@dataclass
+class Pretraining(Stage):
+    """A pretraining run; ``summary`` is what it reports once executed."""
+
+    backbone: BackboneConfig
+    regime: Regime
+    recipe: Recipe
+    data: str
+    out: Path
+    resume: bool
+    device: str | None
+    diagnostics: DiagnosticsConfig | None
+    data_name: str | None
+    summary: RunSummary | None = None
+
+    def execute(self, stage_run: StageRun) -> Measured | None:
+        out, recipe, regime = self.out, self.recipe, self.regime
+        _check_run_folder(out, self.resume, stage_run.force)
+        processes, dev = init_distributed(self.device)
+        _prepare_run_folder(out, self.resume, stage_run.force, processes)
+        run = build_training(
+            self.backbone, regime, recipe, self.data, self.data_name, processes, dev, check_images=not self.resume
+        )
+        if self.diagnostics and run.splits.train_plain is None:
+            raise UserInputError(
+                "--diagnostics", "it reads training images at random: train on the folder, not its shards"
+            )
+        config = run_config(self.backbone, regime, recipe, run.splits.name)
+        checkpoint = read_run_checkpoint(out, self.resume, config)
+        if checkpoint:
+            stage_run.started = checkpoint["started"]  # the first attempt's
+        if processes.main:
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(out / CONFIG_FILE, config | {"config_hash": self.identity.digest})
+        epochs = recipe.epochs if regime.train else 0  # random_init: the initialisation, evaluated and exported
+        place = Place(out, json.dumps(config, sort_keys=True), stage_run.started, processes, dev)
+        log_rows = _train(run, recipe, epochs, place, checkpoint, self.diagnostics)
+        final = log_rows[-1] if log_rows else {}
+        self.summary = RunSummary(
+            run_dir=out,
+            train_loss=float(final.get("train_loss", "nan")),
+            val_top1=float(final.get("val_top1", "nan")),
+            epochs=epochs,
+            iters_per_epoch=run.iters_per_epoch,
+            main_process=processes.main,
+        )
+        if not processes.main:
+            return None
+        start_epoch = checkpoint["epoch"] if checkpoint else 0
+        if not (start_epoch == epochs and (out / EXPORT_DIR / SIDECAR_FILE).is_file()):  # else exported before
+            _export(run, self.backbone, regime, recipe, self.identity, out, self.summary)
+        return Measured({"top1": self.summary.val_top1}, model=self.backbone.model, run_dir=out)
 
 
 def _check_run_folder(out: Path, resume: bool, force: bool) -> None:

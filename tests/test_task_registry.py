@@ -7,7 +7,7 @@ import argparse
 import os
 import subprocess
 import sys
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,7 +15,7 @@ import yaml
 
 from dropbench.core.export import read_sidecar, read_weights
 from dropbench.core.identity import Part
-from dropbench.core.version import code_version
+from dropbench.core.lifecycle import Measured, Stage, StageRun
 from dropbench.tasks import PLUGINS_VARIABLE, SuiteTask, TransferTask, register, transfer_tasks
 from tests.conftest import make_untrained_export
 
@@ -27,25 +27,25 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--norm", choices=("l2", "l1"), default="l2")
 
 
+@dataclass
+class WeightNorm(Stage):
+    export: Path
+    norm: str
+    work_dir: Path
+
+    def execute(self, stage_run: StageRun) -> Measured:
+        weights = read_weights(self.export)
+        order = 2 if self.norm == "l2" else 1
+        value = torch.linalg.vector_norm(torch.cat([w.float().flatten() for w in weights.values()]), ord=order)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        return Measured({f"{self.norm}_norm": float(value)}, read_sidecar(self.export).model, self.work_dir, unit="")
+
+
 def _run(args: argparse.Namespace) -> None:
-    weights = read_weights(args.backbone)
-    order = 2 if args.norm == "l2" else 1
-    value = torch.linalg.vector_norm(torch.cat([w.float().flatten() for w in weights.values()]), ord=order)
-    sidecar = read_sidecar(args.backbone)
-    identity = sidecar.pretraining_identity().transfer(
-        "weight_probe", "weights", args.norm, args.seed, Part.of({"norm": args.norm})
-    )
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    identity.write_records(
-        args.results,
-        {f"{args.norm}_norm": float(value)},
-        model=sidecar.model,
-        started=started,
-        run_dir=args.work_dir,
-        code_version=code_version(),
-        unit="",
-    )
-    Path(args.work_dir).mkdir(parents=True, exist_ok=True)
+    task_part = Part.of({"norm": args.norm})
+    identity = read_sidecar(args.backbone).pretraining_identity()
+    identity = identity.transfer("weight_probe", "weights", args.norm, args.seed, task_part)
+    WeightNorm(identity, Path(args.backbone), args.norm, Path(args.work_dir)).run(args.results, args.force)
 
 
 def _from_suite(index: int, raw: dict) -> SuiteTask:

@@ -46,7 +46,7 @@ from dropbench.core.errors import UserInputError
 from dropbench.core.export import WEIGHTS_FILE, ExportSidecar, load_exported_model, read_sidecar
 from dropbench.core.identity import Part, settings_digest
 from dropbench.core.io import atomic_write, atomic_write_csv, atomic_write_json
-from dropbench.core.lifecycle import StageRun
+from dropbench.core.lifecycle import Measured, Stage, StageRun
 from dropbench.core.loop import (
     accuracy_metrics,
     autocast_for,
@@ -577,34 +577,51 @@ def transfer_classification(
     backbone, work_dir = Path(backbone), Path(work_dir)
     sidecar = read_sidecar(backbone)
     config = load_cls_config(dataset, overrides)
-    dev = _resolve_device(device)
     data = load_cls_data(config)
-    input_size = sidecar.image_size
-    selection = _selection_metric(config, data)
-    metric_names = ["top1"] + (["mean_per_class_accuracy"] if selection == "mean_per_class_accuracy" else [])
     dataset_name, _, task_part = task_identity(config, protocol, overrides)
     identity = sidecar.pretraining_identity().transfer(TASK, dataset_name, protocol, config.seed, task_part)
-    stage = StageRun(identity, Path(results_dir) if results_dir is not None else None, force)
-    if existing := stage.earlier_records():
-        return ClsSummary(work_dir=work_dir, protocol=protocol, metrics={}, records=existing)
-    if protocol == "linear":
-        _check_holdout(config, data)
-    autocast = autocast_for(dev, config.amp)
+    stage = ClassificationTransfer(identity, backbone, sidecar, protocol, config, data, work_dir, device, resume)
+    done = stage.run(results_dir, force)
+    metrics = {} if done.finished_earlier else stage.metrics
+    return ClsSummary(work_dir=work_dir, protocol=protocol, metrics=metrics, records=done.records)
 
-    if protocol == "finetune":
-        run = _prepare_finetune(backbone, data, config, input_size, dev)
-    else:
-        model, _ = load_exported_model(backbone)
 
-    # Everything is checked: from here on the work folder is written.
-    _write_run_config(work_dir, backbone, protocol, config, input_size, data, sidecar, identity.digest)
-    if protocol == "finetune":
-        metrics = _finetune(run, data, config, work_dir, dev, autocast, run_tag(identity), resume)
-    else:
-        metrics, _ = _linear_probe(model, data, config, backbone, input_size, work_dir, dev, autocast)
+@dataclass
+class ClassificationTransfer(Stage):
+    """A fine-tuning or a linear probe of an export; ``metrics`` is what it measured once executed."""
 
-    summary = ClsSummary(work_dir=work_dir, protocol=protocol, metrics={m: metrics[m] for m in metric_names})
-    summary.records = stage.record(summary.metrics, model=sidecar.model, run_dir=work_dir)
-    shown = "  ".join(f"{m} {v:.2f}%" for m, v in summary.metrics.items())
-    logger.info(f"{sidecar.name} / {sidecar.regime or '?'} → {config.name} {protocol}: {shown}")
-    return summary
+    backbone: Path
+    sidecar: ExportSidecar
+    protocol: str
+    config: ClsConfig
+    data: ClsData
+    work_dir: Path
+    device: str | None
+    resume: bool
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def execute(self, stage_run: StageRun) -> Measured:
+        config, data, protocol, work_dir = self.config, self.data, self.protocol, self.work_dir
+        dev = _resolve_device(self.device)
+        input_size = self.sidecar.image_size
+        selection = _selection_metric(config, data)
+        metric_names = ["top1"] + (["mean_per_class_accuracy"] if selection == "mean_per_class_accuracy" else [])
+        if protocol == "linear":
+            _check_holdout(config, data)
+        autocast = autocast_for(dev, config.amp)
+        if protocol == "finetune":
+            run = _prepare_finetune(self.backbone, data, config, input_size, dev)
+        else:
+            model, _ = load_exported_model(self.backbone)
+
+        # Everything is checked: from here on the work folder is written.
+        digest = self.identity.digest
+        _write_run_config(work_dir, self.backbone, protocol, config, input_size, data, self.sidecar, digest)
+        if protocol == "finetune":
+            measured = _finetune(run, data, config, work_dir, dev, autocast, run_tag(self.identity), self.resume)
+        else:
+            measured, _ = _linear_probe(model, data, config, self.backbone, input_size, work_dir, dev, autocast)
+        self.metrics = {m: measured[m] for m in metric_names}
+        shown = "  ".join(f"{m} {v:.2f}%" for m, v in self.metrics.items())
+        logger.info(f"{self.sidecar.name} / {self.sidecar.regime or '?'} → {config.name} {protocol}: {shown}")
+        return Measured(self.metrics, model=self.sidecar.model, run_dir=work_dir)

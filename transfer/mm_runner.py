@@ -25,7 +25,7 @@ from dropbench.core.errors import UserInputError, did_you_mean
 from dropbench.core.export import read_sidecar
 from dropbench.core.identity import Part, RunIdentity
 from dropbench.core.io import atomic_write_json
-from dropbench.core.lifecycle import StageRun, now
+from dropbench.core.lifecycle import Measured, Stage, StageRun, now
 from dropbench.core.tracking import vis_backends
 from dropbench.transfer import mm_checkpoints, mm_distributed, mm_ops
 from dropbench.transfer.backbone import TimmBackbone
@@ -235,47 +235,64 @@ def run_transfer(
     A run whose records exist is skipped (``force`` runs it again and supersedes them). ``loggers`` adds trackers
     (tensorboard, wandb, mlflow) to mmengine's visualiser, beside its local files. ``resume`` continues the run
     from the newest checkpoint in ``work_dir`` (made by the same settings), or starts it if there is none."""
-    from mmengine.runner import Runner
-
     sidecar = read_sidecar(backbone)
     cfg = load_config(config, cfg_options)
     dataset, protocol, task_part = task_identity(cfg, config, cfg_options)
     identity = sidecar.pretraining_identity().transfer(spec.task, dataset, protocol, seed, task_part)
-    stage = StageRun(identity, Path(results_dir) if results_dir is not None else None, force)
-    if stage.earlier_records():
-        return []
-    mm_ops.check_cuda_ops()
-    cfg = wire(spec, backbone, cfg)  # the identity was computed from the config as loaded
-    use_float32_without_gpu(cfg)
-    cfg.pop("dataset_name", None)
-    spec.prepare_data(cfg)
-    cfg.work_dir = str(work_dir)
-    cfg.launcher = launcher
-    mm_distributed.start_processes(cfg, launcher)
-    if cfg.get("visualizer") is not None:
-        # mmengine hands out the visualiser by name, one per process: a second run under the shipped name
-        # 'visualizer' would get the first one, with its folder and backends
-        cfg.visualizer.name = f"visualizer:{work_dir.resolve()}"
-        if loggers:
-            cfg.visualizer.vis_backends = vis_backends(loggers, work_dir, f"{work_dir.parent.name}/{work_dir.name}")
-    _seed(cfg, seed)
-    _checkpoints(cfg, work_dir, identity, resume)
-    stage.started = now()
-    try:
-        runner = Runner.from_cfg(cfg)
-    except (TypeError, KeyError) as err:
-        raise UserInputError("--config", f"cannot build the runner: {str(err).splitlines()[0]}") from None
-    keeper = _KeepLastMetrics()
-    for hook in (keeper, mm_checkpoints.PositionSeeds(), mm_checkpoints.PlainCheckpoints()):
-        runner.register_hook(hook)
-    runner.train()
-    metrics = keeper.metrics if keeper.metrics is not None else runner.val()  # evaluated once
-    if spec.extra_evaluation is not None:
-        metrics = dict(metrics) | spec.extra_evaluation(runner, cfg)
-    values = recorded_values(spec, metrics, runner.logger.info)
-    if not is_main_process():
-        return []
-    return stage.record(values, model=sidecar.model, run_dir=work_dir)
+    stage = DenseTransfer(identity, spec, backbone, sidecar.model, cfg, work_dir, launcher, seed, loggers, resume)
+    done = stage.run(results_dir, force)
+    return [] if done.finished_earlier else done.records
+
+
+@dataclass
+class DenseTransfer(Stage):
+    """A detection or segmentation transfer: ``cfg`` as loaded, the identity computed from it."""
+
+    spec: TaskSpec
+    backbone: Path
+    model: str  # the export's timm model
+    cfg: Config
+    work_dir: Path
+    launcher: str
+    seed: int
+    loggers: tuple[str, ...]
+    resume: bool
+
+    def execute(self, stage_run: StageRun) -> Measured | None:
+        from mmengine.runner import Runner
+
+        spec, work_dir = self.spec, self.work_dir
+        mm_ops.check_cuda_ops()
+        cfg = wire(spec, self.backbone, self.cfg)  # the identity was computed from the config as loaded
+        use_float32_without_gpu(cfg)
+        cfg.pop("dataset_name", None)
+        spec.prepare_data(cfg)
+        cfg.work_dir = str(work_dir)
+        cfg.launcher = self.launcher
+        mm_distributed.start_processes(cfg, self.launcher)
+        if cfg.get("visualizer") is not None:
+            # mmengine hands out the visualiser by name, one per process: a second run under the shipped name
+            # 'visualizer' would get the first one, with its folder and backends
+            cfg.visualizer.name = f"visualizer:{work_dir.resolve()}"
+            if self.loggers:
+                name = f"{work_dir.parent.name}/{work_dir.name}"
+                cfg.visualizer.vis_backends = vis_backends(self.loggers, work_dir, name)
+        _seed(cfg, self.seed)
+        _checkpoints(cfg, work_dir, self.identity, self.resume)
+        stage_run.started = now()
+        try:
+            runner = Runner.from_cfg(cfg)
+        except (TypeError, KeyError) as err:
+            raise UserInputError("--config", f"cannot build the runner: {str(err).splitlines()[0]}") from None
+        keeper = _KeepLastMetrics()
+        for hook in (keeper, mm_checkpoints.PositionSeeds(), mm_checkpoints.PlainCheckpoints()):
+            runner.register_hook(hook)
+        runner.train()
+        metrics = keeper.metrics if keeper.metrics is not None else runner.val()  # evaluated once
+        if spec.extra_evaluation is not None:
+            metrics = dict(metrics) | spec.extra_evaluation(runner, cfg)
+        values = recorded_values(spec, metrics, runner.logger.info)
+        return Measured(values, model=self.model, run_dir=work_dir) if is_main_process() else None
 
 
 def _checkpoints(cfg: Config, work_dir: Path, identity: RunIdentity, resume: bool) -> None:

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from dropbench.core.errors import UserInputError
-from dropbench.core.identity import LEGACY, Part, RunIdentity, Stage
+from dropbench.core.identity import LEGACY, Part, RunIdentity, StageName
 from dropbench.core.io import atomic_write, atomic_write_json
 from dropbench.core.models import create_timm_model
 
@@ -66,7 +66,7 @@ class ExportSidecar:
             regime=self.regime or "unknown",
             recipe=self.recipe or "unknown",
             seed=int(self.seed),
-            stage=Stage.PRETRAIN,
+            stage=StageName.PRETRAIN,
             task="classification",
             dataset=str(self.dataset or "unknown"),
             protocol="from_scratch",

@@ -73,7 +73,7 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-class Stage(StrEnum):
+class StageName(StrEnum):
     """What a run is, in its identity and records."""
 
     PRETRAIN = "pretrain"
@@ -87,7 +87,7 @@ class RunIdentity:
     regime: str
     recipe: str
     seed: int
-    stage: Stage
+    stage: StageName
     task: str  # "classification", "detection", "segmentation"
     dataset: str
     protocol: str  # "from_scratch", a det/seg config name, "finetune", "linear", ...
@@ -114,7 +114,7 @@ class RunIdentity:
             self.regime,
             self.recipe,
             self.seed,
-            Stage.TRANSFER,
+            StageName.TRANSFER,
             task,
             dataset,
             protocol,

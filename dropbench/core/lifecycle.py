@@ -1,8 +1,11 @@
 """One run of any stage, from the existing-records check to its records. Pretraining, every transfer and an
-evaluation go through it: a run whose records exist is finished and is skipped (``force`` runs it again and
-supersedes them), and its records carry when it started, when it finished and the code that made them."""
+evaluation are a :class:`Stage`, which implements only ``execute``; :meth:`Stage.run` owns the rest: a run whose
+records exist is finished and is skipped (``force`` runs it again and supersedes them), and what ``execute``
+measures becomes records that carry the run's identity, when it started, when it finished and the code that made
+them."""
 
 import logging
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -50,3 +53,42 @@ class StageRun:
             unit=unit,
             force=self.force,
         )
+
+
+@dataclass
+class Measured:
+    """What a stage's ``execute`` measured: ``metrics`` (in ``unit``) of the timm ``model``, made in ``run_dir``."""
+
+    metrics: dict[str, float]
+    model: str
+    run_dir: str | Path
+    unit: str = PERCENT
+
+
+@dataclass
+class Done:
+    """A stage's records: those it wrote, or, when ``finished_earlier``, those that made it skip."""
+
+    records: list[Path]
+    finished_earlier: bool = False
+
+
+@dataclass
+class Stage(ABC):
+    """One run of a stage, with everything its identity is computed from already checked."""
+
+    identity: RunIdentity
+
+    @abstractmethod
+    def execute(self, stage_run: StageRun) -> Measured | None:
+        """Do the work; None on a process that writes no records (all but the main one). A resumed run sets
+        ``stage_run.started`` to the first attempt's."""
+
+    def run(self, results_dir: str | Path | None, force: bool = False) -> Done:
+        run = StageRun(self.identity, Path(results_dir) if results_dir is not None else None, force)
+        if existing := run.earlier_records():
+            return Done(existing, finished_earlier=True)
+        measured = self.execute(run)
+        if measured is None:
+            return Done([])
+        return Done(run.record(measured.metrics, model=measured.model, run_dir=measured.run_dir, unit=measured.unit))

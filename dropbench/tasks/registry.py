@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dropbench.core.errors import UserInputError, did_you_mean
-from dropbench.core.identity import Part, Stage
+from dropbench.core.identity import Part, StageName
 from dropbench.plugins import load_plugins
 
-PRETRAIN_STAGE = Stage.PRETRAIN  # a suite names its stages as records do: pretrain, then the task kinds
+PRETRAIN_STAGE = StageName.PRETRAIN  # a suite names its stages as records do: pretrain, then the task kinds
 
 
 @dataclass(frozen=True)
