@@ -27,7 +27,6 @@ from dropbench.core.export import ExportSidecar, export_backbone
 from dropbench.core.identity import Part, RunIdentity, StageName
 from dropbench.core.models import BackboneConfig
 from dropbench.core.readers import IMAGENET_1K
-from dropbench.core.version import code_version
 from dropbench.pretrain.schedules import DropSetting
 
 # The authors' model names → the paper's backbone configs (configs/backbones/), same widths and depths.
@@ -154,22 +153,7 @@ def _write(model: nn.Module, backbone: BackboneConfig, out: Path, identity: RunI
     """Export ``model`` with a sidecar that names ``identity``; ``provenance``: the import's own sidecar fields."""
     head = model.get_classifier()
     num_classes = head.out_features if isinstance(head, nn.Linear) else int(getattr(model, "num_classes", 0))
-    sidecar = ExportSidecar(
-        model=backbone.model,
-        kwargs=backbone.kwargs,
-        num_classes=num_classes,
-        input_size=backbone.input_size,
-        backbone=backbone.name,
-        regime=identity.regime,
-        recipe=identity.recipe,
-        seed=identity.seed,
-        dataset=identity.dataset,
-        code_version=code_version(),
-        config_hash=identity.digest,
-        identity=identity.to_json(),
-        **provenance,
-    )
-    return export_backbone(model, out, sidecar)
+    return export_backbone(model, out, ExportSidecar.of_run(backbone, identity, num_classes, **provenance))
 
 
 def import_official(

@@ -25,12 +25,12 @@ from torch.utils.data import DataLoader
 from dropbench.core.checkpoint import gather_rng_states, save_checkpoint
 from dropbench.core.errors import UserInputError
 from dropbench.core.export import SIDECAR_FILE, ExportSidecar, export_backbone
+from dropbench.core.identity import RunIdentity
 from dropbench.core.io import atomic_write_json
 from dropbench.core.layout import CHECKPOINT_FILE, EXPORT_DIR
 from dropbench.core.lifecycle import Measured, Stage, StageRun
 from dropbench.core.loop import StepHooks, autocast_for, epoch_seed, evaluate, train_one_epoch
 from dropbench.core.models import BackboneConfig
-from dropbench.core.version import code_version
 from dropbench.pretrain.build import Place, Training, build_training, check_pairing, run_config
 from dropbench.pretrain.config import Recipe, Regime, pretrain_identity
 from dropbench.pretrain.data import build_loaders, dataset_name
@@ -136,7 +136,7 @@ class Pretraining(Stage):
             return None
         start_epoch = checkpoint["epoch"] if checkpoint else 0
         if not (start_epoch == epochs and (out / EXPORT_DIR / SIDECAR_FILE).is_file()):  # else exported before
-            _export(run, self.backbone, regime, recipe, self.identity, out, self.summary)
+            _export(run, self.backbone, self.identity, out, self.summary)
         return Measured({"top1": self.summary.val_top1}, model=self.backbone.model, run_dir=out)
 
 
@@ -254,31 +254,9 @@ def _validate(run: Training, loader: DataLoader, dev: torch.device, autocast, wi
     return row
 
 
-def _export(
-    run: Training,
-    backbone: BackboneConfig,
-    regime: Regime,
-    recipe: Recipe,
-    identity,
-    out: Path,
-    summary: RunSummary,
-) -> None:
-    sidecar = ExportSidecar(
-        model=backbone.model,
-        kwargs=backbone.kwargs,
-        num_classes=run.splits.num_classes,
-        input_size=backbone.input_size,
-        backbone=backbone.name,
-        regime=regime.name,
-        recipe=recipe.name,
-        epochs=summary.epochs,
-        seed=recipe.seed,
-        dataset=run.splits.name,
-        val_top1=summary.val_top1,
-        code_version=code_version(),
-        config_hash=identity.digest,
-        identity=identity.to_json(),
-    )
+def _export(run: Training, backbone: BackboneConfig, identity: RunIdentity, out: Path, summary: RunSummary) -> None:
+    fields = {"dataset": run.splits.name, "epochs": summary.epochs, "val_top1": summary.val_top1}
+    sidecar = ExportSidecar.of_run(backbone, identity, run.splits.num_classes, **fields)
     export_backbone(run.model, out / EXPORT_DIR, sidecar)
 
 

@@ -14,7 +14,8 @@ from torch import nn
 from dropbench.core.errors import UserInputError
 from dropbench.core.identity import LEGACY, Part, RunIdentity, StageName
 from dropbench.core.io import atomic_write, atomic_write_json
-from dropbench.core.models import create_timm_model
+from dropbench.core.models import BackboneConfig, create_timm_model
+from dropbench.core.version import code_version
 
 WEIGHTS_FILE = "backbone.safetensors"
 SIDECAR_FILE = "backbone.json"
@@ -45,6 +46,25 @@ class ExportSidecar:
     eval_transform: dict | None = None  # an import's evaluation transform: crop_pct, interpolation, mean, std
     format: str = EXPORT_FORMAT
     weights: str = WEIGHTS_FILE
+
+    @classmethod
+    def of_run(cls, backbone: BackboneConfig, identity: RunIdentity, num_classes: int, **fields) -> "ExportSidecar":
+        """The sidecar of ``backbone`` exported by the run ``identity``; ``fields`` add to or replace its own."""
+        named = {
+            "model": backbone.model,
+            "kwargs": backbone.kwargs,
+            "num_classes": num_classes,
+            "input_size": backbone.input_size,
+            "backbone": backbone.name,
+            "regime": identity.regime,
+            "recipe": identity.recipe,
+            "seed": identity.seed,
+            "dataset": identity.dataset,
+            "code_version": code_version(),
+            "config_hash": identity.digest,
+            "identity": identity.to_json(),
+        }
+        return cls(**(named | fields))
 
     @property
     def name(self) -> str:
