@@ -14,6 +14,7 @@ make a cache miss or refuse a resume, but never serve a stale result.
 """
 
 import dataclasses
+import functools
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -130,7 +131,7 @@ class Settings:
         """Check the keys, coerce every value to its field's type, build, then validate."""
         prefix = cls.PREFIX if prefix is None else prefix
         check_keys(data, cls.keys(), prefix)
-        hints = typing.get_type_hints(cls)
+        hints = _type_hints(cls)
         stay_int = cls.WHOLE_FLOATS_STAY_INT
         values = {key: coerce(value, hints[key], f"{prefix}{key}", stay_int) for key, value in data.items()}
         for f in _fields(cls):
@@ -183,6 +184,11 @@ class Settings:
     def settings(self) -> dict:
         """What changes a run's result: the fields flagged ``result``."""
         return self.where("result")
+
+
+@functools.cache
+def _type_hints(settings_class: type) -> dict[str, Any]:
+    return typing.get_type_hints(settings_class)
 
 
 def _plain(value: Any) -> Any:
