@@ -114,13 +114,11 @@ def regime_from_args(args) -> str:
         f"dropout={dropout}, drop_path={drop_path}, drop_mode={mode}, drop_schedule={shape}, "
         f"cutoff_epoch={cutoff}, epochs={epochs}"
     )
-    wanted = {"dropout": dropout, "drop_path": drop_path}
+    rates = {"dropout": dropout, "drop_path": drop_path}
+    wanted = {kind: _schedule_of(DropSetting(rate, mode, shape, cutoff), epochs) for kind, rate in rates.items()}
     for name in known_configs("regimes"):
         regime = Regime.load(name)
-        if regime.train and all(
-            _schedule_of(getattr(regime, kind), epochs) == _schedule_of(DropSetting(rate, mode, shape, cutoff), epochs)
-            for kind, rate in wanted.items()
-        ):
+        if regime.train and all(_schedule_of(getattr(regime, kind), epochs) == wanted[kind] for kind in wanted):
             return regime.name
     raise UserInputError("args", f"no shipped regime has {described}; pass --regime")
 

@@ -55,15 +55,6 @@ def drop_schedule(
     return DropSetting(rate, mode, shape, cutoff_epoch).rates(epochs, iters_per_epoch)
 
 
-def _applies_to_mode(setting: "DropSetting", field_name: str) -> None:
-    if setting.shape not in SHAPES_BY_MODE[setting.mode]:
-        raise UserInputError(
-            field_name,
-            f"shape '{setting.shape}' does not apply to mode '{setting.mode}'; "
-            f"choose from {', '.join(SHAPES_BY_MODE[setting.mode])}",
-        )
-
-
 @dataclass(frozen=True)
 class DropSetting(Settings):
     """One scheduled rate, as a regime gives it: the cutoff is for ``reference_epochs`` (the paper's 300) and
@@ -117,7 +108,12 @@ class DropSetting(Settings):
         """What the schedule of a run cannot take, named with ``prefix``."""
         if self.mode not in SHAPES_BY_MODE:
             raise UserInputError(f"{prefix}mode", f"unknown mode '{self.mode}'; choose from {', '.join(MODES)}")
-        _applies_to_mode(self, f"{prefix}shape")
+        if self.shape not in SHAPES_BY_MODE[self.mode]:
+            raise UserInputError(
+                f"{prefix}shape",
+                f"shape '{self.shape}' does not apply to mode '{self.mode}'; "
+                f"choose from {', '.join(SHAPES_BY_MODE[self.mode])}",
+            )
         if not np.isfinite(self.rate):
             raise UserInputError(f"{prefix}rate", f"{self.rate} is not a number")
         for name, value in (("epochs", epochs), ("iters_per_epoch", iters_per_epoch)):

@@ -18,7 +18,16 @@ from dropbench.core import training_fields as shared
 from dropbench.core.configs import CONFIG_ROOT, load_yaml
 from dropbench.core.errors import UserInputError, did_you_mean
 from dropbench.core.readers import ArrayImageDataset, image_folders, read_idx
-from dropbench.core.settings import NON_NEGATIVE, OPTIONAL_POSITIVE_INT, POSITIVE_INT, Check, Settings, one_of, setting
+from dropbench.core.settings import (
+    NON_NEGATIVE,
+    OPTIONAL_POSITIVE_INT,
+    POSITIVE_INT,
+    Check,
+    Settings,
+    one_of,
+    setting,
+    within,
+)
 
 CONFIG_FOLDER = "classification"
 SOURCES = ("imagefolder", "torchvision", "optdigits", "sklearn_digits", "idx")
@@ -43,7 +52,7 @@ TORCHVISION_SPLITS: dict[str, tuple[list[dict], dict]] = {
 }
 
 
-HOLDOUT = Check(lambda v: 0 < v < 1, "must be in (0, 1)")
+HOLDOUT = within(0, 1, low_open=True, high_open=True)
 LAYER_DECAY = Check(lambda v: v is None or 0 < v <= 1, "must be in (0, 1] or null")
 C_GRID = Check(lambda v: len(v) > 0 and all(c > 0 for c in v), "must be a non-empty list of positive numbers")
 WHERE = {"result": False}  # where the data is or how it is named: not what the run computes

@@ -101,8 +101,6 @@ def setting(
     """A settings field: its default, its check (called with the value and the field's name, it raises
     UserInputError) and what it changes (see the module's docstring)."""
     metadata = {"check": check, "result": result, "features": features, "resumable": resumable}
-    if isinstance(default, (list, dict, set)):
-        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -192,12 +190,10 @@ def _type_hints(settings_class: type) -> dict[str, Any]:
 
 
 def _plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return value.to_dict() if isinstance(value, Settings) else dataclasses.asdict(value)
+    if isinstance(value, Settings):
+        return value.to_dict()
     if isinstance(value, (list, tuple)):
         return [_plain(item) for item in value]
-    if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
     return value
 
 
@@ -207,7 +203,7 @@ def coerce(value: Any, hint: Any, field_name: str, whole_floats_stay_int: bool =
     union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
     allowed = typing.get_args(hint) if union else (hint,)
     if value is None:
-        if type(None) in allowed or hint is Any:
+        if type(None) in allowed:
             return None
         if any(typing.get_origin(kind) is tuple for kind in allowed):
             return ()  # null for a list: none
@@ -231,11 +227,9 @@ def coerce(value: Any, hint: Any, field_name: str, whole_floats_stay_int: bool =
     for kind in allowed:
         if typing.get_origin(kind) is tuple:
             return _coerce_tuple(value, kind, field_name, whole_floats_stay_int)
-    for kind in (int, str, dict):
+    for kind in (int, str):
         if kind in allowed and isinstance(value, kind) and not isinstance(value, bool):
             return value
-    if hint is Any:
-        return value
     raise UserInputError(field_name, f"{value!r} is not {_describe(allowed)}")
 
 
@@ -258,7 +252,7 @@ def _coerce_tuple(value: Any, hint: Any, field_name: str, whole_floats_stay_int:
 
 
 def _describe(allowed: Sequence[Any]) -> str:
-    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
     kinds = [kind for kind in allowed if kind is not type(None)]
     return " or ".join(names.get(kind, getattr(kind, "__name__", str(kind))) for kind in kinds)
 
