@@ -198,3 +198,9 @@ def test_schedule_command_rejects_a_rate_outside_zero_to_one_in_one_line(cli, ra
     code, out, err = cli("schedule", "--mode", "early", "--rate", rate, "--epochs", "10", "--iters-per-epoch", "7")
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and "--rate" in err and "[0, 1)" in err
+
+
+@pytest.mark.parametrize("rate", ["1.5", "-0.1"])
+def test_the_schedule_command_names_the_option_of_a_rate_that_is_no_probability(cli, rate):
+    code, out, err = cli("schedule", "--rate", rate, "--epochs", "10", "--iters-per-epoch", "7")
+    assert code == 2 and out == "" and err.startswith("error: --rate: ") and err.count("\n") == 1, err

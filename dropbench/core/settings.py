@@ -23,6 +23,7 @@ from typing import Any, ClassVar, TypeVar
 
 from dropbench.core.configs import check_keys
 from dropbench.core.errors import UserInputError, did_you_mean
+from dropbench.core.fields import renamed_fields
 
 T = TypeVar("T", bound="Settings")
 
@@ -269,7 +270,7 @@ def add_arguments(parser: Any, settings_class: type[Settings], skip: Sequence[st
         choices = getattr(f.metadata.get("check"), "choices", None)
         required = f.default is MISSING and f.default_factory is MISSING
         parser.add_argument(
-            f"--{f.name.replace('_', '-')}",
+            option_name(f.name),
             type=kind,
             choices=choices or None,
             required=required,
@@ -279,10 +280,12 @@ def add_arguments(parser: Any, settings_class: type[Settings], skip: Sequence[st
     return added
 
 
+def option_name(field_name: str) -> str:
+    """The ``--option`` that gives a field on the command line."""
+    return "--" + field_name.replace("_", "-")
+
+
 def from_arguments(settings_class: type[T], args: Any, names: Sequence[str]) -> T:
     """The settings that parsed ``--options`` give, errors naming the option."""
-    try:
+    with renamed_fields(option_name):
         return settings_class.from_mapping({name: getattr(args, name) for name in names}, "")
-    except UserInputError as err:
-        option = "--" + err.field.replace("_", "-")
-        raise UserInputError(option, str(err).removeprefix(f"{err.field}: ")) from None
