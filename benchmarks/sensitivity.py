@@ -30,7 +30,7 @@ def main() -> None:
     print(text)
     seconds: dict[str, float] = {}
     for outcome in outcomes:
-        seconds[outcome.run.stage] = seconds.get(outcome.run.stage, 0.0) + outcome.seconds
+        seconds[outcome.run.kind] = seconds.get(outcome.run.kind, 0.0) + outcome.seconds
     print(f"wall time {time.perf_counter() - start:.0f} s: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
 
     stats = summarise(read_records(suite.results_dir)[0])

@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from dropbench.core.errors import UserInputError
+from dropbench.core.errors import RunFailed, UserInputError
 from dropbench.core.lock import hold_run
 from dropbench.core.log import log_to_stdout
 
@@ -27,41 +27,52 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _schedule(args: argparse.Namespace) -> None:
+    from dropbench.core.configs import parse_key_values
     from dropbench.core.settings import from_arguments
+    from dropbench.pretrain.config import Regime
     from dropbench.pretrain.schedules import DropSetting
 
-    setting = from_arguments(DropSetting, args, args.setting_fields)
-    rates = setting.rates(args.epochs, args.iters_per_epoch)
+    if args.regime:
+        regime = Regime.load(args.regime, parse_key_values(args.overrides))
+        schedules = {f"{regime.name} ({kind})": s for kind, s in regime.schedules().items()}
+    elif args.overrides:
+        raise UserInputError("overrides", "key=value overrides vary a regime: give --regime NAME with them")
+    elif args.rate is None:
+        raise UserInputError("--rate", "missing; give --rate (with --mode, --shape, --cutoff-epoch) or --regime NAME")
+    else:
+        setting = from_arguments(DropSetting, args, args.setting_fields)
+        label = f"{args.mode}/{args.shape} rate {args.rate}"
+        schedules = {label + (f", cutoff {args.cutoff_epoch}" if args.mode != "standard" else ""): setting}
+    rates = {label: s.rates(args.epochs, args.iters_per_epoch) for label, s in schedules.items()}
     if args.format == "json":
-        print(json.dumps([float(r) for r in rates]))
+        values = {label: [float(r) for r in values] for label, values in rates.items()}
+        print(json.dumps(next(iter(values.values())) if not args.regime else values))
         return
     if not args.out:
         raise UserInputError("--out", "--format png needs --out FILE.png")
     from dropbench.plots import plot_schedules
 
-    label = f"{args.mode}/{args.shape} rate {args.rate}" + (
-        f", cutoff {args.cutoff_epoch}" if args.mode != "standard" else ""
-    )
-    plot_schedules({label: rates}, args.iters_per_epoch, args.out)
+    plot_schedules(rates, args.iters_per_epoch, args.out)
     print(args.out)
 
 
 def _pretrain(args: argparse.Namespace) -> None:
     from dropbench.core.configs import parse_key_values
     from dropbench.core.models import BackboneConfig
-    from dropbench.pretrain.config import Recipe, Regime
+    from dropbench.pretrain.config import Recipe, Regime, split_overrides
     from dropbench.pretrain.diagnostics import DiagnosticsConfig
     from dropbench.pretrain.train import pretrain
 
-    backbone = BackboneConfig.load(args.backbone)
-    regime = Regime.load(args.regime)
-    # `--diagnostics every=.. batches=..` takes the key=value items that name a diagnostics setting; the
-    # others are recipe overrides, wherever they stand on the line.
-    diagnostic_keys = DiagnosticsConfig.__dataclass_fields__
-    diagnostic_items = [i for i in args.diagnostics or [] if i.partition("=")[0] in diagnostic_keys]
+    # `--diagnostics every=.. batches=..` takes the key=value items that name a diagnostics setting, and `--variant`
+    # the values that name the variants; the others are overrides, wherever they stand on the line.
+    diagnostic_items = [i for i in args.diagnostics or [] if i.partition("=")[0] in DiagnosticsConfig.keys()]
     override_items = args.overrides + [i for i in args.diagnostics or [] if i not in diagnostic_items]
     diagnostics = DiagnosticsConfig.parse(diagnostic_items) if args.diagnostics is not None else None
-    recipe = Recipe.load(args.recipe, parse_key_values(override_items))
+    overrides = split_overrides(parse_key_values(override_items))
+    variant = split_overrides(parse_key_values(args.variant or [], "--variant"))
+    backbone = BackboneConfig.load(args.backbone, overrides["backbone"] | variant["backbone"])
+    regime = Regime.load(args.regime, overrides["regime"] | variant["regime"])
+    recipe = Recipe.load(args.recipe, overrides["recipe"], variant=variant["recipe"])
     with hold_run(args.out, f"the run in '{args.out}'"):
         summary = pretrain(
             backbone,
@@ -88,6 +99,26 @@ def _plot_diagnostics(args: argparse.Namespace) -> None:
     from dropbench.plots import plot_diagnostics
 
     for path in plot_diagnostics(args.run_dirs, Path(args.out)):
+        print(path)
+
+
+def _plot_ablation(args: argparse.Namespace) -> None:
+    from dropbench.ablation import plot_ablation
+    from dropbench.compare import read_records, summarise
+
+    records, skipped = read_records(args.results)
+    for message in skipped:
+        print(f"warning: {message}", file=sys.stderr)
+    stats = summarise(records, baseline=args.baseline, warn=lambda m: print(f"warning: {m}", file=sys.stderr))
+    for path in plot_ablation(stats, args.x, Path(args.out), baseline=args.baseline, metrics=args.metrics):
+        print(path)
+
+
+def _plot_schedules(args: argparse.Namespace) -> None:
+    from dropbench.suite import load_suite
+    from dropbench.suite.schedules import plot_suite_schedules
+
+    for path in plot_suite_schedules(load_suite(args.suite), Path(args.out), args.iters_per_epoch):
         print(path)
 
 
@@ -189,7 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     schedule = commands.add_parser("schedule", help="print or plot a per-iteration drop-rate schedule")
     # the regime's schedule fields (a cutoff is given for the run itself, not scaled from the paper's 300 epochs)
-    setting_fields = add_arguments(schedule, DropSetting, skip=("reference_epochs",))
+    setting_fields = add_arguments(schedule, DropSetting, skip=("reference_epochs",), optional=True)
+    schedule.add_argument("--regime", help="a regime's schedules instead (name or file), varied by key=value")
+    schedule.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="with --regime: its variant, e.g. dropout.cutoff_epoch=25"
+    )
     schedule.add_argument("--epochs", type=int, required=True)
     schedule.add_argument("--iters-per-epoch", type=int, required=True)
     schedule.add_argument("--format", choices=("json", "png"), default="json")
@@ -222,7 +257,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="measure gradient norm, model distance, GDV and GDE every N updates from K mini-batches "
         "(defaults every=400 batches=8 full=1024: ĝ from 1024 training images)",
     )
-    pretrain.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides, e.g. epochs=10 lr=1e-3")
+    pretrain.add_argument(
+        "--variant",
+        nargs="+",
+        metavar="key=value",
+        help="values that name the run's variants, as a suite's sweep does (a recipe's then reads cpu.epochs=20)",
+    )
+    pretrain.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="overrides: the recipe's (epochs=10 lr=1e-3: they label it cpu·epochs=10), the regime's "
+        "(dropout.cutoff_epoch=25) and the backbone's (kwargs.depth=8), which name variants "
+        "(early_dropout.cutoff_epoch=25)",
+    )
     pretrain.set_defaults(run=_pretrain)
 
     transfer = commands.add_parser("transfer", help="fine-tune an exported backbone on a downstream task")
@@ -290,6 +338,20 @@ def build_parser() -> argparse.ArgumentParser:
     plot_diagnostics.add_argument("run_dirs", nargs="+", help="pretraining run folders made with --diagnostics")
     plot_diagnostics.add_argument("--out", default=".", help="folder for diagnostics_<metric>.png")
     plot_diagnostics.set_defaults(run=_plot_diagnostics)
+    plot_ablation = plots.add_parser("ablation", help="a headline metric against one swept field, from records")
+    plot_ablation.add_argument("--results", default="results", help="folder of records, searched recursively")
+    plot_ablation.add_argument("--x", required=True, help="the swept field: dropout.cutoff_epoch, cutoff_epoch, ...")
+    plot_ablation.add_argument("--metrics", default="headline", help="the metrics drawn: " + METRIC_CHOICES_HELP)
+    plot_ablation.add_argument("--baseline", default="no_dropout", help="the regime drawn as a band, Δ against it")
+    plot_ablation.add_argument("--out", default=".", help="folder for ablation_<metric>.png and ablation.csv")
+    plot_ablation.set_defaults(run=_plot_ablation)
+    plot_schedules = plots.add_parser("schedules", help="the drop-rate schedules of a suite's regimes, one figure")
+    plot_schedules.add_argument("suite", help="a suite file")
+    plot_schedules.add_argument(
+        "--iters-per-epoch", type=int, help="default: the recipe's, from its train_subset and batch size (else 100)"
+    )
+    plot_schedules.add_argument("--out", default="schedules.png", help="the PNG to write (and its .csv beside it)")
+    plot_schedules.set_defaults(run=_plot_schedules)
 
     suite = commands.add_parser(
         "suite", help="run a suite: backbones × regimes × seeds pretrained, then transferred (finished runs skipped)"
@@ -351,6 +413,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except RunFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

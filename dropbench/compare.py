@@ -15,6 +15,7 @@
 """
 
 import json
+import math
 import os
 from collections.abc import Iterable
 from dataclasses import fields
@@ -27,6 +28,7 @@ from scipy import stats as scipy_stats
 from dropbench.core.configs import PAPER_RESULTS
 from dropbench.core.errors import UserInputError
 from dropbench.core.identity import LEGACY, REQUIRED_RECORD_FIELDS, SUPERSEDED_FOLDER, ResultRecord, StageName
+from dropbench.core.settings import variant_name
 from dropbench.tasks import transfer_tasks
 
 ROW = ["backbone", "recipe", "regime"]
@@ -89,6 +91,8 @@ def _check_record(path: str, record) -> dict | str:
         return f"skipping '{path}': not a result record (fields missing)"
     if not isinstance(record["value"], (int, float)) or isinstance(record["value"], bool):
         return f"skipping '{path}': value is not a number"
+    if not math.isfinite(record["value"]):
+        return f"skipping '{path}': value {record['value']} is not finite (a diverged run's; re-run it)"
     record["path"] = path
     return record
 
@@ -113,14 +117,16 @@ def read_records(results: str | Path, include_paper: bool = False) -> tuple[pd.D
     rows = [r for r in parsed if isinstance(r, dict)]
     skipped = [r for r in parsed if isinstance(r, str)]
     frame = pd.DataFrame.from_records(rows, columns=RECORD_COLUMNS)
-    frame["parts"] = [p if isinstance(p, dict) else {} for p in frame["parts"]]
+    for column in ("parts", "sweep"):  # records older than a field have none
+        frame[column] = [value if isinstance(value, dict) else {} for value in frame[column]]
     return frame, skipped
 
 
 def records_csv(records: pd.DataFrame) -> str:
     """The records themselves, one row per record with every field of the record type (``parts`` as JSON)."""
     frame = records[RECORD_COLUMNS].copy()
-    frame["parts"] = [json.dumps(parts, sort_keys=True) for parts in frame["parts"]]
+    for column in ("parts", "sweep"):
+        frame[column] = [json.dumps(value, sort_keys=True) for value in frame[column]]
     return frame.to_csv(index=False)
 
 
@@ -243,7 +249,51 @@ def summarise(records: pd.DataFrame, baseline: str = "no_dropout", warn=lambda m
     stats = pd.concat([stats, pd.DataFrame(deltas, index=stats.index)], axis=1)
     excludes_zero = (stats["delta_low"] > 0) | (stats["delta_high"] < 0)
     stats["significant"] = excludes_zero & (stats["n_paired"] >= MIN_SIGNIFICANT_N)
-    return stats[STAT_COLUMNS]
+    swept = swept_fields(records)
+    if swept:
+        values = records.groupby(ROW, sort=False)["sweep"].first()
+        rows = list(zip(*(stats[c] for c in ROW), strict=True))
+        for name in swept:
+            stats[name] = pd.Series([values[row].get(name) for row in rows], index=stats.index, dtype=object)
+    return stats[STAT_COLUMNS + swept]
+
+
+def swept_fields(frame: pd.DataFrame) -> list[str]:
+    """The fields a sweep set in any of the records (``regime.dropout.rate``), in the order first seen; in a
+    table, the columns after the statistics."""
+    if "sweep" in frame:
+        return list(dict.fromkeys(key for sweep in frame["sweep"] if isinstance(sweep, dict) for key in sweep))
+    return [c for c in frame.columns if c.split(".")[0] in ROW and c not in ROW]
+
+
+def _sortable(value) -> tuple:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (0, float(value), "")
+    return (1, 0.0, str(value))
+
+
+def row_order(stats: pd.DataFrame) -> list[tuple]:
+    """The table's rows, each sweep's variants under the config they vary, in the order of their values: the
+    backbone, recipe and regime of a row each sort by their base name, then by the values of its swept fields."""
+    swept = swept_fields(stats)
+    keys = {}
+    for values_of_row in stats[ROW + swept].drop_duplicates(ROW).itertuples(index=False, name=None):
+        row = dict(zip(ROW + swept, values_of_row, strict=True))
+        key = []
+        for part in ROW:
+            values = {
+                name.removeprefix(f"{part}."): row[name]
+                for name in swept
+                if name.startswith(f"{part}.") and not _missing(row[name])
+            }
+            base = row[part].removesuffix(variant_name("", values)) if values else row[part]
+            key.append((base, tuple(_sortable(v) for v in values.values())))
+        keys[tuple(row[part] for part in ROW)] = tuple(key)
+    return sorted(keys, key=keys.__getitem__)
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value))
 
 
 def noise_floor(stats: pd.DataFrame) -> pd.DataFrame:
@@ -364,6 +414,7 @@ def comparison_table(stats: pd.DataFrame, bold: tuple[str, str] = BOLD["md"]) ->
     first = cells.sort_values(["protocol", "task"], key=_column_order, kind="stable")
     order = list(dict.fromkeys(zip(first["group"], first["label"], strict=True)))
     table = cells.pivot(index=ROW, columns=["group", "label"], values="cell").reindex(columns=order).fillna("–")
+    table = table.reindex(pd.MultiIndex.from_tuples(row_order(stats), names=ROW))
     table.columns.names = [None, None]
     n = stats.assign(row_n=row_n).groupby(ROW, sort=False)["row_n"].first()
     if n.notna().all():

@@ -11,7 +11,7 @@ from dropbench.core.configs import CONFIG_ROOT
 from dropbench.core.io import atomic_write_text
 from dropbench.plots import plot_curves, plot_schedules
 from dropbench.suite import Suite, execute_local, load_suite, report
-from dropbench.tasks import PRETRAIN_STAGE
+from dropbench.tasks import PRETRAIN_KIND
 
 DEMO_SUITE = CONFIG_ROOT / "suites" / "demo.yaml"
 
@@ -26,7 +26,7 @@ def _figures(suite: Suite, stats) -> list[Path]:
     logs, schedules, iters_per_epoch = {}, {}, 1
     for run in suite.runs:
         log = run.work_dir / "log.csv"
-        if run.stage != PRETRAIN_STAGE or not log.is_file():
+        if run.kind != PRETRAIN_KIND or not log.is_file():
             continue
         label = f"{run.identity.backbone} {run.identity.regime}"
         with log.open(newline="") as f:
@@ -35,7 +35,7 @@ def _figures(suite: Suite, stats) -> list[Path]:
             continue
         logs[label] = rows
         iters_per_epoch = int(rows[-1]["update"]) // int(rows[-1]["epoch"])
-        regime, recipe = suite.regimes[run.identity.regime], suite.recipes[run.identity.seed]
+        regime, recipe = suite.regimes[run.identity.regime], suite.recipes[(run.identity.recipe, run.identity.seed)]
         for kind in ("dropout", "drop_path"):
             setting = getattr(regime, kind)
             if setting is not None:
@@ -70,7 +70,7 @@ def run_demo(suite_path: Path | None = None, jobs: int = 1) -> int:
     print("figures:", ", ".join(str(p) for p in written))
     seconds: dict[str, float] = {}
     for outcome in outcomes:
-        seconds[outcome.run.stage] = seconds.get(outcome.run.stage, 0.0) + outcome.seconds
+        seconds[outcome.run.kind] = seconds.get(outcome.run.kind, 0.0) + outcome.seconds
     split = ", ".join(f"{stage} {value:.0f} s" for stage, value in seconds.items())
     print(f"demo wall time: {time.perf_counter() - start:.0f} s (seconds in runs, per stage: {split})")
     return 0 if ok else 1

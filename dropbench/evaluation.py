@@ -7,15 +7,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform, resolve_data_config
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, resolve_data_config
 from torch.utils.data import DataLoader, Dataset
 
 from dropbench.core.errors import UserInputError
 from dropbench.core.export import ExportSidecar, load_exported_model
 from dropbench.core.identity import Part, StageName
-from dropbench.core.lifecycle import Measured, Stage, StageRun
+from dropbench.core.lifecycle import Measured, RecordedRun, RunContext
 from dropbench.core.loop import autocast_for, evaluate
 from dropbench.core.readers import IMAGENET_1K, ArrayImageDataset, image_folders, imagenet_1k_layout, load_mnist
+from dropbench.core.transforms import build_transform
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,8 @@ def evaluate_export(
     model, sidecar = load_exported_model(backbone)
     settings = eval_transform_settings(sidecar, model)
     size = sidecar.image_size
-    dataset, name = _dataset(data, create_transform(input_size=size, is_training=False, **settings))
+    transform = build_transform(settings, size, is_training=False, mean=settings["mean"], std=settings["std"])
+    dataset, name = _dataset(data, transform)
     if len(getattr(dataset, "classes", [])) > sidecar.num_classes:
         raise UserInputError("--data", f"{len(dataset.classes)} classes, the export's head has {sidecar.num_classes}")
     part = Part.of({"input_size": size, **{k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}})
@@ -79,7 +81,7 @@ def evaluate_export(
 
 
 @dataclass
-class Evaluation(Stage):
+class Evaluation(RecordedRun):
     """The export's classifier on a labelled dataset, as it is; ``values`` is what it measured once executed."""
 
     model: torch.nn.Module
@@ -91,7 +93,7 @@ class Evaluation(Stage):
     device: str | None
     values: dict[str, float] = field(default_factory=dict)
 
-    def execute(self, stage_run: StageRun) -> Measured:
+    def execute(self, context: RunContext) -> Measured:
         dev = torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         loader = DataLoader(self.dataset, self.batch_size, num_workers=self.workers, pin_memory=dev.type == "cuda")
         metrics = evaluate(self.model.to(dev), loader, self.sidecar.num_classes, dev, autocast_for(dev, True))

@@ -219,7 +219,7 @@ def _plain_identity(backbone: BackboneConfig, regime: str, recipe: str, seed: in
         dataset=IMAGENET_1K,
         protocol="from_scratch",
         parts={
-            "backbone": Part.of({k: v for k, v in backbone.to_dict().items() if k != "name"}),
+            "backbone": Part.of(backbone.settings()),
             "regime": Part.of({"name": regime}),
             "recipe": Part.of({"name": recipe, "weights": source}),
         },

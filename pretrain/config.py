@@ -2,13 +2,15 @@
 (``dropbench.core.settings``)."""
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from dropbench.core import training_fields as shared
 from dropbench.core.configs import known_configs, load_yaml, resolve_config
 from dropbench.core.errors import UserInputError, did_you_mean
-from dropbench.core.identity import Part, RunIdentity, StageName
+from dropbench.core.fields import renamed_fields
+from dropbench.core.identity import Part, RunIdentity, StageName, settings_digest
 from dropbench.core.models import BackboneConfig
 from dropbench.core.settings import (
     NON_NEGATIVE,
@@ -18,12 +20,13 @@ from dropbench.core.settings import (
     PROBABILITY,
     Settings,
     setting,
+    variant_name,
     within,
 )
 from dropbench.core.tracking import check_trackers
 from dropbench.pretrain.schedules import DropSetting
 
-__all__ = ["DropSetting", "Recipe", "Regime", "pretrain_identity"]
+__all__ = ["DropSetting", "Recipe", "Regime", "pretrain_identity", "split_overrides"]
 
 
 @dataclass(frozen=True)
@@ -39,21 +42,53 @@ class Regime(Settings):
     train: bool = True  # False: the reference row `random_init`, the backbone's initialisation exported untrained
 
     @classmethod
-    def load(cls, value: str) -> "Regime":
+    def load(cls, value: str, overrides: Mapping[str, Any] | None = None) -> "Regime":
+        """A regime file (or its name under ``configs/regimes``); ``overrides`` (dotted: ``dropout.cutoff_epoch``)
+        make a variant named after them (``early_dropout.cutoff_epoch=25``)."""
         path = resolve_config(value, "regimes")
         if path is None:
             raise UserInputError("regime", f"unknown regime '{value}'{did_you_mean(value, known_configs('regimes'))}")
-        data = load_yaml(path, "regime")
-        regime = cls.from_mapping({"name": path.stem} | data)
+        regime = cls.from_config({"name": path.stem} | load_yaml(path, "regime"), overrides)
         unscheduled = [kind for kind in ("dropout", "drop_path") if regime.max_rates().get(kind) == 0]
-        return dataclasses.replace(regime, **dict.fromkeys(unscheduled))  # a rate of 0 is no schedule
+        regime = dataclasses.replace(regime, **dict.fromkeys(unscheduled))  # a rate of 0 is no schedule
+        if overrides:
+            regime = dataclasses.replace(regime, name=variant_name(regime.name, overrides), variant=dict(overrides))
+        return regime
 
     def check(self, prefix: str) -> None:
         if not self.train and (self.dropout or self.drop_path):
             raise UserInputError(f"{prefix}train", "a regime that does not train has no dropout or drop_path schedule")
 
     def max_rates(self) -> dict[str, float]:
-        return {k: s.rate for k, s in (("dropout", self.dropout), ("drop_path", self.drop_path)) if s}
+        return {k: s.rate for k, s in self.schedules().items()}
+
+    def schedules(self) -> dict[str, DropSetting]:
+        """The scheduled rates, by kind (``dropout``, ``drop_path``)."""
+        return {k: s for k, s in (("dropout", self.dropout), ("drop_path", self.drop_path)) if s}
+
+    def check_run(self, epochs: int) -> None:
+        """Every schedule fits a run of ``epochs`` (a cutoff within it), errors naming ``<kind>.<field>``."""
+        for kind, schedule in self.schedules().items():
+            with renamed_fields(lambda field_name, kind=kind: f"{kind}.{field_name}"):
+                schedule.for_run(epochs)._check_run(epochs, 1, "")
+
+    def effective(self, epochs: int) -> str:
+        """What the regime does in a run of ``epochs``: equal for two regimes that give the same schedules."""
+        schedules = {kind: schedule.for_run(epochs).to_dict() for kind, schedule in self.schedules().items()}
+        return settings_digest({"train": self.train, **schedules})
+
+    def why_unchanged(self, key: str, epochs: int) -> str:
+        """Why a swept field (``dropout.cutoff_epoch``) leaves the schedules as they are."""
+        kind, _, name = key.partition(".")
+        schedule = self.schedules().get(kind)
+        if schedule is not None and name in ("shape", "cutoff_epoch", "reference_epochs"):
+            ignored = {"standard": ("shape", "cutoff_epoch", "reference_epochs"), "curriculum": ("cutoff_epoch",)}
+            ignored["annealed"] = ignored["curriculum"]
+            if name in ignored.get(schedule.mode, ()):
+                return f"mode '{schedule.mode}' ignores {name}"
+        if name == "cutoff_epoch" and schedule is not None and schedule.reference_epochs:
+            return f"its cutoffs scale from {schedule.reference_epochs} to the same epochs of a {epochs}-epoch run"
+        return f"every value gives the same schedules in a {epochs}-epoch run"
 
 
 @dataclass(frozen=True)
@@ -110,12 +145,18 @@ class Recipe(Settings):
     overrides: dict = dataclasses.field(default_factory=dict, compare=False, repr=False, metadata={"key": False})
 
     @classmethod
-    def load(cls, value: str, overrides: dict[str, Any] | None = None) -> "Recipe":
+    def load(
+        cls, value: str, overrides: Mapping[str, Any] | None = None, variant: Mapping[str, Any] | None = None
+    ) -> "Recipe":
+        """A recipe file (or its name under ``configs/pretrain``) with ``overrides``, which label the recipe in the
+        table (``cpu·epochs=4``), and a sweep's ``variant`` values, which name it (``cpu.epochs=20``)."""
         path = resolve_config(value, "pretrain")
         if path is None:
             raise UserInputError("recipe", f"unknown recipe '{value}'{did_you_mean(value, known_configs('pretrain'))}")
+        overrides = dict(overrides or {}) | dict(variant or {})
         recipe = cls.from_config({"name": path.stem} | load_yaml(path, "recipe"), overrides)
-        return dataclasses.replace(recipe, overrides=dict(overrides or {}))
+        name = variant_name(recipe.name, variant or {})
+        return dataclasses.replace(recipe, name=name, overrides=overrides, variant=dict(variant or {}))
 
     def check(self, prefix: str) -> None:
         if self.batch_size % self.per_device_batch:
@@ -143,10 +184,24 @@ def _compile_backends() -> list[str]:
     return torch._dynamo.list_backends(exclude_tags=())
 
 
+def split_overrides(items: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """``key=value`` items of the command line by the config they set: a regime's fields (``dropout.rate``), a
+    backbone's (``kwargs.depth``), else the recipe's (where an unknown key is refused with a did-you-mean)."""
+    parts: dict[str, dict[str, Any]] = {"backbone": {}, "regime": {}, "recipe": {}}
+    regime_keys = set(Regime.keys()) - {"name", "description"}
+    backbone_keys = set(BackboneConfig.keys()) - {"name"}
+    for key, value in items.items():
+        head = key.partition(".")[0]
+        part = "regime" if head in regime_keys else "backbone" if head in backbone_keys else "recipe"
+        parts[part][key] = value
+    return parts
+
+
 def pretrain_identity(backbone: BackboneConfig, regime: Regime, recipe: Recipe, dataset: str) -> RunIdentity:
     """The identity of a pretraining run (``dataset``: the name ``pretrain.data.dataset_name`` gives the data)."""
     settings = recipe.settings()
     recipe_overrides = {k: v for k, v in recipe.overrides.items() if k in settings}  # the seed is a field
+    parts = {"backbone": backbone, "regime": regime, "recipe": recipe}
     return RunIdentity(
         backbone=backbone.name,
         regime=regime.name,
@@ -156,8 +211,9 @@ def pretrain_identity(backbone: BackboneConfig, regime: Regime, recipe: Recipe, 
         task="classification",
         dataset=dataset,
         protocol="from_scratch",
+        sweep={f"{part}.{key}": value for part, config in parts.items() for key, value in config.variant.items()},
         parts={
-            "backbone": Part.of({k: v for k, v in backbone.to_dict().items() if k != "name"}),
+            "backbone": Part.of(backbone.settings()),
             "regime": Part.of(regime.settings()),
             "recipe": Part.of(settings, recipe_overrides),
         },

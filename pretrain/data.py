@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from timm.data import create_transform
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, Subset, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 from torchvision import transforms
@@ -25,6 +24,7 @@ from dropbench.core.readers import (
     imagenet_1k_layout,
     load_mnist,
 )
+from dropbench.core.transforms import build_transform
 from dropbench.pretrain.augment import geometric_only
 from dropbench.pretrain.distributed import Processes
 from dropbench.pretrain.shards import is_shard_folder, read_info, shard_datasets
@@ -81,16 +81,7 @@ class DataSplits:
 
 def _train_transform(recipe, input_size: int):
     """timm's per-image training transform up to a uint8 tensor (normalisation and erasing are on the device)."""
-    tf = create_transform(
-        input_size=input_size,
-        is_training=True,
-        scale=recipe.scale,
-        hflip=recipe.hflip,
-        color_jitter=recipe.color_jitter,
-        auto_augment=recipe.aa,
-        interpolation=recipe.interpolation,
-        use_prefetcher=True,
-    )
+    tf = build_transform(recipe, input_size, is_training=True, use_prefetcher=True)
     if recipe.pad:  # a border to crop from: objects land anywhere in the frame, at any size the crop scale allows
         tf = transforms.Compose([transforms.Pad(recipe.pad), tf])
     return tf
@@ -103,9 +94,7 @@ def build_data(
     device by ``DeviceAugment``), validation images through timm's evaluation transform."""
     if data == SYNTHETIC:
         return _synthetic(recipe, input_size)
-    val_tf = create_transform(
-        input_size=input_size, is_training=False, interpolation=recipe.interpolation, crop_pct=recipe.crop_pct
-    )
+    val_tf = build_transform(recipe, input_size, is_training=False)
     if is_shard_folder(data):
         return _shards(Path(data), recipe, input_size, val_tf, data_name)
     if data == MNIST:

@@ -19,6 +19,7 @@ alone) and restore every RNG they touch.
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -27,35 +28,32 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from dropbench.core.configs import parse_key_values
 from dropbench.core.errors import UserInputError
+from dropbench.core.fields import renamed_fields
+from dropbench.core.settings import POSITIVE_INT, Check, Settings, setting
 
 DIAGNOSTIC_COLUMNS = ["update", "epoch", "grad_norm", "model_distance", "gdv", "gde", "dropout", "drop_path"]
 
 
+AT_LEAST_TWO = Check(
+    lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 2, "must be >= 2 (GDV compares pairs of batches)"
+)
+
+
 @dataclass(frozen=True)
-class DiagnosticsConfig:
-    every: int = 400  # optimizer updates between measurements
-    batches: int = 8  # K mini-batch gradients for GDV and GDE
-    full: int = 1024  # training images in the fixed subset whose gradient is ĝ
+class DiagnosticsConfig(Settings):
+    """When and from how much data the diagnostics are measured (``--diagnostics every=400 batches=8``)."""
+
+    PREFIX: ClassVar[str] = "--diagnostics "
+
+    every: int = setting(400, check=POSITIVE_INT)  # optimizer updates between measurements
+    batches: int = setting(8, check=AT_LEAST_TWO)  # K mini-batch gradients for GDV and GDE
+    full: int = setting(1024, check=POSITIVE_INT)  # training images in the fixed subset whose gradient is ĝ
 
     @classmethod
     def parse(cls, items: Iterable[str]) -> "DiagnosticsConfig":
         """``every=<iterations> batches=<K> [full=<images>]``."""
-        values = parse_key_values(items, "--diagnostics", lambda raw, key: raw)
-        for key, raw in values.items():
-            if key not in cls.__dataclass_fields__:
-                raise UserInputError(
-                    "--diagnostics", f"'{key}={raw}' is not one of every=<iterations>, batches=<K>, full=<images>"
-                )
-            try:
-                values[key] = int(raw)
-            except ValueError:
-                raise UserInputError(f"--diagnostics {key}", f"'{raw}' is not an integer") from None
-        config = cls(**values)
-        if config.every < 1 or config.full < 1:
-            raise UserInputError("--diagnostics", "every and full must be positive")
-        if config.batches < 2:
-            raise UserInputError("--diagnostics batches", f"{config.batches}: GDV needs at least 2 mini-batches")
-        return config
+        with renamed_fields(lambda field_name: f"{cls.PREFIX}{field_name.removeprefix(cls.PREFIX)}"):
+            return cls.from_config({}, parse_key_values(items, "--diagnostics"))
 
 
 def cosine_distance(u: torch.Tensor, v: torch.Tensor) -> float:

@@ -28,8 +28,8 @@ from dropbench.core.export import SIDECAR_FILE, ExportSidecar, export_backbone
 from dropbench.core.identity import RunIdentity
 from dropbench.core.io import atomic_write_json
 from dropbench.core.layout import CHECKPOINT_FILE, EXPORT_DIR
-from dropbench.core.lifecycle import Measured, Stage, StageRun
-from dropbench.core.loop import StepHooks, autocast_for, epoch_seed, evaluate, train_one_epoch
+from dropbench.core.lifecycle import Measured, RecordedRun, RunContext
+from dropbench.core.loop import StepHooks, autocast_for, epoch_seed, evaluate, stop_on_divergence, train_one_epoch
 from dropbench.core.models import BackboneConfig
 from dropbench.pretrain.build import Place, Training, build_training, check_pairing, run_config
 from dropbench.pretrain.config import Recipe, Regime, pretrain_identity
@@ -87,7 +87,7 @@ def pretrain(
 
 
 @dataclass
-class Pretraining(Stage):
+class Pretraining(RecordedRun):
     """A pretraining run; ``summary`` is what it reports once executed."""
 
     backbone: BackboneConfig
@@ -101,11 +101,11 @@ class Pretraining(Stage):
     data_name: str | None
     summary: RunSummary | None = None
 
-    def execute(self, stage_run: StageRun) -> Measured | None:
+    def execute(self, context: RunContext) -> Measured | None:
         out, recipe, regime = self.out, self.recipe, self.regime
-        _check_run_folder(out, self.resume, stage_run.force)
+        _check_run_folder(out, self.resume, context.force)
         processes, dev = init_distributed(self.device)
-        _prepare_run_folder(out, self.resume, stage_run.force, processes)
+        _prepare_run_folder(out, self.resume, context.force, processes)
         run = build_training(
             self.backbone, regime, recipe, self.data, self.data_name, processes, dev, check_images=not self.resume
         )
@@ -116,12 +116,12 @@ class Pretraining(Stage):
         config = run_config(self.backbone, regime, recipe, run.splits.name)
         checkpoint = read_run_checkpoint(out, self.resume, config)
         if checkpoint:
-            stage_run.started = checkpoint["started"]  # the first attempt's
+            context.started = checkpoint["started"]  # the first attempt's
         if processes.main:
             out.mkdir(parents=True, exist_ok=True)
             atomic_write_json(out / CONFIG_FILE, config | {"config_hash": self.identity.digest})
         epochs = recipe.epochs if regime.train else 0  # random_init: the initialisation, evaluated and exported
-        place = Place(out, json.dumps(config, sort_keys=True), stage_run.started, processes, dev)
+        place = Place(out, json.dumps(config, sort_keys=True), context.started, processes, dev)
         log_rows = _train(run, recipe, epochs, place, checkpoint, self.diagnostics)
         final = log_rows[-1] if log_rows else {}
         self.summary = RunSummary(
@@ -194,25 +194,26 @@ def _train(
         sampler.set_epoch(epoch, skip=done.updates * run.accum_steps * recipe.per_device_batch)
         loader_generator.manual_seed(epoch_seed(recipe.seed, epoch))
         epoch_start = time.perf_counter()
-        result = train_one_epoch(
-            train_model,
-            train_loader,
-            run.optimizer,
-            run.scheduler,
-            run.criterion,
-            dev,
-            updates=run.iters_per_epoch - done.updates,
-            start_update=update,
-            accum_steps=run.accum_steps,
-            mixup=run.mixup,
-            batch_transform=run.augment,
-            autocast=autocast,
-            clip_grad=recipe.clip_grad,
-            ema=run.ema,
-            hooks=_hooks(regime_step, reporter, done),
-            desc=f"epoch {epoch + 1}/{recipe.epochs}",
-            progress=processes.main,
-        )
+        with stop_on_divergence("pretrain", epoch, epochs, place.out / CHECKPOINT_FILE):
+            result = train_one_epoch(
+                train_model,
+                train_loader,
+                run.optimizer,
+                run.scheduler,
+                run.criterion,
+                dev,
+                updates=run.iters_per_epoch - done.updates,
+                start_update=update,
+                accum_steps=run.accum_steps,
+                mixup=run.mixup,
+                batch_transform=run.augment,
+                autocast=autocast,
+                clip_grad=recipe.clip_grad,
+                ema=run.ema,
+                hooks=_hooks(regime_step, reporter, done),
+                desc=f"epoch {epoch + 1}/{recipe.epochs}",
+                progress=processes.main,
+            )
         update = result.update
         if processes.main:  # the recovery point's sum is already the sum over every process
             result.loss_sum += done.loss_sum

@@ -16,7 +16,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from dropbench.cli import main
-from dropbench.core.identity import ResultRecord
+from dropbench.core.identity import Measurement, ResultRecord
 from dropbench.core.loop import accuracy_metrics
 from dropbench.core.models import BackboneConfig
 from dropbench.core.readers import load_mnist
@@ -404,7 +404,7 @@ def test_a_run_whose_records_exist_is_skipped(cli, untrained_export, tmp_path):
         read_sidecar(untrained_export).pretraining_identity().transfer("classification", dataset, protocol, 0, part)
     )
     (existing,) = identity.write_records(
-        tmp_path, {"top1": 12.5}, model="m", started="s", run_dir=tmp_path, code_version="v"
+        tmp_path, {"top1": 12.5}, Measurement(model="m", run_dir=tmp_path), started="s", code_version="v"
     )
     work_dir = tmp_path / "work"
     code, out, err = cli(*_transfer_args(untrained_export, "optdigits", "linear", work_dir, tmp_path, "epochs=2"))

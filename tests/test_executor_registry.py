@@ -7,8 +7,10 @@ import shlex
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from dropbench.plugins import PLUGINS_VARIABLE
-from dropbench.suite import Executor, Outcome, Run, Suite, register_executor
+from dropbench.suite import Executor, Outcome, Run, Suite, executors, register_executor
 from dropbench.suite.running import command_line, conclude, run_logged, skip_or_none
 from tests.test_task_registry import _probe_suite
 
@@ -58,3 +60,20 @@ def test_an_executor_registered_outside_the_package_plans_runs_and_skips_a_suite
 
     code, _, err = cli("suite", suite, "--executor", "sequential", "--gpus", "1")
     assert code == 2 and err.count("\n") == 1 and "--gpus: is the local executor's, not sequential's" in err
+
+
+def test_an_executor_name_is_refused_from_another_module_and_replaced_from_its_own(monkeypatch):
+    monkeypatch.setattr(executors, "_EXECUTORS", dict(executors.executor_classes()))
+
+    class Local(SequentialExecutor):
+        name = "local"
+
+    with pytest.raises(ValueError, match="executor 'local' is registered by dropbench.suite.local already"):
+        register_executor(Local)
+    assert executors.executor_classes()["local"].__module__ == "dropbench.suite.local"
+
+    class Sequential(SequentialExecutor):  # the same module imported again
+        pass
+
+    assert register_executor(Sequential) is Sequential
+    assert executors.executor_classes()["sequential"] is Sequential

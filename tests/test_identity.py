@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 from dropbench.core.export import ExportSidecar
-from dropbench.core.identity import Part, ResultRecord, RunIdentity
+from dropbench.core.identity import Measurement, Part, ResultRecord, RunIdentity
 from dropbench.core.models import BackboneConfig
 from dropbench.pretrain.config import Recipe, Regime, pretrain_identity
 from dropbench.pretrain.data import IMAGENET_1K, dataset_name
@@ -50,15 +50,16 @@ def test_a_transfer_identity_carries_its_export_parts_and_its_own_seed():
 
 def test_records_are_found_by_identity_kept_and_superseded_only_by_a_forced_rewrite(tmp_path, capsys):
     identity, other = _identity(), _identity(epochs=4)
-    write = dict(model="m", started="s", run_dir=tmp_path, code_version="v")
-    written = identity.write_records(tmp_path, {"top1": 50.0}, **write)
+    write = dict(started="s", code_version="v")
+    measurement = Measurement(model="m", run_dir=tmp_path)
+    written = identity.write_records(tmp_path, {"top1": 50.0}, measurement, **write)
     assert identity.existing_records(tmp_path) == written and other.existing_records(tmp_path) == []
     record = ResultRecord(**json.loads(written[0].read_text()))
     assert record.identity() == identity and record.config_hash == identity.digest
     # Another process's records, written while this one ran: kept, and said so.
-    assert identity.write_records(tmp_path, {"top1": 49.0}, **write) == []
+    assert identity.write_records(tmp_path, {"top1": 49.0}, measurement, **write) == []
     assert "they are kept" in capsys.readouterr().out and json.loads(written[0].read_text())["value"] == 50.0
-    again = identity.write_records(tmp_path, {"top1": 51.0}, **write, force=True)
+    again = identity.write_records(tmp_path, {"top1": 51.0}, measurement, **write, force=True)
     assert again == written and json.loads(again[0].read_text())["value"] == 51.0
     superseded = list((tmp_path / "records" / "superseded").glob("*.json"))
     assert len(superseded) == 1 and json.loads(superseded[0].read_text())["value"] == 50.0

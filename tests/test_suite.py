@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from dropbench.core.identity import Measurement
 from dropbench.suite import SlurmResources, load_suite, queued_jobs
 
 pytest.importorskip("mmdet")
@@ -76,14 +77,14 @@ def test_the_grid_expands_to_one_pretraining_per_point_each_followed_by_its_tran
     }
     assert {run.name.split("/")[0] for run in suite.runs} == points
     for index, run in enumerate(suite.runs):
-        if run.stage == "pretrain":
+        if run.kind == "pretrain":
             assert run.after is None
             seed = run.name.split("/")[0].rsplit("-seed", 1)[1]
             assert f"seed={seed}" in run.command and run.identity.stem().split("__")[3] == f"seed{seed}"
             continue
         pretraining = suite.run(run.after)
         assert names.index(run.after) < index, "a transfer comes after the pretraining it needs"
-        assert pretraining.stage == "pretrain" and run.name.split("/")[0] == pretraining.name.split("/")[0]
+        assert pretraining.kind == "pretrain" and run.name.split("/")[0] == pretraining.name.split("/")[0]
         export = run.command[run.command.index("--backbone") + 1]
         assert Path(export) == pretraining.work_dir / "export"
         assert run.log.parent == pretraining.log.parent == run.work_dir.parent
@@ -108,7 +109,7 @@ def test_a_plan_marks_the_runs_whose_records_exist_and_dry_run_runs_nothing(cli,
     suite = load_suite(path)
     finished = suite.run("vit_micro-late_dropout-seed0/pretrain")
     written = finished.identity.write_records(
-        tmp_path / "results", {"top1": 50.0}, model="m", started="s", run_dir=tmp_path, code_version="v"
+        tmp_path / "results", {"top1": 50.0}, Measurement(model="m", run_dir=tmp_path), started="s", code_version="v"
     )
     assert finished.finished() and finished.records() == written
     assert not suite.run("vit_micro-no_dropout-seed0/pretrain").finished()
@@ -129,9 +130,9 @@ def test_the_shipped_suites_are_valid_plans():
     root = Path(__file__).resolve().parents[1] / "configs" / "suites"
     embedded, paper = load_suite(root / "embedded.yaml"), load_suite(root / "paper.yaml")
     assert embedded.grid == (1, 5, 1, 4)
-    assert {run.stage for run in embedded.runs} == {"pretrain", "det", "seg", "cls"}
+    assert {run.kind for run in embedded.runs} == {"pretrain", "det", "seg", "cls"}
     assert paper.grid[0] == 3 and paper.grid[3] >= 3
-    assert {run.stage for run in paper.runs} == {"pretrain", "det", "seg", "cls"}
+    assert {run.kind for run in paper.runs} == {"pretrain", "det", "seg", "cls"}
     assert paper.sections["slurm"]["pretrain"].gpus > 1 and paper.sections["slurm"]["cls"].gpus == 1
 
 
@@ -154,7 +155,7 @@ def test_on_several_gpus_pretraining_and_dense_transfers_go_under_torchrun_and_p
         line = command_line(run, gpus=8)
         assert line[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=8", "-m"]
         args = build_parser().parse_args(line[7:])
-        assert args.command == run.stage or args.task == run.stage
+        assert args.command == run.kind or args.task == run.kind
     assert build_parser().parse_args(command_line(det, gpus=8)[7:]).launcher == "pytorch"
     assert build_parser().parse_args(command_line(det, gpus=8)[7:]).cfg_options == [
         "train_cfg.max_iters=2",
@@ -296,7 +297,7 @@ def _pretrain(**overrides) -> dict:
         (dict(backbones=[]), "backbones", "empty"),
         (dict(backbones=["vit_micro", "configs/backbones/vit_micro.yaml"]), "backbones[1]", "again"),
         (dict(regimes=["no_dropout", "erly_dropout"]), "regimes[1]", "early_dropout"),
-        (dict(regimes=["no_dropout", "no_dropout"]), "regimes", "twice"),
+        (dict(regimes=["no_dropout", "no_dropout"]), "regimes[1]", "twice"),
         (dict(regime=["no_dropout"]), "regime", "regimes"),
         (dict(seeds=[0, "one"]), "seeds[1]", "seeds"),
         (dict(pretrain={"recipe": "cpuu", "data": "mnist"}), "pretrain.recipe", "cpu"),
@@ -361,7 +362,7 @@ def test_a_backbone_whose_model_cannot_be_built_fails_the_plan(cli, tmp_path):
 def test_a_backbone_entry_may_restrict_its_regimes(tmp_path):
     entry = {"backbone": "convnext_micro", "regimes": ["no_dropout", "early_sd"]}
     suite = load_suite(_suite(tmp_path, backbones=["vit_micro", entry], regimes=["no_dropout", "early_dropout"]))
-    points = [run.name.split("/")[0] for run in suite.runs if run.stage == "pretrain"]
+    points = [run.name.split("/")[0] for run in suite.runs if run.kind == "pretrain"]
     assert points == [
         "vit_micro-no_dropout-seed0",
         "vit_micro-early_dropout-seed0",
@@ -822,7 +823,7 @@ def test_a_suite_of_imported_exports_runs_only_their_transfers(cli, exports, tmp
         )
     )
     plan = load_suite(suite)
-    assert [run.stage for run in plan.runs] == ["cls"] and plan.runs[0].after is None
+    assert [run.kind for run in plan.runs] == ["cls"] and plan.runs[0].after is None
     assert str(exports["vit_micro"]) in plan.runs[0].command
     code, out, err = cli("suite", suite)
     assert code == 0, out + err

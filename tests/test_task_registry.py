@@ -4,6 +4,7 @@ L2 norm of an export's weights, recorded as a transfer), and the CLI, ``suite --
 edited."""
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -14,9 +15,10 @@ import torch
 import yaml
 
 from dropbench.core.export import read_sidecar, read_weights
-from dropbench.core.identity import Part
-from dropbench.core.lifecycle import Measured, Stage, StageRun
-from dropbench.tasks import PLUGINS_VARIABLE, SuiteTask, TransferTask, register, transfer_tasks
+from dropbench.core.identity import Part, ResultRecord, RunIdentity
+from dropbench.core.lifecycle import Measured, RecordedRun, RunContext
+from dropbench.suite import load_suite
+from dropbench.tasks import PLUGINS_VARIABLE, SuiteOptions, TaskIdentity, TransferTask, register, transfer_tasks
 from tests.conftest import make_untrained_export
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,31 +30,32 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 @dataclass
-class WeightNorm(Stage):
+class WeightNorm(RecordedRun):
     export: Path
     norm: str
     work_dir: Path
 
-    def execute(self, stage_run: StageRun) -> Measured:
+    def execute(self, context: RunContext) -> Measured:
         weights = read_weights(self.export)
         order = 2 if self.norm == "l2" else 1
         value = torch.linalg.vector_norm(torch.cat([w.float().flatten() for w in weights.values()]), ord=order)
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        return Measured({f"{self.norm}_norm": float(value)}, read_sidecar(self.export).model, self.work_dir, unit="")
+        model = read_sidecar(self.export).model
+        return Measured({f"{self.norm}_norm": float(value)}, model=model, run_dir=self.work_dir, unit="")
 
 
-def _run(args: argparse.Namespace) -> None:
-    task_part = Part.of({"norm": args.norm})
-    identity = read_sidecar(args.backbone).pretraining_identity()
-    identity = identity.transfer("weight_probe", "weights", args.norm, args.seed, task_part)
+def _identity(args: argparse.Namespace) -> TaskIdentity:
+    """The one place the task's settings become its records' names and settings digest."""
+    return TaskIdentity("weights", args.norm, Part.of({"norm": args.norm}))
+
+
+def _execute(args: argparse.Namespace, identity: RunIdentity, _: argparse.Namespace) -> None:
     WeightNorm(identity, Path(args.backbone), args.norm, Path(args.work_dir)).run(args.results, args.force)
 
 
-def _from_suite(index: int, raw: dict) -> SuiteTask:
+def _suite_options(index: int, raw: dict) -> SuiteOptions:
     norm = raw.get("norm", "l2")
-    return SuiteTask(
-        "probe", raw.get("name") or f"probe-{norm}", "weights", norm, Part.of({"norm": norm}), ("--norm", norm)
-    )
+    return SuiteOptions(raw.get("name") or f"probe-{norm}", ("--norm", norm))
 
 
 PROBE = register(
@@ -60,8 +63,9 @@ PROBE = register(
         kind="probe",
         task="weight_probe",
         help="the norm of an export's weights (a toy task registered from outside the package)",
-        run=_run,
-        from_suite=_from_suite,
+        identity=_identity,
+        execute=_execute,
+        suite_options=_suite_options,
         add_arguments=_add_arguments,
         suite_keys=("norm",),
         default_seed=0,
@@ -82,6 +86,10 @@ def _probe_suite(folder: Path) -> Path:
     return path
 
 
+def _regime(identity: RunIdentity) -> str:
+    return identity.regime
+
+
 def test_a_task_registered_outside_the_package_runs_through_the_cli_the_suite_and_compare(cli, tmp_path, monkeypatch):
     assert list(transfer_tasks())[:3] == ["det", "seg", "cls"] and "probe" in transfer_tasks()
     monkeypatch.chdir(tmp_path)
@@ -100,6 +108,10 @@ def test_a_task_registered_outside_the_package_runs_through_the_cli_the_suite_an
     assert "2 done" in out
     records = sorted((tmp_path / "results" / "records").glob("*.json"))
     assert len(records) == 2 and all("__weight_probe__weights__l2__" in path.name for path in records)
+    # The plan and the runs (processes of their own) made each identity from the task's one identity hook.
+    written = sorted((ResultRecord(**json.loads(path.read_text())).identity() for path in records), key=_regime)
+    planned = sorted((run.identity for run in load_suite(suite).runs), key=_regime)
+    assert written == planned and [identity.parts["task"] for identity in written] == [Part.of({"norm": "l2"})] * 2
 
     code, out, err = cli("compare", "--results", tmp_path / "results")
     assert code == 0, err
@@ -130,3 +142,21 @@ def test_an_unknown_task_kind_names_the_registered_ones(cli, tmp_path, monkeypat
     code, _, err = cli("suite", suite, "--dry-run")
     assert code == 2 and err.count("\n") == 1
     assert "transfers[0].kind: unknown transfer task 'prob'" in err and "probe" in err
+
+
+def test_a_suite_entry_is_read_by_the_tasks_own_options(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    suite = _probe_suite(tmp_path)
+    suite.write_text(suite.read_text().replace("norm: l2", "norm: l3"))
+    code, _, err = cli("suite", suite, "--dry-run")
+    assert code == 2 and err.count("\n") == 1, err
+    assert "transfers[0]: argument --norm: invalid choice: 'l3'" in err
+
+
+def test_the_command_line_is_built_without_torch_or_mm(tmp_path):
+    """The task registry and the dense tasks' specs load nothing heavy until a run or a suite needs it."""
+    probe = "import sys; from dropbench.cli import build_parser; build_parser(); "
+    probe += "print(sorted(m for m in ('torch', 'timm', 'mmengine', 'mmdet', 'mmseg') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
-from timm.data import Mixup, create_transform
+from timm.data import Mixup
 from timm.optim import create_optimizer_v2
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -42,11 +42,11 @@ from dropbench.core.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from dropbench.core.errors import UserInputError
+from dropbench.core.errors import RunFailed, UserInputError
 from dropbench.core.export import WEIGHTS_FILE, ExportSidecar, load_exported_model, read_sidecar
-from dropbench.core.identity import Part, settings_digest
+from dropbench.core.identity import Part, RunIdentity, settings_digest
 from dropbench.core.io import atomic_write, atomic_write_csv, atomic_write_json
-from dropbench.core.lifecycle import Measured, Stage, StageRun
+from dropbench.core.lifecycle import Measured, RecordedRun, RunContext
 from dropbench.core.loop import (
     accuracy_metrics,
     autocast_for,
@@ -54,8 +54,10 @@ from dropbench.core.loop import (
     build_scheduler,
     epoch_seed,
     evaluate,
+    stop_on_divergence,
     train_one_epoch,
 )
+from dropbench.core.transforms import build_transform
 from dropbench.transfer import CLS_PROTOCOLS
 from dropbench.transfer.cls_data import (
     ClsConfig,
@@ -198,7 +200,14 @@ def extract_features(
         features.append(pooled.float().cpu())
         labels.append(targets)
     seconds = time.perf_counter() - start
-    return torch.cat(features), torch.cat(labels).long(), len(dataset) / max(seconds, 1e-9)
+    features = torch.cat(features)
+    if not torch.isfinite(features).all():
+        bad = int((~torch.isfinite(features)).any(dim=1).sum())
+        raise RunFailed(
+            f"cls linear: the backbone's features of {bad} of {len(features)} images are not finite (a diverged "
+            "export?); nothing is recorded; check the pretraining's train_loss in its log.csv"
+        )
+    return features, torch.cat(labels).long(), len(dataset) / max(seconds, 1e-9)
 
 
 def _file_digest(path: Path) -> str:
@@ -254,9 +263,7 @@ def _features(
 ) -> tuple[dict[str, torch.Tensor], dict]:
     """Train and test features with labels, from the cache when it holds these weights, images and transform;
     with what the extraction took."""
-    eval_tf = create_transform(
-        input_size=input_size, is_training=False, interpolation=config.interpolation, crop_pct=config.crop_pct
-    )
+    eval_tf = build_transform(config, input_size, is_training=False)
     key = _features_key(backbone, config, input_size)
     cache_path = work_dir / FEATURES_FILE
     cached = _cached_features(cache_path, key, data)
@@ -367,19 +374,8 @@ def _prepare_finetune(backbone: Path, data: ClsData, config: ClsConfig, input_si
     model.reset_classifier(data.num_classes)
     model.to(device)
     try:
-        train_tf = create_transform(
-            input_size=input_size,
-            is_training=True,
-            scale=config.scale,
-            hflip=config.hflip,
-            color_jitter=config.color_jitter,
-            auto_augment=config.aa,
-            interpolation=config.interpolation,
-            re_prob=config.reprob,
-        )
-        eval_tf = create_transform(
-            input_size=input_size, is_training=False, interpolation=config.interpolation, crop_pct=config.crop_pct
-        )
+        train_tf = build_transform(config, input_size, is_training=True)
+        eval_tf = build_transform(config, input_size, is_training=False)
     except (AssertionError, KeyError, ValueError) as err:
         raise UserInputError("dataset", f"bad transform settings (interpolation, aa, scale, ...): {err}") from None
     try:
@@ -446,20 +442,21 @@ def _finetune(
     for epoch in range(saved["epoch"] if saved else 0, config.epochs):
         run.loader_generator.manual_seed(epoch_seed(config.seed, epoch))
         start = time.perf_counter()
-        result = train_one_epoch(
-            run.model,
-            run.train_loader,
-            run.optimizer,
-            run.scheduler,
-            run.criterion,
-            device,
-            updates=run.iters_per_epoch,
-            start_update=update,
-            mixup=run.mixup,
-            autocast=autocast,
-            clip_grad=config.clip_grad,
-            desc=f"epoch {epoch + 1}/{config.epochs}",
-        )
+        with stop_on_divergence("cls finetune", epoch, config.epochs, work_dir / CHECKPOINT_FILE):
+            result = train_one_epoch(
+                run.model,
+                run.train_loader,
+                run.optimizer,
+                run.scheduler,
+                run.criterion,
+                device,
+                updates=run.iters_per_epoch,
+                start_update=update,
+                mixup=run.mixup,
+                autocast=autocast,
+                clip_grad=config.clip_grad,
+                desc=f"epoch {epoch + 1}/{config.epochs}",
+            )
         update = result.update
         epoch_seconds = time.perf_counter() - start
         metrics = evaluate(run.model, run.test_loader, data.num_classes, device, autocast)
@@ -574,12 +571,29 @@ def transfer_classification(
     """
     if protocol not in CLS_PROTOCOLS:
         raise UserInputError("protocol", f"unknown protocol '{protocol}' (choose from: {', '.join(CLS_PROTOCOLS)})")
-    backbone, work_dir = Path(backbone), Path(work_dir)
     sidecar = read_sidecar(backbone)
     config = load_cls_config(dataset, overrides)
-    data = load_cls_data(config)
     dataset_name, _, task_part = task_identity(config, protocol, overrides)
     identity = sidecar.pretraining_identity().transfer(TASK, dataset_name, protocol, config.seed, task_part)
+    return run_classification(identity, backbone, protocol, config, work_dir, results_dir, device, force, resume)
+
+
+def run_classification(
+    identity: RunIdentity,
+    backbone: Path,
+    protocol: str,
+    config: ClsConfig,
+    work_dir: Path,
+    results_dir: Path | None,
+    device: str | None,
+    force: bool = False,
+    resume: bool = False,
+) -> ClsSummary:
+    """The transfer of ``transfer_classification`` with ``config`` loaded and the run's ``identity`` computed from it
+    (``task_identity``), as ``dropbench transfer cls`` computes it."""
+    backbone, work_dir = Path(backbone), Path(work_dir)
+    sidecar = read_sidecar(backbone)
+    data = load_cls_data(config)
     stage = ClassificationTransfer(identity, backbone, sidecar, protocol, config, data, work_dir, device, resume)
     done = stage.run(results_dir, force)
     metrics = {} if done.finished_earlier else stage.metrics
@@ -587,7 +601,7 @@ def transfer_classification(
 
 
 @dataclass
-class ClassificationTransfer(Stage):
+class ClassificationTransfer(RecordedRun):
     """A fine-tuning or a linear probe of an export; ``metrics`` is what it measured once executed."""
 
     backbone: Path
@@ -600,7 +614,7 @@ class ClassificationTransfer(Stage):
     resume: bool
     metrics: dict[str, float] = field(default_factory=dict)
 
-    def execute(self, stage_run: StageRun) -> Measured:
+    def execute(self, context: RunContext) -> Measured:
         config, data, protocol, work_dir = self.config, self.data, self.protocol, self.work_dir
         dev = _resolve_device(self.device)
         input_size = self.sidecar.image_size

@@ -11,7 +11,7 @@ from dropbench.core.errors import UserInputError
 from dropbench.transfer import backbone as backbone_module
 from dropbench.transfer import optim
 from dropbench.transfer.embedded_data import make_from_config
-from dropbench.transfer.mm_runner import TaskSpec, custom_data_datasets, run_transfer
+from dropbench.transfer.mm_runner import TaskSpec, custom_data_datasets
 
 backbone_module.register(MODELS)
 optim.register(OPTIM_WRAPPER_CONSTRUCTORS)
@@ -133,7 +133,6 @@ def _fixed_grid_problem(cfg: Config, size: tuple[int, int]) -> str:
 
 
 DETECTION = TaskSpec(
-    task="detection",
     metrics={
         "coco/bbox_mAP": ("box_AP", 100.0),
         "coco/bbox_mAP_50": ("box_AP50", 100.0),
@@ -148,31 +147,3 @@ DETECTION = TaskSpec(
     empty_means_zero=True,  # mmdet's CocoMetric returns nothing when no box was predicted
     fixed_grid_problem=_fixed_grid_problem,
 )
-
-
-def transfer_detection(
-    backbone: Path,
-    config: Path,
-    work_dir: Path,
-    results_dir: Path | None = Path("results"),
-    cfg_options: list[str] | None = None,
-    launcher: str = "none",
-    seed: int = 0,
-    force: bool = False,
-    loggers: tuple[str, ...] = (),
-    resume: bool = False,
-) -> list[Path]:
-    """Fine-tune Mask R-CNN on ``backbone`` with ``config``; records box and mask AP (and AP50/AP75)."""
-    return run_transfer(
-        DETECTION,
-        backbone,
-        config,
-        work_dir,
-        results_dir,
-        cfg_options or [],
-        launcher,
-        seed=seed,
-        force=force,
-        loggers=loggers,
-        resume=resume,
-    )

@@ -21,11 +21,11 @@ from mmengine.hooks import Hook
 
 from dropbench.core.checkpoint import check_same_run, run_tag
 from dropbench.core.configs import parse_key_values
-from dropbench.core.errors import UserInputError, did_you_mean
+from dropbench.core.errors import UserInputError, did_you_mean, diverged
 from dropbench.core.export import read_sidecar
-from dropbench.core.identity import Part, RunIdentity
+from dropbench.core.identity import Part, RunIdentity, now
 from dropbench.core.io import atomic_write_json
-from dropbench.core.lifecycle import Measured, Stage, StageRun, now
+from dropbench.core.lifecycle import Measured, RecordedRun, RunContext
 from dropbench.core.tracking import vis_backends
 from dropbench.transfer import mm_checkpoints, mm_distributed, mm_ops
 from dropbench.transfer.backbone import TimmBackbone
@@ -38,7 +38,6 @@ logger = logging.getLogger(__name__)
 class TaskSpec:
     """What a dense task adds to the shared run: its metrics and the steps that know its config's layout."""
 
-    task: str  # "detection" or "segmentation"
     metrics: dict[str, tuple[str, float]]  # mm* metric key → (record metric name, factor to percent)
     wire: Callable[[Config, list[int]], None]  # the adapter's channels into the task's neck or heads
     prepare_data: Callable[[Config], None]  # embedded data made, the dataset checked, before training
@@ -132,6 +131,28 @@ class _KeepLastMetrics(Hook):
         self.metrics = dict(metrics or {})
 
 
+class _StopOnNonFiniteLoss(Hook):
+    """Stop the run at the first training iteration whose loss is not finite (mmengine's CheckInvalidLossHook only
+    asserts every N iterations): the run fails in one line, keeping its checkpoints, and records nothing. Under fp16
+    AMP the scaler's skipped steps are normal; the loss itself is what is checked."""
+
+    priority = "HIGHEST"
+
+    def __init__(self, stage: str):
+        self.stage = stage
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        loss = (outputs or {}).get("loss")
+        if loss is None or bool(torch.isfinite(torch.as_tensor(loss)).all()):
+            return
+        lr = runner.optim_wrapper.get_lr()
+        lr = float(next(iter(lr.values()))[0]) if isinstance(lr, dict) else float(lr)
+        checkpoint = Path(runner.work_dir) / "last_checkpoint"
+        kept = Path(checkpoint.read_text().strip()) if checkpoint.is_file() else None
+        where = f"iteration {runner.iter + 1}/{runner.max_iters}"
+        raise diverged(self.stage, float(torch.as_tensor(loss).float().mean()), where, lr, kept)
+
+
 # Keys that say where and how a run goes, not what it computes: left out of the task's settings digest.
 _RUN_KEYS = ("work_dir", "launcher", "randomness", "custom_imports", "dataset_name", "resume")
 RUN_FILE = "dropbench_run.json"  # in the work dir: the run it holds checkpoints of, compared on --resume
@@ -219,34 +240,33 @@ def check_fixed_grid(spec: TaskSpec, cfg: Config, fixed_size: tuple[int, int] | 
 
 def run_transfer(
     spec: TaskSpec,
+    identity: RunIdentity,
     backbone: Path,
-    config: Path,
+    cfg: Config,
     work_dir: Path,
     results_dir: Path | None,
-    cfg_options: Sequence[str],
-    launcher: str,
-    seed: int = 0,
+    launcher: str = "none",
     force: bool = False,
     loggers: tuple[str, ...] = (),
     resume: bool = False,
 ) -> list[Path]:
-    """Train and evaluate ``config`` on the export ``backbone``; returns the record files written.
+    """Train and evaluate ``cfg`` (a config as ``load_config`` gave it, the run's ``identity`` computed from it with
+    ``task_identity``) on the export ``backbone``, seeded with the identity's transfer seed; returns the record files
+    written.
 
     A run whose records exist is skipped (``force`` runs it again and supersedes them). ``loggers`` adds trackers
     (tensorboard, wandb, mlflow) to mmengine's visualiser, beside its local files. ``resume`` continues the run
     from the newest checkpoint in ``work_dir`` (made by the same settings), or starts it if there is none."""
-    sidecar = read_sidecar(backbone)
-    cfg = load_config(config, cfg_options)
-    dataset, protocol, task_part = task_identity(cfg, config, cfg_options)
-    identity = sidecar.pretraining_identity().transfer(spec.task, dataset, protocol, seed, task_part)
-    stage = DenseTransfer(identity, spec, backbone, sidecar.model, cfg, work_dir, launcher, seed, loggers, resume)
+    model = read_sidecar(backbone).model
+    seed = identity.transfer_seed or 0
+    stage = DenseTransfer(identity, spec, backbone, model, cfg, work_dir, launcher, seed, loggers, resume)
     done = stage.run(results_dir, force)
     return [] if done.finished_earlier else done.records
 
 
 @dataclass
-class DenseTransfer(Stage):
-    """A detection or segmentation transfer: ``cfg`` as loaded, the identity computed from it."""
+class DenseTransfer(RecordedRun):
+    """A dense transfer (detection, segmentation, ...): ``cfg`` as loaded, the identity computed from it."""
 
     spec: TaskSpec
     backbone: Path
@@ -258,7 +278,7 @@ class DenseTransfer(Stage):
     loggers: tuple[str, ...]
     resume: bool
 
-    def execute(self, stage_run: StageRun) -> Measured | None:
+    def execute(self, context: RunContext) -> Measured | None:
         from mmengine.runner import Runner
 
         spec, work_dir = self.spec, self.work_dir
@@ -279,13 +299,14 @@ class DenseTransfer(Stage):
                 cfg.visualizer.vis_backends = vis_backends(self.loggers, work_dir, name)
         _seed(cfg, self.seed)
         _checkpoints(cfg, work_dir, self.identity, self.resume)
-        stage_run.started = now()
+        context.started = now()
         try:
             runner = Runner.from_cfg(cfg)
         except (TypeError, KeyError) as err:
             raise UserInputError("--config", f"cannot build the runner: {str(err).splitlines()[0]}") from None
         keeper = _KeepLastMetrics()
-        for hook in (keeper, mm_checkpoints.PositionSeeds(), mm_checkpoints.PlainCheckpoints()):
+        stop = _StopOnNonFiniteLoss(self.identity.task)
+        for hook in (keeper, stop, mm_checkpoints.PositionSeeds(), mm_checkpoints.PlainCheckpoints()):
             runner.register_hook(hook)
         runner.train()
         metrics = keeper.metrics if keeper.metrics is not None else runner.val()  # evaluated once
@@ -321,7 +342,7 @@ def recorded_values(spec: TaskSpec, metrics: dict, log: Callable[[str], None] = 
     missing for any other reason is an error naming it, before any record is written."""
     metrics = dict(metrics or {})
     if not metrics and spec.empty_means_zero:
-        log(f"{spec.task}: the model predicted nothing on the validation set; every metric is recorded as 0.0")
+        log("the model predicted nothing on the validation set; every metric is recorded as 0.0")
         return {name: 0.0 for key, (name, _) in spec.metrics.items() if key not in spec.optional}
     missing = [key for key in spec.metrics if key not in metrics and key not in spec.optional]
     if missing:

@@ -30,18 +30,20 @@ embeddings, tokens, relative-position tables), as in the ConvNeXt repository and
 """
 
 import fnmatch
+from dataclasses import dataclass
+from typing import ClassVar
 
 from mmengine.logging import MMLogger
 from mmengine.optim import DefaultOptimWrapperConstructor
 from timm.models import group_parameters
 from torch import nn
 
-from dropbench.core.errors import UserInputError, did_you_mean
+from dropbench.core.errors import UserInputError
+from dropbench.core.settings import NON_NEGATIVE, POSITIVE_INT, Settings, one_of, setting, within
 from dropbench.transfer.backbone import TimmBackbone
 
 FAMILIES = {"VisionTransformer": "vit", "SwinTransformer": "swin", "ConvNeXt": "convnext", "MlpMixer": "mixer"}
 GROUPINGS = ("timm", "beit", "convnext_layer_wise", "convnext_stage_wise")
-RULE_KEYS = ("rate", "grouping", "num_layers", "lr_mult", "decay_mult")
 
 
 def family_of(model: nn.Module) -> str:
@@ -49,33 +51,32 @@ def family_of(model: nn.Module) -> str:
     return FAMILIES.get(type(model).__name__, "default")
 
 
-def family_rule(layer_decay: dict, model: nn.Module) -> dict:
+@dataclass(frozen=True)
+class LayerDecayRule(Settings):
+    """One family's rule in ``paramwise_cfg.layer_decay`` (see the module's docstring)."""
+
+    PREFIX: ClassVar[str] = "optim_wrapper.paramwise_cfg.layer_decay."
+    WHOLE_FLOATS_STAY_INT: ClassVar[bool] = False
+
+    rate: float = setting(1.0, check=within(0, 1, low_open=True))
+    grouping: str = setting("timm", check=one_of(GROUPINGS, "grouping"))
+    num_layers: int = setting(6, check=POSITIVE_INT)  # the ConvNeXt groupings' layer ids
+    lr_mult: float = setting(1.0, check=NON_NEGATIVE)
+    decay_mult: float = setting(1.0, check=NON_NEGATIVE)
+
+
+def family_rule(layer_decay: dict, model: nn.Module) -> LayerDecayRule:
     """The checked rule for ``model``'s family from a ``paramwise_cfg.layer_decay`` mapping."""
     family = family_of(model)
-    field = f"optim_wrapper.paramwise_cfg.layer_decay.{family}"
+    field = f"{LayerDecayRule.PREFIX}{family}"
     rule = layer_decay.get(family, layer_decay.get("default"))
     if rule is None:
         listed = ", ".join(sorted(layer_decay)) or "none"
         raise UserInputError(field, f"missing: the config gives rules for {listed}; add {family} or default")
-    unknown = sorted(set(rule) - set(RULE_KEYS))
-    if unknown:
-        raise UserInputError(f"{field}.{unknown[0]}", f"unknown key{did_you_mean(unknown[0], RULE_KEYS)}")
-    rate = rule.get("rate", 1.0)
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate <= 1:
-        raise UserInputError(f"{field}.rate", f"{rate!r} is not a decay rate in (0, 1]")
-    grouping = rule.get("grouping", "timm")
-    if grouping not in GROUPINGS:
-        raise UserInputError(f"{field}.grouping", f"unknown grouping '{grouping}'{did_you_mean(grouping, GROUPINGS)}")
-    if grouping.startswith("convnext") and family != "convnext":
-        raise UserInputError(f"{field}.grouping", f"'{grouping}' reads ConvNeXt's layout; {family} is not one")
-    for key in ("lr_mult", "decay_mult"):
-        value = rule.get(key, 1.0)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise UserInputError(f"{field}.{key}", f"{value!r} is not a multiplier ≥ 0")
-    num_layers = rule.get("num_layers", 6)
-    if grouping.startswith("convnext") and (isinstance(num_layers, bool) or not isinstance(num_layers, int)):
-        raise UserInputError(f"{field}.num_layers", f"{num_layers!r} is not a whole number of layer ids")
-    return dict(rule, rate=float(rate), grouping=grouping, num_layers=num_layers)
+    checked = LayerDecayRule.from_mapping(rule, f"{field}.")
+    if checked.grouping.startswith("convnext") and family != "convnext":
+        raise UserInputError(f"{field}.grouping", f"'{checked.grouping}' reads ConvNeXt's layout; {family} is not one")
+    return checked
 
 
 def _convnext_layer_id(name: str, stage_wise: bool, num_layers: int) -> int:
@@ -110,10 +111,10 @@ def layer_ids(model: nn.Module, grouping: str, num_layers: int = 6) -> tuple[dic
     return ids, top + 1 if grouping == "beit" else top
 
 
-def lr_scales(model: nn.Module, rule: dict) -> dict[str, float]:
+def lr_scales(model: nn.Module, rule: LayerDecayRule) -> dict[str, float]:
     """Each parameter's lr multiplier (before the rule's own ``lr``) under a family rule."""
-    ids, head = layer_ids(model, rule["grouping"], rule["num_layers"])
-    return {name: rule["rate"] ** (head - ids.get(name, head)) for name in ids}
+    ids, head = layer_ids(model, rule.grouping, rule.num_layers)
+    return {name: rule.rate ** (head - ids.get(name, head)) for name in ids}
 
 
 class TimmLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
@@ -126,8 +127,8 @@ class TimmLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
             return
         timm_model = backbones[0].model
         rule = family_rule(self.paramwise_cfg["layer_decay"], timm_model)
-        base_lr = self.base_lr * rule.get("lr_mult", 1.0)
-        base_wd = (self.base_wd or 0.0) * rule.get("decay_mult", 1.0)
+        base_lr = self.base_lr * rule.lr_mult
+        base_wd = (self.base_wd or 0.0) * rule.decay_mult
         by_name = lr_scales(timm_model, rule)
         timm_names = {id(p): name for name, p in timm_model.named_parameters()}
         no_decay = set(timm_model.no_weight_decay()) if hasattr(timm_model, "no_weight_decay") else set()
@@ -147,13 +148,14 @@ class TimmLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
         MMLogger.get_current_instance().info(describe_rule(timm_model, rule, by_name))
 
 
-def describe_rule(model: nn.Module, rule: dict, by_name: dict[str, float]) -> str:
+def describe_rule(model: nn.Module, rule: LayerDecayRule, by_name: dict[str, float]) -> str:
     """One log line: the family's rule and the lr multipliers from the first parameter to the heads."""
     ordered = list(dict.fromkeys(round(by_name[name], 4) for name, _ in model.named_parameters()))
-    extra = "".join(f", {key} {rule[key]}" for key in ("lr_mult", "decay_mult") if key in rule)
+    multipliers = {"lr_mult": rule.lr_mult, "decay_mult": rule.decay_mult}
+    extra = "".join(f", {key} {value}" for key, value in multipliers.items() if value != 1.0)
     return (
-        f"layer decay for {family_of(model)} ({type(model).__name__}): {rule['grouping']} grouping, rate "
-        f"{rule['rate']}{extra}; lr multipliers in parameter order {ordered}, neck and heads 1.0"
+        f"layer decay for {family_of(model)} ({type(model).__name__}): {rule.grouping} grouping, rate "
+        f"{rule.rate}{extra}; lr multipliers in parameter order {ordered}, neck and heads 1.0"
     )
 
 

@@ -16,7 +16,7 @@ from dropbench.core.errors import UserInputError
 from dropbench.transfer import backbone as backbone_module
 from dropbench.transfer import optim
 from dropbench.transfer.embedded_data import IGNORE_INDEX, make_from_config
-from dropbench.transfer.mm_runner import TaskSpec, custom_data_datasets, run_transfer
+from dropbench.transfer.mm_runner import TaskSpec, custom_data_datasets
 
 backbone_module.register(MODELS)
 optim.register(OPTIM_WRAPPER_CONSTRUCTORS)
@@ -202,7 +202,6 @@ def _fits(crop: Sequence[int], size: tuple[int, int]) -> bool:
 
 
 SEGMENTATION = TaskSpec(
-    task="segmentation",
     metrics={
         "mIoU": ("mIoU", 1.0),
         "mAcc": ("mAcc", 1.0),
@@ -216,31 +215,3 @@ SEGMENTATION = TaskSpec(
     extra_evaluation=_evaluate_multi_scale_flip,
     fixed_grid_problem=_fixed_grid_problem,
 )
-
-
-def transfer_segmentation(
-    backbone: Path,
-    config: Path,
-    work_dir: Path,
-    results_dir: Path | None = Path("results"),
-    cfg_options: list[str] | None = None,
-    launcher: str = "none",
-    seed: int = 0,
-    force: bool = False,
-    loggers: tuple[str, ...] = (),
-    resume: bool = False,
-) -> list[Path]:
-    """Fine-tune UperNet on ``backbone`` with ``config``; records mIoU, mAcc, aAcc (and multi-scale+flip mIoU)."""
-    return run_transfer(
-        SEGMENTATION,
-        backbone,
-        config,
-        work_dir,
-        results_dir,
-        cfg_options or [],
-        launcher,
-        seed=seed,
-        force=force,
-        loggers=loggers,
-        resume=resume,
-    )

@@ -12,6 +12,7 @@ digest. A record is written once, atomically; a run whose records exist is finis
 moves the old records into ``records/superseded/``.
 """
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -33,8 +34,6 @@ PERCENT = "%"
 RECORDS_FOLDER = "records"
 SUPERSEDED_FOLDER = "superseded"
 DIGEST_CHARS = 16
-STAGES = ("pretrain", "transfer", "eval")
-PARTS = ("backbone", "regime", "recipe", "task")  # the settings parts, in the order the table reads them
 LEGACY = "legacy"  # the digest of a part that a record written before settings digests does not know
 
 
@@ -69,7 +68,8 @@ def _safe(part: Any) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", str(part))
 
 
-def _now() -> str:
+def now() -> str:
+    """The time now, as records and sidecars state it (UTC, to the second)."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
@@ -82,7 +82,10 @@ class StageName(StrEnum):
 
 
 @dataclass(frozen=True)
-class RunIdentity:
+class RunFields:
+    """The fields that name a run. A run's identity has them, and so has each of its records: a field added here is
+    in both, and in ``compare --format records``."""
+
     backbone: str
     regime: str
     recipe: str
@@ -92,7 +95,19 @@ class RunIdentity:
     dataset: str
     protocol: str  # "from_scratch", a det/seg config name, "finetune", "linear", ...
     transfer_seed: int | None = None  # the seed of a transfer run (None for pretraining)
+    # what a sweep set in the run's variants, by part and field: {"regime.dropout.rate": 0.2} (empty: no sweep)
+    sweep: Mapping[str, Any] = field(default_factory=dict)
     parts: Mapping[str, Part] = field(default_factory=dict)
+
+
+def run_fields(source: RunFields) -> dict[str, Any]:
+    """The run's fields of an identity or a record, by name."""
+    return {f.name: getattr(source, f.name) for f in fields(RunFields)}
+
+
+@dataclass(frozen=True)
+class RunIdentity(RunFields):
+    """A run's fields and settings parts: the names of its records, and the check that it is finished."""
 
     @property
     def digest(self) -> str:
@@ -101,25 +116,23 @@ class RunIdentity:
 
     def stem(self) -> str:
         """The start of the file names of this run's records: all but the metric (it ends with ``__``)."""
-        fields = [self.backbone, self.regime, self.recipe, f"seed{self.seed}", self.stage, self.task, self.dataset]
-        fields.append(self.protocol)
+        names = [self.backbone, self.regime, self.recipe, f"seed{self.seed}", self.stage, self.task, self.dataset]
+        names.append(self.protocol)
         if self.transfer_seed is not None:
-            fields.append(f"tseed{self.transfer_seed}")
-        return "__".join(_safe(f) for f in [*fields, self.digest[:12]]) + "__"
+            names.append(f"tseed{self.transfer_seed}")
+        return "__".join(_safe(name) for name in [*names, self.digest[:12]]) + "__"
 
     def transfer(self, task: str, dataset: str, protocol: str, transfer_seed: int, task_part: Part) -> "RunIdentity":
         """The identity of a transfer of this (pretraining) run's export."""
-        return RunIdentity(
-            self.backbone,
-            self.regime,
-            self.recipe,
-            self.seed,
-            StageName.TRANSFER,
-            task,
-            dataset,
-            protocol,
-            transfer_seed,
-            {**{k: v for k, v in self.parts.items() if k != "task"}, "task": task_part},
+        parts = {**{k: v for k, v in self.parts.items() if k != "task"}, "task": task_part}
+        return dataclasses.replace(
+            self,
+            stage=StageName.TRANSFER,
+            task=task,
+            dataset=dataset,
+            protocol=protocol,
+            transfer_seed=transfer_seed,
+            parts=parts,
         )
 
     # ---------------------------------------------------------------------------------------- export sidecars
@@ -129,8 +142,14 @@ class RunIdentity:
 
     @classmethod
     def from_json(cls, data: Mapping) -> "RunIdentity":
-        parts = {name: Part(**part) for name, part in (data.get("parts") or {}).items()}
-        return cls(**{**data, "parts": parts})
+        """An identity as ``to_json`` (or a record) gives it."""
+        names = {f.name for f in fields(RunFields)}
+        parts = {
+            name: part if isinstance(part, Part) else Part(**part) for name, part in (data.get("parts") or {}).items()
+        }
+        return cls(
+            **{k: v for k, v in data.items() if k in names} | {"parts": parts, "stage": StageName(data["stage"])}
+        )
 
     # ---------------------------------------------------------------------------------------- records
 
@@ -153,12 +172,10 @@ class RunIdentity:
         self,
         results_dir: str | Path,
         metrics: Mapping[str, float],
+        measurement: "Measurement",
         *,
-        model: str,
         started: str,
-        run_dir: str | Path,
         code_version: str,
-        unit: str = PERCENT,
         force: bool = False,
     ) -> list[Path]:
         """Write one record per metric. Records of this identity written meanwhile (by a process with another run
@@ -176,41 +193,21 @@ class RunIdentity:
                 )
                 return []
             supersede(existing)
-            return self._write(results_dir, metrics, model, started, run_dir, code_version, unit)
+            run = {
+                **run_fields(self),
+                **{f.name: getattr(measurement, f.name) for f in fields(Measurement)},
+                "run_dir": str(Path(measurement.run_dir).resolve()),
+                "config_hash": self.digest,
+                "code_version": code_version,
+                "started": started,
+                "finished": now(),
+            }
+            return [
+                ResultRecord(**run, metric=metric, value=float(value)).write(results_dir)
+                for metric, value in metrics.items()
+            ]
         finally:
             lock.release()
-
-    def _write(
-        self,
-        results_dir: Path,
-        metrics: Mapping[str, float],
-        model: str,
-        started: str,
-        run_dir: str | Path,
-        code_version: str,
-        unit: str,
-    ) -> list[Path]:
-        finished = _now()
-        written = []
-        for metric, value in metrics.items():
-            record = ResultRecord(
-                **{name: getattr(self, name) for name in _IDENTITY_FIELDS},
-                model=model,
-                metric=metric,
-                value=float(value),
-                unit=unit,
-                config_hash=self.digest,
-                code_version=code_version,
-                started=started,
-                finished=finished,
-                run_dir=str(Path(run_dir).resolve()),
-                parts={name: asdict(part) for name, part in self.parts.items()},
-            )
-            written.append(record.write(results_dir))
-        return written
-
-
-_IDENTITY_FIELDS = ("backbone", "regime", "recipe", "seed", "stage", "task", "dataset", "protocol", "transfer_seed")
 
 
 def supersede(records: Sequence[Path]) -> list[Path]:
@@ -225,33 +222,29 @@ def supersede(records: Sequence[Path]) -> list[Path]:
     return moved
 
 
-@dataclass(frozen=True)
-class ResultRecord:
-    """One metric of one finished run, as it is stored (one JSON file)."""
+@dataclass(frozen=True, kw_only=True)
+class Measurement:
+    """What a run measured with, and where: each record of the run carries these fields."""
 
-    backbone: str
-    model: str
-    regime: str
-    recipe: str
-    seed: int
-    stage: str
-    task: str
-    dataset: str
-    protocol: str
+    model: str  # the timm model
+    run_dir: str | Path
+    unit: str = PERCENT
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResultRecord(Measurement, RunFields):
+    """One metric of one finished run, as it is stored (one JSON file): the run's fields (``RunFields``), what it
+    measured with (``Measurement``), and the metric's value. ``parts`` holds plain mappings here, as in the file."""
+
     metric: str
     value: float
-    unit: str
     config_hash: str  # the settings digest (RunIdentity.digest)
     code_version: str
     started: str
     finished: str
-    run_dir: str
-    transfer_seed: int | None = None
-    parts: dict = field(default_factory=dict)  # part → {"digest", "overrides"}
 
     def identity(self) -> RunIdentity:
-        parts = {name: Part(**part) for name, part in self.parts.items()}
-        return RunIdentity(**{name: getattr(self, name) for name in _IDENTITY_FIELDS}, parts=parts)
+        return RunIdentity.from_json(run_fields(self))
 
     def filename(self) -> str:
         return f"{self.identity().stem()}{_safe(self.metric)}.json"

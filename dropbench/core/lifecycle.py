@@ -1,27 +1,22 @@
 """One run of any stage, from the existing-records check to its records. Pretraining, every transfer and an
-evaluation are a :class:`Stage`, which implements only ``execute``; :meth:`Stage.run` owns the rest: a run whose
-records exist is finished and is skipped (``force`` runs it again and supersedes them), and what ``execute``
+evaluation are a :class:`RecordedRun`, which implements only ``execute``; :meth:`RecordedRun.run` owns the rest: a
+run whose records exist is finished and is skipped (``force`` runs it again and supersedes them), and what ``execute``
 measures becomes records that carry the run's identity, when it started, when it finished and the code that made
 them."""
 
 import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
-from dropbench.core.identity import PERCENT, RunIdentity
+from dropbench.core.identity import Measurement, RunIdentity, now
 from dropbench.core.version import code_version
 
 logger = logging.getLogger(__name__)
 
 
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 @dataclass
-class StageRun:
+class RunContext:
     """``identity``'s run writing into ``results_dir`` (None: it writes no records, e.g. a run made for its export
     only). ``started`` is the first attempt's time: a resumed run passes the one its checkpoint kept."""
 
@@ -39,30 +34,26 @@ class StageRun:
             logger.info(self.identity.finished_message(existing))
         return existing
 
-    def record(self, metrics: dict[str, float], *, model: str, run_dir: str | Path, unit: str = PERCENT) -> list[Path]:
+    def record(self, measured: "Measured") -> list[Path]:
         """One record per metric (none without a results folder)."""
         if self.results_dir is None:
             return []
         return self.identity.write_records(
             self.results_dir,
-            metrics,
-            model=model,
+            measured.metrics,
+            measured,
             started=self.started,
-            run_dir=run_dir,
             code_version=code_version(),
-            unit=unit,
             force=self.force,
         )
 
 
-@dataclass
-class Measured:
-    """What a stage's ``execute`` measured: ``metrics`` (in ``unit``) of the timm ``model``, made in ``run_dir``."""
+@dataclass(frozen=True)
+class Measured(Measurement):
+    """What a stage's ``execute`` measured: ``metrics`` (in ``unit``) of the timm ``model``, made in ``run_dir``.
+    A value every record of the run carries is a field of ``Measurement``."""
 
     metrics: dict[str, float]
-    model: str
-    run_dir: str | Path
-    unit: str = PERCENT
 
 
 @dataclass
@@ -74,21 +65,21 @@ class Done:
 
 
 @dataclass
-class Stage(ABC):
+class RecordedRun(ABC):
     """One run of a stage, with everything its identity is computed from already checked."""
 
     identity: RunIdentity
 
     @abstractmethod
-    def execute(self, stage_run: StageRun) -> Measured | None:
+    def execute(self, context: RunContext) -> Measured | None:
         """Do the work; None on a process that writes no records (all but the main one). A resumed run sets
-        ``stage_run.started`` to the first attempt's."""
+        ``context.started`` to the first attempt's."""
 
     def run(self, results_dir: str | Path | None, force: bool = False) -> Done:
-        run = StageRun(self.identity, Path(results_dir) if results_dir is not None else None, force)
+        run = RunContext(self.identity, Path(results_dir) if results_dir is not None else None, force)
         if existing := run.earlier_records():
             return Done(existing, finished_earlier=True)
         measured = self.execute(run)
         if measured is None:
             return Done([])
-        return Done(run.record(measured.metrics, model=measured.model, run_dir=measured.run_dir, unit=measured.unit))
+        return Done(run.record(measured))

@@ -4,9 +4,10 @@ scheduler, autocast, the GPU step settings)."""
 
 import inspect
 import sys
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -19,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from dropbench.core.errors import UserInputError
+from dropbench.core.errors import UserInputError, diverged
 
 Autocast = Callable[[], AbstractContextManager]
 
@@ -114,6 +115,24 @@ class StepHooks:
     after_update: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None
 
 
+class NonFiniteLoss(Exception):
+    """The training loss of an update was not finite: ``update`` (0-based over the run) at ``lr``."""
+
+    def __init__(self, loss: float, update: int, lr: float):
+        super().__init__(f"training loss {loss} at update {update + 1}")
+        self.loss, self.update, self.lr = loss, update, lr
+
+
+@contextmanager
+def stop_on_divergence(stage: str, epoch: int, epochs: int, checkpoint: Path) -> Iterator[None]:
+    """Turn the loop's NonFiniteLoss into the run's one-line failure, naming the epoch and what is kept."""
+    try:
+        yield
+    except NonFiniteLoss as err:
+        where = f"epoch {epoch + 1}/{epochs}, update {err.update + 1}"
+        raise diverged(stage, err.loss, where, err.lr, checkpoint) from None
+
+
 @dataclass
 class EpochResult:
     loss_sum: torch.Tensor  # float64 sum of every micro-batch's loss (all-reduce it for the global mean)
@@ -174,6 +193,8 @@ def train_one_epoch(
         loss_sum += loss.detach().double()
         if not last:
             continue
+        if not torch.isfinite(loss_sum):  # before the step: a diverged update never reaches the weights
+            raise NonFiniteLoss(float(loss.detach()), update, optimizer.param_groups[0]["lr"])
         if hooks.before_step:
             hooks.before_step(update)
         if clip_grad:

@@ -4,14 +4,17 @@ backbone configs (``configs/backbones/``) that name them."""
 import dataclasses
 import re
 import typing
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import timm
 from timm.models import build_model_with_cfg, model_entrypoint
 from torch import nn
 
-from dropbench.core.configs import check_keys, known_configs, load_yaml, resolve_config
+from dropbench.core.configs import known_configs, load_yaml, resolve_config
 from dropbench.core.errors import UserInputError, did_you_mean
+from dropbench.core.settings import POSITIVE_INT, OneOf, Settings, one_of, setting, variant_name
 
 # Constructor keywords that timm models use for plain dropout; a backbone file may list its own.
 DEFAULT_DROPOUT_KWARGS = ("drop_rate", "pos_drop_rate", "proj_drop_rate", "attn_drop_rate")
@@ -50,41 +53,51 @@ def create_timm_model(name: str, kwargs: dict, optional_kwargs: dict | None = No
             del optional[rejected.group(1)]
 
 
-@dataclass(frozen=True)
-class BackboneConfig:
-    """A timm model name plus constructor kwargs; any timm model works without code."""
+def _timm_models() -> list[str]:
+    return timm.list_models()
 
-    name: str
-    model: str
-    kwargs: dict = field(default_factory=dict)
+
+TIMM_MODEL = OneOf(holds=timm.is_model, choices=_timm_models, what="timm model")
+DROP_PATH_RULES = ("timm", "linear")
+
+
+@dataclass(frozen=True)
+class BackboneConfig(Settings):
+    """A timm model name plus constructor kwargs; any timm model works without code. ``input_size`` defaults to
+    the kwargs' ``img_size``, else 224."""
+
+    PREFIX: ClassVar[str] = "backbone."
+
+    model: str = setting(check=TIMM_MODEL)
+    name: str = setting("", result=False)
+    kwargs: dict = setting(default_factory=dict)
     dropout_kwargs: tuple[str, ...] = DEFAULT_DROPOUT_KWARGS
     drop_path_kwarg: str = "drop_path_rate"
-    drop_path_rule: str = "timm"  # or "linear": linspace(0, rate, blocks) whatever timm's own rule is
-    input_size: int = 224
+    # "linear": linspace(0, rate, blocks) whatever timm's own rule is
+    drop_path_rule: str = setting("timm", check=one_of(DROP_PATH_RULES, "drop-path rule"))
+    input_size: int = setting(224, check=POSITIVE_INT)
 
     @classmethod
-    def load(cls, value: str) -> "BackboneConfig":
+    def load(cls, value: str, overrides: Mapping[str, Any] | None = None) -> "BackboneConfig":
+        """A backbone file (or its name under ``configs/backbones``), or a timm model name; ``overrides`` (dotted:
+        ``kwargs.depth``) make a variant named after them (``vit_micro.depth=8``)."""
         path = resolve_config(value, "backbones")
         if path is None:
-            if timm.is_model(value):
-                return cls(name=value, model=value)
-            hint = did_you_mean(value, known_configs("backbones"))
-            raise UserInputError("backbone", f"'{value}' is neither a backbone file nor a timm model{hint}")
-        data = load_yaml(path, "backbone")
-        check_keys(data, {f.name for f in dataclasses.fields(cls)}, "backbone.")
-        data.setdefault("name", path.stem)
-        if "model" not in data:
-            raise UserInputError("backbone.model", f"'{path}' must name a timm model")
-        if not timm.is_model(data["model"]):
-            raise UserInputError(
-                "backbone.model",
-                f"unknown timm model '{data['model']}'{did_you_mean(data['model'], timm.list_models())}",
-            )
-        kwargs = data.get("kwargs") or {}
-        data["kwargs"] = kwargs
-        data["dropout_kwargs"] = tuple(data.get("dropout_kwargs", DEFAULT_DROPOUT_KWARGS))
-        data.setdefault("input_size", kwargs.get("img_size", 224))
-        return cls(**data)
+            if not timm.is_model(value):
+                hint = did_you_mean(value, known_configs("backbones"))
+                raise UserInputError("backbone", f"'{value}' is neither a backbone file nor a timm model{hint}")
+            data = {"name": value, "model": value}
+        else:
+            data = {"name": path.stem} | load_yaml(path, "backbone")
+            if "model" not in data:
+                raise UserInputError("backbone.model", f"'{path}' must name a timm model")
+        backbone = cls.from_config(data, overrides)
+        if "input_size" not in data and not any(key == "input_size" for key in overrides or {}):
+            backbone = dataclasses.replace(backbone, input_size=backbone.kwargs.get("img_size", 224))
+        if overrides:
+            name = variant_name(backbone.name, overrides)
+            backbone = dataclasses.replace(backbone, name=name, variant=dict(overrides))
+        return backbone
 
     def create_model(self, num_classes: int, dropout: float = 0.0, drop_path: float = 0.0) -> nn.Module:
         """Build the timm model with the given maximum rates (only non-zero rates are passed)."""
@@ -97,6 +110,3 @@ class BackboneConfig:
         else:
             optional[self.drop_path_kwarg] = 0.0
         return create_timm_model(self.model, kwargs, optional)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self) | {"dropout_kwargs": list(self.dropout_kwargs)}

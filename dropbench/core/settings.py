@@ -15,6 +15,7 @@ make a cache miss or refuse a resume, but never serve a stale result.
 
 import dataclasses
 import functools
+import re
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -74,14 +75,17 @@ def within(low: float, high: float, *, low_open: bool = False, high_open: bool =
 
 @dataclass(frozen=True)
 class OneOf(Check):
-    """A name from ``choices``, or from what ``choices()`` lists (asked only when a value is checked)."""
+    """A name from ``choices``, or from what ``choices()`` lists (asked only when a value is checked). ``holds``,
+    where given, accepts a value first (timm's ``is_model`` takes names that its list spells otherwise)."""
 
-    holds: Callable[[Any], bool] = lambda v: True
+    holds: Callable[[Any], bool] | None = None
     requirement: str = ""
     choices: Sequence[str] | Callable[[], Sequence[str]] = ()
     what: str = "value"
 
     def __call__(self, value: Any, field_name: str) -> None:
+        if self.holds is not None and isinstance(value, str) and self.holds(value):
+            return
         names = list(self.choices() if callable(self.choices) else self.choices)
         if value not in names:
             raise UserInputError(field_name, f"unknown {self.what} '{value}'{did_you_mean(str(value), names)}")
@@ -94,15 +98,16 @@ def one_of(choices: Sequence[str] | Callable[[], Sequence[str]], what: str) -> O
 def setting(
     default: Any = MISSING,
     *,
+    default_factory: Callable[[], Any] | Any = MISSING,
     check: Callable[[Any, str], Any] | None = None,
     result: bool = True,
     features: bool = True,
     resumable: bool = False,
 ) -> Any:
-    """A settings field: its default, its check (called with the value and the field's name, it raises
-    UserInputError) and what it changes (see the module's docstring)."""
+    """A settings field: its default (or ``default_factory``), its check (called with the value and the field's
+    name, it raises UserInputError) and what it changes (see the module's docstring)."""
     metadata = {"check": check, "result": result, "features": features, "resumable": resumable}
-    return dataclasses.field(default=default, metadata=metadata)
+    return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
 
 
 def flag(f: dataclasses.Field, name: str) -> bool:
@@ -118,12 +123,20 @@ def _fields(settings: Any) -> list[dataclasses.Field]:
 @dataclass(frozen=True)
 class Settings:
     """Base of every settings dataclass. Subclasses name how errors prefix their fields (``recipe.``,
-    ``dataset.``) and may add rules between fields in :meth:`check`."""
+    ``dataset.``) and may add rules between fields in :meth:`check`.
+
+    ``variant`` holds the values that make these settings a variant of the named config (a sweep's point, or a
+    regime's overrides on the command line), by dotted field name: :func:`variant_name` names the variant after
+    them. It is no key of a file and no setting: the fields themselves hold the values."""
 
     PREFIX: ClassVar[str] = "settings."
     # Whole numbers given to float fields stay ints, as recipes and regimes have always read them: their settings
     # digests, and so the identities of existing records, depend on it. Dataset configs make them floats.
     WHOLE_FLOATS_STAY_INT: ClassVar[bool] = True
+
+    variant: Mapping[str, Any] = dataclasses.field(
+        default_factory=dict, kw_only=True, compare=False, repr=False, metadata={"key": False}
+    )
 
     @classmethod
     def from_mapping(cls: type[T], data: Mapping[str, Any], prefix: str | None = None) -> T:
@@ -142,13 +155,42 @@ class Settings:
 
     @classmethod
     def from_config(cls: type[T], data: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> T:
-        """A config file's mapping with ``key=value`` overrides on top. An unknown key of the file is named with the
-        prefix (``recipe.lrr``), an unknown override by itself (``lrr``)."""
+        """A config file's mapping with ``key=value`` overrides on top; an override may name a nested field dotted
+        (``dropout.rate``, ``kwargs.depth``). An unknown key of the file is named with the prefix (``recipe.lrr``),
+        an unknown override by itself (``lrr``)."""
         check_keys(data, cls.keys(), cls.PREFIX)
-        for key in overrides or {}:
-            if key not in cls.keys():
-                raise UserInputError(key, f"unknown override{did_you_mean(key, cls.keys())}")
-        return cls.from_mapping(dict(data) | dict(overrides or {}))
+        merged = dict(data)
+        for key, value in (overrides or {}).items():
+            merged = cls.overridden(merged, key, value)
+        return cls.from_mapping(merged)
+
+    @classmethod
+    def overridden(cls, data: Mapping[str, Any], key: str, value: Any, full_key: str | None = None) -> dict:
+        """``data`` with ``key`` (dotted into nested settings and mappings) set to ``value``."""
+        full_key = full_key or key
+        head, dotted, rest = key.partition(".")
+        if head not in cls.keys():
+            known = cls.dotted_keys()
+            prefix = full_key[: len(full_key) - len(key)]
+            raise UserInputError(full_key, f"unknown override{did_you_mean(full_key, [prefix + k for k in known])}")
+        if not dotted:
+            return dict(data) | {head: value}
+        inner = data.get(head) or {}
+        nested = _nested_settings(_type_hints(cls)[head])
+        if nested is not None and isinstance(inner, Mapping):
+            return dict(data) | {head: nested.overridden(inner, rest, value, full_key)}
+        if _type_hints(cls)[head] is dict and isinstance(inner, Mapping):
+            return dict(data) | {head: dict(inner) | {rest: value}}  # a free mapping: timm kwargs
+        raise UserInputError(full_key, f"{head} has no fields to set; give {head}={value!r}")
+
+    @classmethod
+    def dotted_keys(cls) -> list[str]:
+        """Every key an override may name: the fields, and those of nested settings dotted."""
+        keys = []
+        for name in cls.keys():
+            nested = _nested_settings(_type_hints(cls)[name])
+            keys += [name] + ([f"{name}.{key}" for key in nested.dotted_keys()] if nested else [])
+        return keys
 
     @classmethod
     def keys(cls) -> list[str]:
@@ -190,6 +232,38 @@ def _type_hints(settings_class: type) -> dict[str, Any]:
     return typing.get_type_hints(settings_class)
 
 
+def _nested_settings(hint: Any) -> type["Settings"] | None:
+    """The settings class a field holds (``DropSetting | None``), or None."""
+    union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+    for kind in typing.get_args(hint) if union else (hint,):
+        if isinstance(kind, type) and issubclass(kind, Settings):
+            return kind
+    return None
+
+
+def variant_name(base: str, values: Mapping[str, Any]) -> str:
+    """The name of a variant of ``base``: ``early_dropout.cutoff_epoch=25.rate=0.1``. Each value goes under the
+    last part of its dotted field name where that is unique among ``values``, else under the whole name; the
+    values as YAML writes them (``0.1``, ``true``, ``linear``), in the order given. Names stay filesystem-safe:
+    a character outside ``[A-Za-z0-9_.=+-]`` becomes ``-``."""
+    if not values:
+        return base
+    leaves = [key.rpartition(".")[2] for key in values]
+    items = []
+    for key, leaf, value in zip(values, leaves, values.values(), strict=True):
+        label = leaf if leaves.count(leaf) == 1 else key
+        items.append(f"{label}={_value_text(value)}")
+    return re.sub(r"[^A-Za-z0-9_.=+-]+", "-", ".".join([base, *items]))
+
+
+def _value_text(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    if isinstance(value, (list, tuple)):
+        return "+".join(_value_text(item) for item in value)
+    return str(value)
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, Settings):
         return value.to_dict()
@@ -206,6 +280,8 @@ def coerce(value: Any, hint: Any, field_name: str, whole_floats_stay_int: bool =
     if value is None:
         if type(None) in allowed:
             return None
+        if dict in allowed:
+            return {}  # null for a mapping: none
         if any(typing.get_origin(kind) is tuple for kind in allowed):
             return ()  # null for a list: none
         raise UserInputError(field_name, "must not be null")
@@ -216,6 +292,8 @@ def coerce(value: Any, hint: Any, field_name: str, whole_floats_stay_int: bool =
             return kind.from_mapping(value, f"{field_name}.")
     if bool in allowed and isinstance(value, bool):
         return value
+    if dict in allowed and isinstance(value, Mapping):
+        return dict(value)
     if float in allowed and not isinstance(value, bool):
         if _whole(value) and whole_floats_stay_int:
             return value
@@ -253,14 +331,17 @@ def _coerce_tuple(value: Any, hint: Any, field_name: str, whole_floats_stay_int:
 
 
 def _describe(allowed: Sequence[Any]) -> str:
-    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}
     kinds = [kind for kind in allowed if kind is not type(None)]
     return " or ".join(names.get(kind, getattr(kind, "__name__", str(kind))) for kind in kinds)
 
 
-def add_arguments(parser: Any, settings_class: type[Settings], skip: Sequence[str] = ()) -> list[str]:
+def add_arguments(
+    parser: Any, settings_class: type[Settings], skip: Sequence[str] = (), optional: bool = False
+) -> list[str]:
     """A settings class's scalar fields as ``--options`` of an argparse parser (a field without a default is
-    required, a ``one_of`` field lists its choices); returns the fields added, for :func:`from_arguments`."""
+    required unless ``optional``, a ``one_of`` field lists its choices); returns the fields added, for
+    :func:`from_arguments`."""
     hints = typing.get_type_hints(settings_class)
     added = []
     for f in _fields(settings_class):
@@ -268,13 +349,14 @@ def add_arguments(parser: Any, settings_class: type[Settings], skip: Sequence[st
             continue
         kind = hints[f.name]
         choices = getattr(f.metadata.get("check"), "choices", None)
-        required = f.default is MISSING and f.default_factory is MISSING
+        required = f.default is MISSING and f.default_factory is MISSING and not optional
+        no_default = f.default is MISSING and f.default_factory is MISSING
         parser.add_argument(
             option_name(f.name),
             type=kind,
             choices=choices or None,
             required=required,
-            default=None if required else f.default,
+            default=None if no_default else f.default,
         )
         added.append(f.name)
     return added

@@ -24,7 +24,7 @@ from dropbench.suite.local import LocalExecutor, execute_local
 from dropbench.suite.plan import Run, Suite, describe, load_suite
 from dropbench.suite.running import Outcome, Status, report
 from dropbench.suite.slurm import SlurmExecutor, SlurmResources, execute_slurm, queued_jobs
-from dropbench.tasks import PRETRAIN_STAGE, transfer_task
+from dropbench.tasks import PRETRAIN_KIND, transfer_task
 
 __all__ = [
     "Executor",
@@ -49,9 +49,9 @@ __all__ = [
 
 def check_dense_ops(suite: Suite, gpus_of: Callable[[str], int]) -> None:
     """Before any pretraining: runs of tasks with mmcv's compiled ops (det/seg) that will get GPUs
-    (``gpus_of(stage)``) need mmcv's CUDA ops."""
-    dense = {run.stage for run in suite.runs if run.stage != PRETRAIN_STAGE and transfer_task(run.stage).needs_cuda_ops}
-    if any(gpus_of(stage) > 0 for stage in dense):
+    (``gpus_of(kind)``) need mmcv's CUDA ops."""
+    dense = {run.kind for run in suite.runs if run.kind != PRETRAIN_KIND and transfer_task(run.kind).needs_cuda_ops}
+    if any(gpus_of(kind) > 0 for kind in dense):
         from dropbench.transfer.mm_ops import check_cuda_ops
 
         check_cuda_ops(on_cuda=True, field=f"suite ({', '.join(sorted(dense))} on GPUs)")
@@ -66,7 +66,7 @@ def run_suite(path: str | Path, executor: str = "local", dry_run: bool = False, 
     if dry_run:
         print(describe(suite, runner.commands(suite)))
         return 0
-    check_dense_ops(suite, lambda stage: runner.gpus_of(suite, stage))
+    check_dense_ops(suite, lambda kind: runner.gpus_of(suite, kind))
     echo = lambda line: print(line, flush=True)  # noqa: E731 - progress lines must appear as runs go
     text, ok = report(suite, runner.execute(suite, Path.cwd(), echo))
     print(text, flush=True)

@@ -36,8 +36,8 @@ class Executor(ABC):
         """Each run with the exact command it gets, in the order they go (what a dry run prints)."""
 
     @abstractmethod
-    def gpus_of(self, suite: Suite, stage: str) -> int:
-        """The GPUs a run of ``stage`` gets (0: the CPU)."""
+    def gpus_of(self, suite: Suite, kind: str) -> int:
+        """The GPUs a run of ``kind`` gets (0: the CPU)."""
 
     @abstractmethod
     def execute(self, suite: Suite, cwd: Path, echo: Callable[[str], None]) -> list[Outcome]:
@@ -48,7 +48,11 @@ _EXECUTORS: dict[str, type[Executor]] = {}
 
 
 def register_executor(executor: type[Executor]) -> type[Executor]:
-    """Add an executor class (usable as a class decorator)."""
+    """Add an executor class (usable as a class decorator); registering a name again from the module that defined
+    it replaces it (a module imported twice), from another module is refused."""
+    existing = _EXECUTORS.get(executor.name)
+    if existing is not None and existing.__module__ != executor.__module__:
+        raise ValueError(f"executor '{executor.name}' is registered by {existing.__module__} already")
     _EXECUTORS[executor.name] = executor
     return executor
 

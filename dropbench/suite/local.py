@@ -29,7 +29,7 @@ from dropbench.suite.running import (
     skip_or_none,
     start_logged,
 )
-from dropbench.tasks import PRETRAIN_STAGE, node_wide
+from dropbench.tasks import PRETRAIN_KIND, node_wide
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class Launch:
         return env
 
     def argv(self, gpus: int, prepare: bool = True) -> list[str]:
-        return command_line(self.run, gpus, prepare)  # a single-GPU stage runs in one process whatever ``gpus``
+        return command_line(self.run, gpus, prepare)  # a single-GPU run runs in one process whatever ``gpus``
 
     def shell(self, gpus: int) -> str:
         """The exact command line, as a dry run prints it."""
@@ -75,16 +75,16 @@ def launches(suite: Suite, gpus: int, jobs: int = 1) -> list[Launch]:
     order: each transfer after its pretraining), then the single-GPU runs, GPU by GPU in turn."""
     if gpus == 0 and jobs > 1:
         threads = max(1, (os.cpu_count() or 1) // jobs)
-        first = [run for run in suite.runs if run.stage == PRETRAIN_STAGE]
-        rest = [run for run in suite.runs if run.stage != PRETRAIN_STAGE]
+        first = [run for run in suite.runs if run.kind == PRETRAIN_KIND]
+        rest = [run for run in suite.runs if run.kind != PRETRAIN_KIND]
         return [Launch(run, None, threads) for run in first + rest]
     if gpus == 0:
         return [Launch(run, None) for run in suite.runs]
     ids = _device_ids(gpus)
     if gpus == 1:
         return [Launch(run, ids[0]) for run in suite.runs]
-    node = [Launch(run, ",".join(ids)) for run in suite.runs if node_wide(run.stage)]
-    single = [run for run in suite.runs if not node_wide(run.stage)]
+    node = [Launch(run, ",".join(ids)) for run in suite.runs if node_wide(run.kind)]
+    single = [run for run in suite.runs if not node_wide(run.kind)]
     return node + [Launch(run, ids[index % gpus]) for index, run in enumerate(single)]
 
 
@@ -189,7 +189,7 @@ class LocalExecutor(Executor):
     def commands(self, suite: Suite) -> list[tuple[Run, str]]:
         return [(launch.run, launch.shell(self.gpus)) for launch in launches(suite, self.gpus, self.jobs)]
 
-    def gpus_of(self, suite: Suite, stage: str) -> int:
+    def gpus_of(self, suite: Suite, kind: str) -> int:
         return self.gpus
 
     def execute(self, suite: Suite, cwd: Path, echo: Callable[[str], None]) -> list[Outcome]:
@@ -205,9 +205,9 @@ def _can_start(launch: Launch, running: dict, outcomes: dict, jobs: int) -> bool
         return True
     if launch.devices is None:
         return len(running) < jobs
-    if node_wide(launch.run.stage) or launch.devices in running:
+    if node_wide(launch.run.kind) or launch.devices in running:
         return False
-    return not any(node_wide(other.run.stage) for other, *_ in running.values())
+    return not any(node_wide(other.run.kind) for other, *_ in running.values())
 
 
 def _wait_any(running: dict, finish: Callable[[str], None]) -> None:

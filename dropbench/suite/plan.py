@@ -13,8 +13,9 @@ from dropbench.core.layout import EXPORT_DIR
 from dropbench.suite.executors import executor_classes
 from dropbench.suite.schema import (
     SUITE_KEYS,
-    Grid,
     Pretraining,
+    Variant,
+    check_sweeps,
     check_transfer_pairings,
     export_section,
     grid_section,
@@ -23,7 +24,7 @@ from dropbench.suite.schema import (
     suite_tasks,
     tasks_for,
 )
-from dropbench.tasks import PRETRAIN_STAGE, SuiteTask, transfer_task
+from dropbench.tasks import PRETRAIN_KIND, SuiteTask, transfer_task
 
 PRETRAIN_FOLDER = "pretrain"  # the pretraining run folder inside its grid point's folder
 
@@ -33,7 +34,7 @@ class Run:
     """One command of the plan: a pretraining run or one transfer of its export."""
 
     name: str  # "<backbone>-<regime>-seed<seed>/<task>", unique in the suite
-    stage: str  # "pretrain" or a transfer task's kind ("det", "seg", "cls", ...)
+    kind: str  # "pretrain" or a transfer task's kind ("det", "seg", "cls", ...)
     command: tuple[str, ...]  # the ``dropbench`` arguments
     work_dir: Path
     log: Path
@@ -63,7 +64,8 @@ class Suite:
     grid: tuple[int, int, int, int]  # backbones, regimes, seeds, transfer tasks × transfer seeds
     sections: dict[str, Any]  # each executor's section of the file (``slurm``), validated
     regimes: dict[str, Any] = field(default_factory=dict)  # regime name → Regime
-    recipes: dict[int, Any] = field(default_factory=dict)  # seed → Recipe
+    recipe_variants: int = 1  # the recipes a sweep of the pretrain section makes
+    recipes: dict[tuple[str, int], Any] = field(default_factory=dict)  # (recipe name, seed) → Recipe
 
     def run(self, name: str) -> Run:
         return next(run for run in self.runs if run.name == name)
@@ -88,21 +90,26 @@ def load_suite(path: str | Path) -> Suite:
         non_empty_list(raw, "transfer_seeds", int, "whole-number seeds") if "transfer_seeds" in raw else [0]
     )
     pretraining = pretrain_section(raw, seeds) if pretrains else None
+    if grid and pretraining:
+        check_sweeps(grid, pretraining)
     tasks = suite_tasks(raw.get("transfers"))
     runs_dir, results_dir = output_section(raw, name)
     parsed_sections = {section: cls.parse_section(raw.get(section)) for section, cls in sections.items()}
     seeded = transfer_seeds != [0]  # folders name the transfer seed when there are several
     backbone_tasks = {}  # backbone index → its tasks, each pairing checked before anything runs
-    for index, (_, backbone) in enumerate(grid.backbones if grid else []):
+    for index, variant in enumerate(grid.backbones if grid else []):
         field_name = f"backbones[{index}]"
         backbone_tasks[index] = tasks_for(grid.transfers.get(index), tasks, f"{field_name}.transfers")
-        check_transfer_pairings(backbone.model, backbone.kwargs, backbone_tasks[index], field_name)
+        check_transfer_pairings(variant.config.model, variant.config.kwargs, backbone_tasks[index], field_name)
     sources: list[tuple[Run | None, _Source, list[SuiteTask]]] = []
-    for index, regime_value in grid.pairs if grid else []:
-        for seed in seeds:
-            run = _pretraining_run(grid, index, regime_value, pretraining, seed, runs_dir, results_dir)
-            source = _Source(run.work_dir.parent, run.work_dir / EXPORT_DIR, run.identity, run.name)
-            sources.append((run, source, backbone_tasks[index]))
+    recipe_swept = pretraining is not None and len(pretraining.variants) > 1
+    for index, regime_name in grid.pairs if grid else []:
+        for recipe in pretraining.variants if pretraining else []:
+            for seed in seeds:
+                point = _Point(grid.backbones[index], grid.regimes[regime_name], recipe, seed, recipe_swept)
+                run = _pretraining_run(point, pretraining, runs_dir, results_dir)
+                source = _Source(run.work_dir.parent, run.work_dir / EXPORT_DIR, run.identity, run.name)
+                sources.append((run, source, backbone_tasks[index]))
     for index, (export, sidecar) in enumerate(export_section(raw)):
         check_transfer_pairings(sidecar.model, sidecar.kwargs, tasks, f"exports[{index}]")
         identity = sidecar.pretraining_identity()
@@ -123,37 +130,54 @@ def load_suite(path: str | Path) -> Suite:
         if grid
         else (0, 0, 0, len(tasks) * len(transfer_seeds)),
         sections=parsed_sections,
-        regimes={regime.name: regime for _, regime in grid.regimes.values()} if grid else {},
+        regimes={name: variant.config for name, variant in grid.regimes.items()} if grid else {},
         recipes=pretraining.recipes if pretraining else {},
+        recipe_variants=len(pretraining.variants) if pretraining else 1,
     )
 
 
-def _pretraining_run(
-    grid: Grid, index: int, regime_value: str, pretraining: Pretraining, seed: int, runs_dir: Path, results_dir: Path
-) -> Run:
+@dataclass(frozen=True)
+class _Point:
+    """One pretraining of the grid: a backbone, regime and recipe (each maybe a sweep's variant) and a seed."""
+
+    backbone: Variant
+    regime: Variant
+    recipe: Variant
+    seed: int
+    recipe_swept: bool  # the folder names the recipe when the suite sweeps it
+
+    def folder(self) -> str:
+        recipe = [self.recipe.config.name] if self.recipe_swept else []
+        return "-".join([self.backbone.config.name, self.regime.config.name, *recipe, f"seed{self.seed}"])
+
+    def variant_items(self) -> list[str]:
+        """The swept values of every part, as ``pretrain --variant`` takes them."""
+        return [*self.backbone.variant_items(), *self.regime.variant_items(), *self.recipe.variant_items()]
+
+
+def _pretraining_run(point: _Point, pretraining: Pretraining, runs_dir: Path, results_dir: Path) -> Run:
     from dropbench.pretrain.config import pretrain_identity
 
-    backbone_argument, backbone = grid.backbones[index]
-    regime_argument, regime = grid.regimes[regime_value]
-    recipe = pretraining.recipes[seed]
-    point = f"{backbone.name}-{regime.name}-seed{seed}"
-    folder = runs_dir / point / PRETRAIN_FOLDER
+    recipe = pretraining.recipes[(point.recipe.config.name, point.seed)]
+    folder = runs_dir / point.folder() / PRETRAIN_FOLDER
+    variant = point.variant_items()
     return Run(
-        name=f"{point}/{PRETRAIN_FOLDER}",
-        stage=PRETRAIN_STAGE,
+        name=f"{point.folder()}/{PRETRAIN_FOLDER}",
+        kind=PRETRAIN_KIND,
         command=(
             "pretrain",
-            *("--backbone", backbone_argument, "--regime", regime_argument),
+            *("--backbone", point.backbone.argument, "--regime", point.regime.argument),
             *("--recipe", pretraining.recipe_argument, "--data", pretraining.data),
             *("--data-name", pretraining.data_name),
             *("--out", str(folder), "--results", str(results_dir)),
-            f"seed={seed}",
+            f"seed={point.seed}",
             *pretraining.overrides,
+            *(("--variant", *variant) if variant else ()),
         ),
         work_dir=folder,
-        log=runs_dir / point / f"{PRETRAIN_FOLDER}.log",
+        log=runs_dir / point.folder() / f"{PRETRAIN_FOLDER}.log",
         results_dir=results_dir,
-        identity=pretrain_identity(backbone, regime, recipe, pretraining.data_name),
+        identity=pretrain_identity(point.backbone.config, point.regime.config, recipe, pretraining.data_name),
     )
 
 
@@ -173,7 +197,7 @@ def _transfer_run(source: _Source, results_dir: Path, task: SuiteTask, transfer_
     work_dir = source.point / folder
     return Run(
         name=f"{source.point.name}/{folder}",
-        stage=task.kind,
+        kind=task.kind,
         command=(
             "transfer",
             task.kind,
@@ -197,12 +221,14 @@ def describe(suite: Suite, commands: list[tuple[Run, str]] | None = None) -> str
     finished, its name and its command (``commands``: each run with the exact command line an executor starts)."""
     backbones, regimes, seeds, tasks = suite.grid
     finished = {run.name for run in suite.runs if run.finished()}
-    pretraining = sum(run.stage == PRETRAIN_STAGE for run in suite.runs)
+    pretraining = sum(run.kind == PRETRAIN_KIND for run in suite.runs)
     each = f"each with {tasks} transfer(s)"
     if pretraining and len(suite.runs) != pretraining * (1 + tasks):  # some backbones list their own transfers
         each = f"each with up to {tasks} transfer(s)"
+    recipes = f" × {suite.recipe_variants} recipe(s)" if suite.recipe_variants > 1 else ""
+    grid = f"{backbones} backbone(s) × {regimes} regime(s){recipes} × {seeds} seed(s)"
     lines = [
-        f"suite '{suite.name}': {backbones} backbone(s) × {regimes} regime(s) × {seeds} seed(s) → {pretraining} "
+        f"suite '{suite.name}': {grid} → {pretraining} "
         f"pretraining run(s), {each}: {len(suite.runs)} runs, {len(finished)} finished, "
         f"{len(suite.runs) - len(finished)} to run"
     ]

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dropbench.core.layout import CHECKPOINT_FILE, EXPORT_DIR
-from dropbench.tasks import PRETRAIN_STAGE, node_wide
+from dropbench.tasks import PRETRAIN_KIND, node_wide
 
 if TYPE_CHECKING:
     from dropbench.suite.plan import Run, Suite
@@ -60,7 +60,7 @@ def _resumed_command(run: Run, remove_stale: bool) -> tuple[str, ...]:
     """The run's command as its folder stands: a pretraining as ``_pretraining_command`` says, a transfer whose
     folder an earlier attempt left with ``--resume`` (it continues from its newest checkpoint, or starts if the
     attempt saved none)."""
-    if run.stage == PRETRAIN_STAGE:
+    if run.kind == PRETRAIN_KIND:
         return _pretraining_command(run, remove_stale)
     if run.work_dir.exists():
         return (*run.command[:2], "--resume", *run.command[2:])
@@ -84,14 +84,14 @@ def command_line(
     torchrun per node meeting at ``rendezvous`` (endpoint, id) through c10d. ``prepare``: a stale pretraining
     folder is removed (``False`` for a dry run, which changes nothing, and on every node but the first)."""
     command = _resumed_command(run, prepare)
-    if not node_wide(run.stage) or (gpus <= 1 and nodes <= 1):
+    if not node_wide(run.kind) or (gpus <= 1 and nodes <= 1):
         return [sys.executable, "-m", "dropbench.cli", *command]
     if nodes > 1:
         endpoint, job = rendezvous
         where = (f"--nnodes={nodes}", "--rdzv_backend=c10d", f"--rdzv_endpoint={endpoint}", f"--rdzv_id={job}")
     else:
         where = ("--standalone",)
-    launcher = ("--launcher", "pytorch") if run.stage != PRETRAIN_STAGE else ()
+    launcher = ("--launcher", "pytorch") if run.kind != PRETRAIN_KIND else ()
     return [
         *(sys.executable, "-m", "torch.distributed.run", *where, f"--nproc_per_node={max(gpus, 1)}"),
         *("-m", "dropbench.cli", *command, *launcher),

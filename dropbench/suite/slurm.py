@@ -1,4 +1,4 @@
-"""The Slurm executor: what each stage's job asks for (the suite file's ``slurm`` section), and every run
+"""The Slurm executor: what the job of each kind of run asks for (the suite file's ``slurm`` section), and every run
 submitted through submitit, a transfer ``afterok`` its pretraining."""
 
 from __future__ import annotations
@@ -10,13 +10,14 @@ import shlex
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from dropbench.core.configs import check_keys
 from dropbench.core.errors import UserInputError
+from dropbench.core.settings import NON_NEGATIVE_INT, POSITIVE_INT, Check, Settings, setting
 from dropbench.suite.executors import Executor, register_executor
 from dropbench.suite.running import (
     RENDEZVOUS_PORT,
@@ -28,27 +29,43 @@ from dropbench.suite.running import (
     run_logged,
     skip_or_none,
 )
-from dropbench.tasks import PRETRAIN_STAGE, node_wide, stages
+from dropbench.tasks import PRETRAIN_KIND, node_wide, run_kinds
 
 if TYPE_CHECKING:
     from dropbench.suite.plan import Run, Suite
 
-RESOURCE_KEYS = ("partition", "nodes", "cpus", "gpus", "mem_gb", "time", "setup", "additional")
+
+def _no_dependency(options: dict, field_name: str) -> None:
+    if "dependency" in options:
+        raise UserInputError(f"{field_name}.dependency", "is set by the suite (a transfer waits for its export)")
+
+
+POSITIVE = Check(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "must be a number > 0")
 
 
 @dataclass(frozen=True)
-class SlurmResources:
+class SlurmResources(Settings):
     """What one Slurm job asks for; ``gpus`` > 1 or ``nodes`` > 1 runs pretraining and the node-wide transfers
     (det/seg) under torchrun (one per node; ``cpus`` and ``gpus`` are per node)."""
 
+    PREFIX: ClassVar[str] = "slurm."
+
     partition: str | None = None
-    nodes: int = 1
-    cpus: int = 1
-    gpus: int = 0
-    mem_gb: float | None = None
-    time: int = 60  # minutes
+    nodes: int = setting(1, check=POSITIVE_INT)
+    cpus: int = setting(1, check=POSITIVE_INT)
+    gpus: int = setting(0, check=NON_NEGATIVE_INT)
+    mem_gb: float | None = setting(None, check=Check(lambda v: v is None or POSITIVE.holds(v), "must be GB > 0"))
+    time: int = setting(60, check=POSITIVE_INT)  # minutes; a file may give Slurm's formats ("H:M:S", "D-H")
     setup: tuple[str, ...] = ()  # shell lines before the run, e.g. "module load cuda"
-    additional: dict = field(default_factory=dict)  # any other sbatch option, e.g. {"account": "x", "qos": "y"}
+    # any other sbatch option, e.g. {"account": "x", "qos": "y"}
+    additional: dict = setting(default_factory=dict, check=_no_dependency)
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], prefix: str | None = None) -> SlurmResources:
+        prefix = cls.PREFIX if prefix is None else prefix
+        if "time" in data:
+            data = dict(data) | {"time": _parse_minutes(data["time"], f"{prefix}time")}
+        return super().from_mapping(data, prefix)
 
 
 def _parse_minutes(value: Any, field_name: str) -> int:
@@ -72,52 +89,23 @@ def _parse_minutes(value: Any, field_name: str) -> int:
     raise UserInputError(field_name, f"{value!r} is not a time (minutes, 'H:M:S' or 'D-H:M:S')")
 
 
-def _resources(raw: dict, field_name: str, base: SlurmResources) -> SlurmResources:
-    values = {}
-    for key, value in raw.items():
-        name = f"{field_name}.{key}"
-        if key == "partition":
-            if not isinstance(value, str):
-                raise UserInputError(name, f"{value!r} is not a partition name")
-        elif key in ("nodes", "cpus", "gpus"):
-            if not isinstance(value, int) or isinstance(value, bool) or value < (0 if key == "gpus" else 1):
-                raise UserInputError(name, f"{value!r} is not a {'whole' if key == 'gpus' else 'positive'} number")
-        elif key == "mem_gb":
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-                raise UserInputError(name, f"{value!r} is not a positive number of GB")
-        elif key == "time":
-            value = _parse_minutes(value, name)
-        elif key == "setup":
-            if not isinstance(value, list) or not all(isinstance(line, str) for line in value):
-                raise UserInputError(name, "must be a list of shell lines")
-            value = tuple(value)
-        elif key == "additional":
-            if not isinstance(value, dict):
-                raise UserInputError(name, "must be a mapping of sbatch options, e.g. {account: x}")
-            if "dependency" in value:
-                raise UserInputError(f"{name}.dependency", "is set by the suite (a transfer waits for its export)")
-        values[key] = value
-    return SlurmResources(**(base.__dict__ | values))
-
-
 def slurm_section(raw: Any) -> dict[str, SlurmResources]:
-    """Resources for every stage: the section's defaults, then its per-stage mappings (pretrain and each transfer
+    """Resources for every kind of run: the section's defaults, then its per-kind mappings (pretrain and each transfer
     task's kind: det, seg, cls, ...)."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise UserInputError("slurm", "must be a mapping (partition, cpus, gpus, mem_gb, time, setup, additional)")
-    check_keys(raw, (*RESOURCE_KEYS, *stages()), "slurm.")
-    defaults = _resources({k: v for k, v in raw.items() if k in RESOURCE_KEYS}, "slurm", SlurmResources())
+    check_keys(raw, (*SlurmResources.keys(), *run_kinds()), "slurm.")
+    defaults = SlurmResources.from_mapping({k: v for k, v in raw.items() if k in SlurmResources.keys()})
     resources = {}
-    for stage in stages():
-        stage_raw = raw.get(stage) or {}
-        if not isinstance(stage_raw, dict):
-            raise UserInputError(f"slurm.{stage}", "must be a mapping of resources")
-        check_keys(stage_raw, RESOURCE_KEYS, f"slurm.{stage}.")
-        resources[stage] = _resources(stage_raw, f"slurm.{stage}", defaults)
-        if resources[stage].nodes > 1 and not node_wide(stage):
-            raise UserInputError(f"slurm.{stage}.nodes", f"a {stage} transfer runs on one node; set it to 1")
+    for kind in run_kinds():
+        kind_raw = raw.get(kind) or {}
+        if not isinstance(kind_raw, dict):
+            raise UserInputError(f"slurm.{kind}", "must be a mapping of resources")
+        resources[kind] = SlurmResources.from_mapping(defaults.to_dict() | kind_raw, f"slurm.{kind}.")
+        if resources[kind].nodes > 1 and not node_wide(kind):
+            raise UserInputError(f"slurm.{kind}.nodes", f"a {kind} transfer runs on one node; set it to 1")
     return resources
 
 
@@ -150,7 +138,7 @@ def run_in_job(run: Run, gpus: int, cwd: str, nodes: int = 1) -> int:
 def job_command(suite: Suite, run: Run) -> str:
     """What a dry run shows of a run's job: its resources, and the command each of its nodes runs (the
     rendezvous' first node and job id as the job fills them in)."""
-    resources = suite.sections["slurm"][run.stage]
+    resources = suite.sections["slurm"][run.kind]
     argv = command_line(run, resources.gpus, prepare=False, nodes=resources.nodes)
     return f"[{resources.nodes} node(s) × {resources.gpus} GPU(s), {resources.time} min] {shlex.join(argv)}"
 
@@ -257,7 +245,7 @@ def execute_slurm(
             continue
         dependency = jobs[run.after].job_id if run.after in jobs else None
         try:
-            jobs[run.name] = _submit(executor, run, job_name, suite.sections["slurm"][run.stage], dependency, cwd)
+            jobs[run.name] = _submit(executor, run, job_name, suite.sections["slurm"][run.kind], dependency, cwd)
         except Exception as err:  # noqa: BLE001 - sbatch refused it (a bad partition; its pretraining failed already)
             reason = [line for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
             outcomes[run.name] = Outcome(run, Status.FAILED, f"not submitted: {reason[-1].strip()}")
@@ -338,7 +326,7 @@ def _wait_for_jobs(
             outcomes[name] = outcome
             del waiting[name]
             echo(f"{name}: {outcome.status}" + detail(outcome))
-            if outcome.status == Status.FAILED and run.stage == PRETRAIN_STAGE:
+            if outcome.status == Status.FAILED and run.kind == PRETRAIN_KIND:
                 for dependent, dependent_job in list(waiting.items()):
                     if suite.run(dependent).after == name:
                         dependent_job.cancel(check=False)
@@ -378,8 +366,8 @@ class SlurmExecutor(Executor):
     def commands(self, suite: Suite) -> list[tuple[Run, str]]:
         return [(run, job_command(suite, run)) for run in suite.runs]
 
-    def gpus_of(self, suite: Suite, stage: str) -> int:
-        return suite.sections["slurm"][stage].gpus
+    def gpus_of(self, suite: Suite, kind: str) -> int:
+        return suite.sections["slurm"][kind].gpus
 
     def execute(self, suite: Suite, cwd: Path, echo: Callable[[str], None]) -> list[Outcome]:
         return execute_slurm(suite, cwd, echo, self.poll_seconds)

@@ -4,13 +4,16 @@ transfer papers print them (detection, segmentation, classification), which the 
 import importlib
 
 from dropbench.plugins import PLUGINS_VARIABLE
+from dropbench.tasks.dense import DenseTask, dense_task
 from dropbench.tasks.registry import (
-    PRETRAIN_STAGE,
+    PRETRAIN_KIND,
+    SuiteOptions,
     SuiteTask,
+    TaskIdentity,
     TransferTask,
     node_wide,
     register,
-    stages,
+    run_kinds,
     transfer_task,
     transfer_tasks,
 )
@@ -20,12 +23,16 @@ for _module in ("dense", "classification"):
 
 __all__ = [
     "PLUGINS_VARIABLE",
-    "PRETRAIN_STAGE",
+    "PRETRAIN_KIND",
+    "DenseTask",
+    "SuiteOptions",
     "SuiteTask",
+    "TaskIdentity",
     "TransferTask",
+    "dense_task",
     "node_wide",
     "register",
-    "stages",
+    "run_kinds",
     "transfer_task",
     "transfer_tasks",
 ]

@@ -1,58 +1,57 @@
-"""Detection (Mask R-CNN, mmdet) and semantic segmentation (UperNet, mmseg): the dense tasks, one mm* config each."""
+"""Dense tasks on mm*: detection (Mask R-CNN, mmdet) and semantic segmentation (UperNet, mmseg), each one
+``DenseTask``, made into a transfer task by ``dense_task``. A third (keypoints, another detector) is one more."""
 
 import argparse
+import importlib
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from dropbench.core.configs import CONFIG_ROOT, shipped_path
+from dropbench.core.configs import CONFIG_ROOT, DATA_ROOT, shipped_path
 from dropbench.core.errors import UserInputError, did_you_mean
-from dropbench.core.fields import mm_value, option_items, renamed_fields, require
+from dropbench.core.fields import mm_value, option_items, require
+from dropbench.core.identity import RunIdentity
 from dropbench.core.tracking import check_trackers
-from dropbench.tasks.registry import SuiteTask, TransferTask, register
+from dropbench.tasks.registry import SuiteOptions, SuiteTask, TaskIdentity, TransferTask, register, results_dir
 
 
-def _arguments(folder: str, example: str):
-    def add(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--config", required=True, help=f"an mm* config, e.g. configs/{folder}/{example}")
-        parser.add_argument("--cfg-options", nargs="+", metavar="key=value", help="mmengine config overrides")
-        parser.add_argument("--launcher", choices=("none", "pytorch", "slurm"), default="none")
-        parser.add_argument(
-            "--loggers", nargs="+", default=[], metavar="TRACKER", help="also log to: tensorboard, wandb, mlflow"
-        )
+@dataclass(frozen=True)
+class DenseTask:
+    """An mm*-based transfer task as data.
 
-    return add
+    ``spec`` names the runner's ``TaskSpec`` (``dropbench/transfer/mm_runner.py``: metrics, wiring, data checks) as
+    ``module:attribute``, a ``TaskSpec`` or a function that makes one. It is imported when a run or a suite needs it,
+    never when the command line is parsed, which loads neither torch nor mm*. ``configs`` is the folder where a
+    config given by name is found; ``example`` is one of them, for ``--help``."""
 
+    kind: str  # dropbench transfer <kind>, kind: <kind> in a suite
+    task: str  # the records' task
+    help: str
+    spec: str  # "module:attribute" of its TaskSpec
+    configs: Path
+    example: str
+    headline_metrics: tuple[str, ...] = ()  # record metric names of the spec's metrics
+    node_wide: bool = True  # mmengine under torchrun, every GPU of a node
+    needs_cuda_ops: bool = True  # mmcv's compiled ops (RoIAlign, NMS, ...)
 
-def _transfer(kind: str):
-    if kind == "det":
-        from dropbench.transfer.detection import DETECTION, transfer_detection
-
-        return DETECTION, transfer_detection
-    from dropbench.transfer.segmentation import SEGMENTATION, transfer_segmentation
-
-    return SEGMENTATION, transfer_segmentation
-
-
-def _runner(kind: str):
-    def run(args: argparse.Namespace) -> None:
-        _, transfer = _transfer(kind)
-        transfer(
-            backbone=Path(args.backbone),
-            config=Path(args.config),
-            work_dir=Path(args.work_dir),
-            results_dir=Path(args.results) if args.results else None,
-            cfg_options=args.cfg_options or [],
-            launcher=args.launcher,
-            seed=args.seed,
-            force=args.force,
-            loggers=check_trackers(args.loggers, "--loggers"),
-            resume=args.resume,
-        )
-
-    return run
+    def task_spec(self) -> Any:
+        """The ``TaskSpec``, imported now."""
+        module, _, name = self.spec.partition(":")
+        found = getattr(importlib.import_module(module), name)
+        return found() if callable(found) else found
 
 
-def _config_path(value: str, folder: Path, field_name: str) -> Path:
-    """A config given as a path, or by name under ``configs/<task folder>/``."""
+@dataclass(frozen=True)
+class DenseSettings:
+    """What a dense task runs: an mm* config loaded with its ``--cfg-options``."""
+
+    config: Path
+    cfg_options: tuple[str, ...]
+    cfg: Any  # mmengine's Config
+
+
+def config_path(value: str, folder: Path, field_name: str) -> Path:
+    """A config given as a path, or by name under the task's config folder."""
     config = shipped_path(value)
     if config is not None and config.is_file():
         return config
@@ -63,84 +62,118 @@ def _config_path(value: str, folder: Path, field_name: str) -> Path:
     return named.resolve()
 
 
-def _from_suite(kind: str, folder: str):
-    def from_suite(index: int, raw: dict) -> SuiteTask:
-        from dropbench.transfer.mm_runner import load_config, task_identity  # mmengine: only for det/seg suites
+def dense_task(dense: DenseTask) -> TransferTask:
+    """The transfer task of an mm* config: ``--config`` (a path or a name in ``dense.configs``), ``--cfg-options``,
+    ``--launcher``, ``--loggers``; the records' dataset is the config's ``dataset_name``, the protocol its name."""
 
-        prefix = f"transfers[{index}]"
-        value = require(raw, "config", f"{prefix}.", str, f"an {folder} config path or name")
-        config = _config_path(value, CONFIG_ROOT / folder, f"{prefix}.config")
-        options = option_items(raw.get("cfg_options"), f"{prefix}.cfg_options", mm_value)
-
-        def rename(loader_field: str) -> str:
-            if loader_field.startswith("--cfg-options "):
-                return f"{prefix}.cfg_options.{loader_field.removeprefix('--cfg-options ')}"
-            return f"{prefix}.config"
-
-        with renamed_fields(rename):
-            cfg = load_config(config, options)
-        dataset, protocol, part = task_identity(cfg, config, options)
-        loggers = check_trackers(raw.get("loggers", []), f"{prefix}.loggers")
-        return SuiteTask(
-            kind,
-            raw.get("name") or f"{kind}-{config.stem}",
-            dataset,
-            protocol,
-            part,
-            arguments=("--config", str(config), *(("--loggers", *loggers) if loggers else ())),
-            trailing=("--cfg-options", *options) if options else (),
-            config=cfg,
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        folder = dense.configs.relative_to(DATA_ROOT) if dense.configs.is_relative_to(DATA_ROOT) else dense.configs
+        parser.add_argument(
+            "--config", required=True, help=f"an mm* config, or its name in {folder}/, e.g. {folder}/{dense.example}"
+        )
+        parser.add_argument("--cfg-options", nargs="+", metavar="key=value", help="mmengine config overrides")
+        parser.add_argument("--launcher", choices=("none", "pytorch", "slurm"), default="none")
+        parser.add_argument(
+            "--loggers", nargs="+", default=[], metavar="TRACKER", help="also log to: tensorboard, wandb, mlflow"
         )
 
-    return from_suite
+    def load(args: argparse.Namespace) -> DenseSettings:
+        from dropbench.transfer.mm_runner import load_config
 
+        config = config_path(args.config, dense.configs, "--config")
+        options = tuple(args.cfg_options or ())
+        return DenseSettings(config, options, load_config(config, options))
 
-def _backbone_check(kind: str):
-    def check(model: str, kwargs: dict, task: SuiteTask) -> None:
-        """A backbone whose token grid is part of its weights (MLP-Mixer) has no sound protocol here."""
+    def identity(settings: DenseSettings) -> TaskIdentity:
+        from dropbench.transfer.mm_runner import task_identity
+
+        return TaskIdentity(*task_identity(settings.cfg, settings.config, settings.cfg_options))
+
+    def execute(settings: DenseSettings, run: RunIdentity, args: argparse.Namespace) -> None:
+        from dropbench.transfer.mm_runner import run_transfer
+
+        loggers = check_trackers(args.loggers, "--loggers")
+        run_transfer(
+            dense.task_spec(),
+            run,
+            Path(args.backbone),
+            settings.cfg,
+            Path(args.work_dir),
+            results_dir(args),
+            launcher=args.launcher,
+            force=args.force,
+            loggers=loggers,
+            resume=args.resume,
+        )
+
+    def suite_options(index: int, raw: dict) -> SuiteOptions:
+        prefix = f"transfers[{index}]"
+        value = require(raw, "config", f"{prefix}.", str, f"a {dense.task} config path or name")
+        config = config_path(value, dense.configs, f"{prefix}.config")
+        options = option_items(raw.get("cfg_options"), f"{prefix}.cfg_options", mm_value)
+        loggers = check_trackers(raw.get("loggers", []), f"{prefix}.loggers")
+
+        def rename(option: str) -> str:
+            if option.startswith("--cfg-options "):
+                return f"{prefix}.cfg_options.{option.removeprefix('--cfg-options ')}"
+            return f"{prefix}.config"
+
+        return SuiteOptions(
+            raw.get("name") or f"{dense.kind}-{config.stem}",
+            ("--config", str(config), *(("--loggers", *loggers) if loggers else ())),
+            ("--cfg-options", *options) if options else (),
+            rename,
+        )
+
+    def check_backbone(model: str, kwargs: dict, task: SuiteTask) -> None:
+        """A backbone whose token grid is part of its weights (MLP-Mixer) has no sound protocol in some tasks."""
         from dropbench.transfer.backbone import backbone_fixed_size
         from dropbench.transfer.mm_runner import check_fixed_grid
 
-        spec, _ = _transfer(kind)
-        check_fixed_grid(spec, task.config.copy(), backbone_fixed_size(model, kwargs), model)
+        check_fixed_grid(dense.task_spec(), task.settings.cfg.copy(), backbone_fixed_size(model, kwargs), model)
 
-    return check
-
-
-def _dense(kind: str, task: str, folder: str, help_text: str, example: str, headline: tuple[str, ...]) -> TransferTask:
     return TransferTask(
-        kind=kind,
-        task=task,
-        help=help_text,
-        run=_runner(kind),
-        from_suite=_from_suite(kind, folder),
-        add_arguments=_arguments(folder, example),
+        kind=dense.kind,
+        task=dense.task,
+        help=dense.help,
+        identity=identity,
+        execute=execute,
+        suite_options=suite_options,
+        add_arguments=add_arguments,
+        load=load,
         suite_keys=("config", "cfg_options", "loggers"),
-        node_wide=True,
-        needs_cuda_ops=True,
-        headline_metrics=headline,
+        node_wide=dense.node_wide,
+        needs_cuda_ops=dense.needs_cuda_ops,
+        headline_metrics=dense.headline_metrics,
         default_seed=0,
-        check_backbone=_backbone_check(kind),
+        check_backbone=check_backbone,
+        origin=dense.spec.partition(":")[0],
     )
 
 
 DETECTION_TASK = register(
-    _dense(
-        "det",
-        "detection",
-        "detection",
-        "COCO detection + instance segmentation with Mask R-CNN (mmdet)",
-        "mask_rcnn_cpu.py",
-        ("box_AP", "mask_AP"),
+    dense_task(
+        DenseTask(
+            kind="det",
+            task="detection",
+            help="COCO detection + instance segmentation with Mask R-CNN (mmdet)",
+            spec="dropbench.transfer.detection:DETECTION",
+            configs=CONFIG_ROOT / "detection",
+            example="mask_rcnn_cpu.py",
+            headline_metrics=("box_AP", "mask_AP"),
+        )
     )
 )
 SEGMENTATION_TASK = register(
-    _dense(
-        "seg",
-        "segmentation",
-        "segmentation",
-        "ADE20K semantic segmentation with UperNet (mmseg)",
-        "upernet_cpu.py",
-        ("mIoU",),
+    dense_task(
+        DenseTask(
+            kind="seg",
+            task="segmentation",
+            help="ADE20K semantic segmentation with UperNet (mmseg)",
+            spec="dropbench.transfer.segmentation:SEGMENTATION",
+            configs=CONFIG_ROOT / "segmentation",
+            example="upernet_cpu.py",
+            headline_metrics=("mIoU",),
+        )
     )
 )

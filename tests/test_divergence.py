@@ -1,0 +1,86 @@
+"""A run whose training loss stops being finite fails loudly: one line naming where it stopped, the lr, its last good
+checkpoint and what to try, a non-zero exit, no export and no record; the table refuses a record that holds one."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dropbench.compare import read_records
+from dropbench.core.identity import ResultRecord, StageName
+from tests.conftest import make_untrained_export
+
+pytest.importorskip("mmdet")
+
+TINY = ["epochs=2", "train_subset=256", "val_subset=64", "batch_size=64", "per_device_batch=64", "warmup_epochs=0"]
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "detection"
+
+
+def _records(results: Path) -> list[Path]:
+    return sorted((results / "records").glob("*.json")) if (results / "records").is_dir() else []
+
+
+@pytest.mark.slow
+def test_a_diverging_pretraining_stops_with_one_line_and_exports_and_records_nothing(cli, tmp_path):
+    out, results = tmp_path / "run", tmp_path / "results"
+    code, _, err = cli(
+        "pretrain",
+        *("--backbone", "vit_micro", "--regime", "no_dropout", "--recipe", "cpu", "--data", "mnist"),
+        *("--out", out, "--results", results),
+        *TINY,
+        "lr=1e6",
+    )
+    assert code == 1 and err.count("\n") == 1, err
+    assert err.startswith("error: pretrain: the training loss is ") and "epoch 1/2, update" in err, err
+    assert "(lr " in err and "clip_grad" in err and "last good checkpoint: none" in err, err
+    assert not (out / "export").exists() and _records(results) == []
+
+
+@pytest.mark.slow
+def test_a_diverging_fine_tuning_stops_with_one_line_and_records_nothing(cli, tmp_path):
+    export = make_untrained_export("vit_micro", tmp_path / "export")
+    results = tmp_path / "results"
+    code, _, err = cli(
+        *("transfer", "cls", "--backbone", export, "--dataset", "optdigits", "--protocol", "finetune"),
+        *("--work-dir", tmp_path / "work", "--results", results, "epochs=1", "warmup_epochs=0", "lr=1e8"),
+    )
+    assert code == 1 and err.startswith("error: cls finetune: the training loss is ") and err.count("\n") == 1, err
+    assert _records(results) == []
+
+
+@pytest.mark.slow
+def test_a_diverging_detection_transfer_stops_with_one_line_and_records_nothing(cli, tmp_path):
+    export = make_untrained_export("vit_micro", tmp_path / "export")
+    results = tmp_path / "results"
+    options = ["train_cfg.max_iters=6", "optim_wrapper.optimizer.lr=1e12", "embedded_data.num_train=4"]
+    code, _, err = cli(
+        *("transfer", "det", "--backbone", export, "--config", CONFIGS / "mask_rcnn_cpu.py"),
+        *("--work-dir", tmp_path / "work", "--results", results, "--cfg-options", *options),
+    )
+    assert code == 1 and err.startswith("error: detection: the training loss is ") and "iteration " in err, err
+    assert err.count("\n") == 1 and _records(results) == []
+
+
+def test_a_record_that_holds_a_non_finite_value_is_refused_by_name(tmp_path):
+    record = ResultRecord(
+        backbone="b",
+        regime="r",
+        recipe="c",
+        seed=0,
+        stage=StageName.PRETRAIN,
+        task="classification",
+        dataset="d",
+        protocol="p",
+        model="m",
+        run_dir="r",
+        metric="top1",
+        value=float("nan"),
+        config_hash="h",
+        code_version="v",
+        started="s",
+        finished="f",
+    )
+    path = record.write(tmp_path)
+    assert json.loads(path.read_text().replace("NaN", "null"))["value"] is None
+    frame, skipped = read_records(tmp_path)
+    assert frame.empty and len(skipped) == 1 and path.name in skipped[0] and "not finite" in skipped[0]
