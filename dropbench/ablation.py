@@ -82,6 +82,7 @@ def plot_ablation(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     from dropbench.plots import save_png
 
@@ -112,7 +113,7 @@ def plot_ablation(
         ax_delta.axhline(0, color="black", linewidth=0.8)
         n_text = _noise_text(own, floors)
         ax.set_ylabel(METRIC_LABELS.get(key[-1], key[-1]))
-        ax_delta.set_ylabel(f"Δ vs {baseline} (paired)")
+        ax_delta.set_ylabel(f"Δ vs {baseline}\n({LEVEL:.0%} paired t interval)")
         ax.set_title(f"{metric}\nmean, {LEVEL:.0%} t interval over seeds; {n_text}", fontsize=8)
         ax_delta.set_xlabel(x_field)
         if categorical:
@@ -120,6 +121,7 @@ def plot_ablation(
         elif is_geometric(list(own["x"].unique())):
             ax_delta.set_xscale("log")
             ax_delta.set_xticks(sorted(own["x"].unique()), [f"{v:g}" for v in sorted(own["x"].unique())])
+            ax_delta.xaxis.set_minor_formatter(NullFormatter())
         for axis in (ax, ax_delta):
             axis.grid(alpha=0.3)
         ax.legend(fontsize=7, frameon=False)
