@@ -171,6 +171,9 @@ def _compare(args: argparse.Namespace) -> None:
         print(f"warning: {message}", file=sys.stderr)
 
     records, skipped = read_records(args.results, include_paper=args.include_paper)
+    if skipped and args.strict:
+        more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
+        raise UserInputError("--strict", f"{skipped[0]}{more}; remove or re-run them, or leave out --strict")
     for message in skipped:
         warn(message)
     if args.format == "records":
@@ -328,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--baseline", default="no_dropout", help="the regime Δ is measured against")
     compare.add_argument(
         "--include-paper", action="store_true", help="add the paper's published numbers (results/paper/, shipped)"
+    )
+    compare.add_argument(
+        "--strict", action="store_true", help="a file that is not a readable record is an error (exit 2), not a warning"
     )
     compare.add_argument("--out", help="also write the table to this file")
     compare.set_defaults(run=_compare)

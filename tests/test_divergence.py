@@ -84,3 +84,12 @@ def test_a_record_that_holds_a_non_finite_value_is_refused_by_name(tmp_path):
     assert json.loads(path.read_text().replace("NaN", "null"))["value"] is None
     frame, skipped = read_records(tmp_path)
     assert frame.empty and len(skipped) == 1 and path.name in skipped[0] and "not finite" in skipped[0]
+
+
+def test_compare_strict_turns_a_record_it_cannot_read_into_an_error(cli, tmp_path):
+    (tmp_path / "records").mkdir()
+    (tmp_path / "records" / "half.json").write_text('{"backbone": "b", "val')
+    code, out, err = cli("compare", "--results", tmp_path)
+    assert code == 0 and "warning: skipping" in err and "half.json" in err
+    code, out, err = cli("compare", "--results", tmp_path, "--strict")
+    assert code == 2 and err.startswith("error: --strict: skipping") and "half.json" in err and err.count("\n") == 1

@@ -1,0 +1,54 @@
+"""A killed run leaves no process behind: its forked data-loader workers die with it, SIGKILL included."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        children = (task / "children").read_text().split() if (task / "children").exists() else []
+        found += [int(child) for child in children]
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+@pytest.mark.slow
+def test_sigkill_on_a_pretraining_takes_its_loader_workers_with_it(tmp_path):
+    command = [
+        *(sys.executable, "-m", "dropbench.cli", "pretrain", "--backbone", "vit_micro", "--regime", "no_dropout"),
+        *("--recipe", "cpu", "--data", "mnist", "--out", str(tmp_path / "run"), "--results", ""),
+        *("epochs=3", "train_subset=4096", "val_subset=64", "workers=2", "warmup_epochs=0"),
+    ]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        workers: list[int] = []
+        while time.monotonic() < deadline and len(workers) < 2 and process.poll() is None:
+            time.sleep(0.2)
+            workers = [pid for pid in _children(process.pid) if _alive(pid)]
+        assert len(workers) >= 2, "the run started no loader workers"
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        deadline = time.monotonic() + 2  # torch's own watchdog takes up to 5 s, a blocked worker forever
+        while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
+            time.sleep(0.1)
+        assert not any(_alive(pid) for pid in workers), f"workers {workers} outlived their killed run"
+    finally:
+        process.kill()
