@@ -4,7 +4,7 @@ The shipped configs run with execution-level options only (one iteration, batch 
 checkpoint; AMP falls back to float32 without a GPU), on small real data in COCO's and ADE20K's layouts
 (``tests/paper_scale.py``), from untrained exports at the paper's widths, and write records. A pairing with no
 sound protocol (an MLP-Mixer in Mask R-CNN, or in the 512 px UperNet) is refused in one line before any run.
-``make test-paper`` runs this file (about 20 minutes on 2 cores); ``make test`` leaves it out.
+``make test-paper`` runs this file (its cost: docs/development.md); ``make test`` leaves it out.
 """
 
 import json

@@ -701,7 +701,7 @@ def test_the_slurm_executor_runs_transfers_after_their_pretraining_and_reports_f
         _sh("scancel", held.stdout.strip())
 
 
-@pytest.mark.long  # about 20 minutes: each requeued job waits about 2 minutes in Slurm before it starts again
+@pytest.mark.long  # each requeued job waits about 2 minutes in Slurm before it starts again
 def test_a_run_past_its_time_limit_requeues_itself_and_ends_as_an_uninterrupted_run(
     slurm_cluster, cli, tmp_path, monkeypatch
 ):

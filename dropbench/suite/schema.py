@@ -84,7 +84,11 @@ def named_config(value: str, load: Callable[..., Any], field_name: str, point: d
     def rename(loader_field: str) -> str:
         if point and loader_field.split(".")[0] in {key.split(".")[0] for key in point}:
             return f"{field_name}.sweep.{loader_field}"  # an override the sweep names: its own spelling
-        return f"{field_name}{loader_field[loader_field.index('.') :] if '.' in loader_field else ''}"
+        rest = loader_field[loader_field.index(".") :] if "." in loader_field else ""
+        if point:  # a value the point gave: the point, then the field
+            label = ",".join(f"{key.rpartition('.')[2]}={yaml_value(value)}" for key, value in point.items())
+            return f"{field_name}.sweep[{label}]{rest}"
+        return f"{field_name}{rest}"
 
     with renamed_fields(rename):
         config = load(argument, point) if point else load(argument)
