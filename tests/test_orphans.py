@@ -52,3 +52,40 @@ def test_sigkill_on_a_pretraining_takes_its_loader_workers_with_it(tmp_path):
         assert not any(_alive(pid) for pid in workers), f"workers {workers} outlived their killed run"
     finally:
         process.kill()
+
+
+@pytest.mark.slow
+def test_sigterm_on_a_suite_stops_its_run_in_progress_and_the_next_suite_resumes_it(tmp_path):
+    import yaml
+
+    results = tmp_path / "results"
+    suite = {
+        "backbones": ["vit_micro"],
+        "regimes": ["no_dropout"],
+        "pretrain": {
+            "recipe": "cpu",
+            "data": "mnist",
+            "overrides": {"epochs": 2, "train_subset": 2048, "val_subset": 64, "warmup_epochs": 0},
+        },
+        "output": {"runs": str(tmp_path / "runs"), "results": str(results)},
+    }
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    command = [sys.executable, "-m", "dropbench.cli", "suite", str(path)]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    run: list[int] = []
+    checkpoint = tmp_path / "runs" / "vit_micro-no_dropout-seed0" / "pretrain" / "checkpoint.pt"
+    while time.monotonic() < deadline and not (run and checkpoint.is_file()) and process.poll() is None:
+        time.sleep(0.2)
+        run = [pid for pid in _children(process.pid) if _alive(pid)]
+    assert run and checkpoint.is_file(), "the suite's pretraining did not reach its first checkpoint"
+    process.send_signal(signal.SIGTERM)
+    out, _ = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM and "stopped by SIGTERM" in out, out
+    assert not any(_alive(pid) for pid in run), f"the run in progress outlived its stopped suite: {run} {out}"
+    assert not (results / "records").is_dir() or not list((results / "records").glob("*.json"))
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    log = (tmp_path / "runs" / "vit_micro-no_dropout-seed0" / "pretrain.log").read_text()
+    assert "--resume" in log.split("=====")[-1].splitlines()[0] and list((results / "records").glob("*.json"))

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,8 +133,9 @@ def execute_local(
         echo(f"[{position[name]}/{len(position)}] {name}: {text}")
 
     def finish(key: str) -> None:
-        launch, process, start, lock = running.pop(key)
+        launch, process, start, lock = running[key]
         outcome = conclude(launch.run, process.wait())
+        del running[key]  # after its wait: a signal meanwhile finds it running, and stops it
         lock.release()
         outcome.seconds = time.perf_counter() - start
         say(launch.run.name, f"{outcome.status} in {outcome.seconds:.0f} s" + detail(outcome))
@@ -141,36 +145,78 @@ def execute_local(
         due = elsewhere.get(launch.run.name, 0.0) <= time.monotonic()
         return due and _can_start(launch, running, outcomes, jobs)
 
-    while pending or running:
-        launch = next((launch for launch in pending if ready(launch)), None)
-        if launch is None:
-            if running:
-                _wait_any(running, finish)
-            else:  # every pending run waits for one that another process holds
-                time.sleep(max(0.0, min(elsewhere.values()) - time.monotonic()))
-            continue
-        name = launch.run.name
-        lock = RunLock(launch.run.work_dir)
-        if not lock.try_take():  # another process runs it: look again later, never run it beside that one
-            if name not in elsewhere:
-                say(name, f"running elsewhere ({lock.holder()}); waiting for it")
-            elsewhere[name] = time.monotonic() + HELD_RETRY_SECONDS
-            lock.release()
-            continue
-        pending.remove(launch)
-        elsewhere.pop(name, None)
-        outcome = skip_or_none(launch.run, outcomes)  # under the lock: records written elsewhere count
-        if outcome is not None:
-            lock.release()
-            say(name, f"{outcome.status}{detail(outcome)}")
-            outcomes[name] = outcome
-            continue
-        say(name, f"running, log {launch.run.log}")
-        key = launch.devices or next(slot for slot in slots if slot not in running)
-        env = launch.env() | lock.child_env()
-        process = start_logged(launch.argv(gpus), launch.run.log, cwd, env, pass_fds=(lock.fileno(),))
-        running[key] = (launch, process, time.perf_counter(), lock)
+    with _stopped_by_signals(running, echo):
+        while pending or running:
+            launch = next((launch for launch in pending if ready(launch)), None)
+            if launch is None:
+                if running:
+                    _wait_any(running, finish)
+                else:  # every pending run waits for one that another process holds
+                    time.sleep(max(0.0, min(elsewhere.values()) - time.monotonic()))
+                continue
+            name = launch.run.name
+            lock = RunLock(launch.run.work_dir)
+            if not lock.try_take():  # another process runs it: look again later, never run it beside that one
+                if name not in elsewhere:
+                    say(name, f"running elsewhere ({lock.holder()}); waiting for it")
+                elsewhere[name] = time.monotonic() + HELD_RETRY_SECONDS
+                lock.release()
+                continue
+            pending.remove(launch)
+            elsewhere.pop(name, None)
+            outcome = skip_or_none(launch.run, outcomes)  # under the lock: records written elsewhere count
+            if outcome is not None:
+                lock.release()
+                say(name, f"{outcome.status}{detail(outcome)}")
+                outcomes[name] = outcome
+                continue
+            say(name, f"running, log {launch.run.log}")
+            key = launch.devices or next(slot for slot in slots if slot not in running)
+            env = launch.env() | lock.child_env()
+            process = start_logged(launch.argv(gpus), launch.run.log, cwd, env, pass_fds=(lock.fileno(),))
+            running[key] = (launch, process, time.perf_counter(), lock)
+
     return [outcomes[run.name] for run in suite.runs]
+
+
+class _Stop(Exception):
+    """SIGTERM (a scheduler's, a ``kill``) or Ctrl-C on the suite."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+
+
+@contextmanager
+def _stopped_by_signals(running: dict, echo: Callable[[str], None]) -> Iterator[None]:
+    """SIGTERM or Ctrl-C stops the runs in progress (each gets SIGTERM, and its checkpoints stay) and then the suite,
+    exit code 128 + the signal's number: the next ``dropbench suite`` resumes them (``--resume``)."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise _Stop(signum)
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may handle signals
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    except (_Stop, KeyboardInterrupt) as err:
+        signum = err.signum if isinstance(err, _Stop) else signal.SIGINT
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for _, process, *_ in running.values():
+            if process.poll() is None:
+                process.terminate()
+        for _, process, _, lock in running.values():
+            process.wait()
+            lock.release()
+        names = ", ".join(launch.run.name for launch, *_ in running.values()) or "none"
+        echo(
+            f"stopped by {signal.Signals(signum).name}: runs in progress stopped ({names}); run the suite again to "
+            "resume them"
+        )
+        raise SystemExit(128 + signum) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 HELD_RETRY_SECONDS = 2.0
