@@ -285,11 +285,11 @@ def coerce(value: Any, hint: Any, field_name: str, whole_floats_stay_int: bool =
         if any(typing.get_origin(kind) is tuple for kind in allowed):
             return ()  # null for a list: none
         raise UserInputError(field_name, "must not be null")
-    for kind in allowed:
-        if isinstance(kind, type) and issubclass(kind, Settings):
-            if not isinstance(value, Mapping):
-                raise UserInputError(field_name, f"{value!r} must be a mapping of {', '.join(kind.keys())}")
-            return kind.from_mapping(value, f"{field_name}.")
+    nested = _nested_settings(hint)
+    if nested is not None:
+        if not isinstance(value, Mapping):
+            raise UserInputError(field_name, f"{value!r} must be a mapping of {', '.join(nested.keys())}")
+        return nested.from_mapping(value, f"{field_name}.")
     if bool in allowed and isinstance(value, bool):
         return value
     if dict in allowed and isinstance(value, Mapping):
