@@ -81,11 +81,8 @@ class Regime(Settings):
         """Why a swept field (``dropout.cutoff_epoch``) leaves the schedules as they are."""
         kind, _, name = key.partition(".")
         schedule = self.schedules().get(kind)
-        if schedule is not None and name in ("shape", "cutoff_epoch", "reference_epochs"):
-            ignored = {"standard": ("shape", "cutoff_epoch", "reference_epochs"), "curriculum": ("cutoff_epoch",)}
-            ignored["annealed"] = ignored["curriculum"]
-            if name in ignored.get(schedule.mode, ()):
-                return f"mode '{schedule.mode}' ignores {name}"
+        if schedule is not None and schedule.ignores(name):
+            return f"mode '{schedule.mode}' ignores {name}"
         if name == "cutoff_epoch" and schedule is not None and schedule.reference_epochs:
             return f"its cutoffs scale from {schedule.reference_epochs} to the same epochs of a {epochs}-epoch run"
         return f"every value gives the same schedules in a {epochs}-epoch run"

@@ -72,6 +72,12 @@ class DropSetting(Settings):
     def check(self, prefix: str) -> None:
         self._check_run(self.reference_epochs or max(self.cutoff_epoch, 1), 1, prefix)
 
+    def ignores(self, name: str) -> bool:
+        """Whether the mode leaves field ``name`` unread: ``standard`` reads the rate alone, ``curriculum`` and
+        ``annealed`` no cutoff (as :meth:`for_run` drops them)."""
+        cutoff = name in ("cutoff_epoch", "reference_epochs")
+        return (self.mode == "standard" and (cutoff or name == "shape")) or (cutoff and self.mode not in CUTOFF_MODES)
+
     def cutoff_for(self, epochs: int) -> int:
         """The cutoff scaled to a shorter run (a cutoff > 0 stays >= 1); longer runs keep the paper's cutoff."""
         if self.mode not in CUTOFF_MODES or not self.reference_epochs or epochs >= self.reference_epochs:

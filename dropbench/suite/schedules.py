@@ -24,9 +24,8 @@ def plot_suite_schedules(suite: Suite, out: Path, iters: int | None = None) -> l
     rates it draws, one column per line, one row per update."""
     from dropbench.plots import plot_schedules
 
-    recipes = {
-        recipe.name: recipe for (_, seed), recipe in suite.recipes.items() if seed == min(s for _, s in suite.recipes)
-    }
+    first_seed = min(seed for _, seed in suite.recipes)  # seeds leave schedules alone: one recipe per variant
+    recipes = {name: recipe for (name, seed), recipe in suite.recipes.items() if seed == first_seed}
     schedules, per_epoch = {}, iters
     for recipe in recipes.values():
         per_epoch = iters or iters_per_epoch(recipe, suite.data)
