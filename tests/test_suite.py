@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from dropbench.core.identity import Measurement
-from dropbench.suite import SlurmResources, load_suite, queued_jobs
+from dropbench.suite import SlurmResources, load_suite, queued_runs
+from dropbench.suite.slurm_arrays import plan_batches
 
 pytest.importorskip("mmdet")
 
@@ -268,14 +269,40 @@ def test_the_slurm_dry_run_shows_multi_node_pretraining_as_one_torchrun_per_node
     path = _suite(tmp_path, transfers=[DET, CLS], slurm=slurm)
     code, out, err = cli("suite", path, "--executor", "slurm", "--dry-run")
     assert code == 0, err
-    pretraining, det, cls = out.strip().splitlines()[1:]
-    assert "[2 node(s) × 8 GPU(s), 2880 min]" in pretraining
+    pretraining, det, cls, summary = out.strip().splitlines()[1:]
+    assert "job 0: [2 node(s) × 8 GPU(s), 2880 min]" in pretraining
+    assert "job 1, after job 0: [1 node(s) × 8 GPU(s)" in det
+    assert summary == "slurm: 3 run(s) to submit in 3 sbatch call(s); job 0: pretrain; job 1: det; job 2: cls"
     rendezvous = "--nnodes=2 --rdzv_backend=c10d '--rdzv_endpoint=$FIRST_NODE:29500' '--rdzv_id=$SLURM_JOB_ID'"
     assert f"-m torch.distributed.run {rendezvous} --nproc_per_node=8 -m dropbench.cli pretrain " in pretraining
     assert "[1 node(s) × 8 GPU(s)" in det and "--standalone --nproc_per_node=8" in det and "--launcher pytorch" in det
     assert "[1 node(s) × 1 GPU(s)" in cls and "torch.distributed.run" not in cls
     code, _, err = cli("suite", _suite(tmp_path, slurm={"cls": {"nodes": 2}}), "--executor", "slurm", "--dry-run")
     assert code == 2 and "slurm.cls.nodes" in err
+
+
+def test_slurm_gets_one_array_per_stage_each_transfer_task_after_its_own_pretraining(tmp_path):
+    path = _suite(tmp_path, backbones=["vit_micro", "vit_tiny"], seeds=[0, 1], transfers=[DET, CLS])
+    runs = load_suite(path).runs
+    pretrainings = [run for run in runs if run.kind == "pretrain"]
+    batches = plan_batches(runs)
+    assert [(b.kind, len(b.runs), b.follows) for b in batches] == [("pretrain", 4, None), ("det", 4, 0), ("cls", 4, 0)]
+    for batch in batches[1:]:
+        assert [run.after for run in batch.runs] == [run.name for run in pretrainings], "task i reads export i"
+
+    # Exports that exist: nothing to wait for, one array per kind. Pretrainings queued already: each transfer alone.
+    transfers = [run for run in runs if run.kind != "pretrain"]
+    assert [(b.kind, len(b.runs), b.follows) for b in plan_batches(transfers)] == [("det", 4, None), ("cls", 4, None)]
+    queued = frozenset(run.name for run in pretrainings)
+    assert [(b.kind, len(b.runs), b.follows) for b in plan_batches(transfers, queued)] == [("det", 1, None)] * 4 + [
+        ("cls", 1, None)
+    ] * 4
+
+    # A backbone with transfers of its own: the cls transfers no longer sit at their pretraining's index.
+    own = [{"backbone": "vit_micro", "transfers": ["det-mask_rcnn_cpu"]}, "vit_tiny"]
+    runs = load_suite(_suite(tmp_path, backbones=own, seeds=[0, 1], transfers=[DET, CLS])).runs
+    shape = [(b.kind, len(b.runs), b.follows) for b in plan_batches(runs)]
+    assert shape == [("pretrain", 4, None), ("det", 4, 0), ("cls", 1, None), ("cls", 1, None)]
 
 
 def test_more_gpus_than_visible_are_refused_before_anything_runs(cli, tmp_path):
@@ -652,12 +679,17 @@ def test_the_slurm_executor_runs_transfers_after_their_pretraining_and_reports_f
             jobs[name] = status.split()[4].rstrip(",")
     assert len(jobs) == 6, out
     runs = tmp_path / "runs"
-    pretrain_job = jobs["vit_micro-no_dropout-seed0/pretrain"]
-    assert "--dependency" not in _submission(runs, pretrain_job)
+    # One array per stage (3 sbatch calls for 6 runs); task i of a transfer array reads pretraining task i's export.
+    pretrain_array = jobs["vit_micro-no_dropout-seed0/pretrain"].partition("_")[0]
+    assert jobs["broken_vit-no_dropout-seed0/pretrain"] == f"{pretrain_array}_1"
+    script = _submission(runs, pretrain_array)
+    assert "--dependency" not in script and "#SBATCH --array=0-1%2" in script
     for transfer in ("seg-upernet_cpu", "det-bad"):
-        script = _submission(runs, jobs[f"vit_micro-no_dropout-seed0/{transfer}"])
-        assert f"#SBATCH --dependency=afterok:{pretrain_job}" in script
-        assert "#SBATCH --job-name=dropbench:tiny:vit_micro-no_dropout-seed0/" in script
+        array = jobs[f"vit_micro-no_dropout-seed0/{transfer}"].partition("_")[0]
+        assert jobs[f"broken_vit-no_dropout-seed0/{transfer}"] == f"{array}_1"
+        script = _submission(runs, array)
+        assert f"#SBATCH --dependency=aftercorr:{pretrain_array}" in script
+        assert f"#SBATCH --job-name=dropbench:tiny:{transfer[:3]}" in script
 
     outcomes = {}
     for line in out.splitlines():
@@ -687,16 +719,21 @@ def test_the_slurm_executor_runs_transfers_after_their_pretraining_and_reports_f
     assert not pending, f"no job is left in the queue: {pending}"
 
     # A second invocation submits nothing that has finished.
-    finished_part = _suite(tmp_path, transfers=[SEG], slurm={"cpus": 1, "time": 10})
+    finished_part = _suite(tmp_path, "tiny_seg", transfers=[SEG], slurm={"cpus": 1, "time": 10})
     code, out, err = cli("suite", finished_part, "--executor", "slurm")
     assert code == 0 and "submitted" not in out and "2 finished earlier" in out, out + err
 
-    # A run still queued under its job name (an interrupted invocation) is found, so it is not submitted twice.
-    name = "dropbench:tiny:vit_micro-no_dropout-seed0/det-bad"
-    held = _sh("sbatch", "--hold", f"--job-name={name}", "--parsable", "--wrap=true")
+    # An interrupted invocation's run that Slurm still has, a task of a pending array here, is found by the job id
+    # the suite kept, so it is not submitted twice; a finished job's id is not.
+    ledger = runs / "slurm" / "jobs.json"
+    kept = json.loads(ledger.read_text())
+    assert kept == jobs
+    held = _sh("sbatch", "--hold", "--array=0-2", "--parsable", "--wrap=true")
     assert held.returncode == 0, held.stderr
     try:
-        assert queued_jobs({name, "dropbench:tiny:other"}) == {name: held.stdout.strip()}
+        task = f"{held.stdout.strip()}_1"
+        ledger.write_text(json.dumps(kept | {"vit_micro-no_dropout-seed0/det-bad": task}))
+        assert queued_runs(load_suite(path)) == {"vit_micro-no_dropout-seed0/det-bad": task}
     finally:
         _sh("scancel", held.stdout.strip())
 

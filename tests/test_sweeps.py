@@ -18,6 +18,7 @@ from dropbench.core.settings import variant_name
 from dropbench.core.sweeps import is_geometric, sweep_points
 from dropbench.pretrain.config import Recipe, Regime, pretrain_identity
 from dropbench.suite import load_suite
+from dropbench.suite.slurm import SlurmExecutor
 
 TINY_PRETRAIN = dict(epochs=2, train_subset=256, val_subset=64, batch_size=64, per_device_batch=64, warmup_epochs=0)
 CLS = {"kind": "cls", "dataset": "optdigits", "protocol": "linear", "overrides": {"linear_c_grid": [1.0]}}
@@ -128,9 +129,13 @@ def test_two_hundred_points_plan_in_seconds(tmp_path):
     )
     start = time.perf_counter()
     suite = load_suite(path)
+    slurm = SlurmExecutor()
+    commands, summary = slurm.commands(suite), slurm.plan_summary(suite)  # what the Slurm dry run prints
     took = time.perf_counter() - start
     assert sum(run.identity.stage == StageName.PRETRAIN for run in suite.runs) == 201
     assert took <= 5, f"planning 200 points took {took:.1f} s"
+    assert len(commands) == len(suite.runs) == 402
+    assert summary.startswith("slurm: 402 run(s) to submit in 2 sbatch call(s); array 0: 201 pretrain; array 1: 201")
 
 
 # ------------------------------------------------------------------------------------------------ refusals

@@ -23,7 +23,7 @@ from dropbench.suite.executors import Executor, executor_classes, register_execu
 from dropbench.suite.local import LocalExecutor, execute_local
 from dropbench.suite.plan import Run, Suite, describe, load_suite
 from dropbench.suite.running import Outcome, Status, report
-from dropbench.suite.slurm import SlurmExecutor, SlurmResources, execute_slurm, queued_jobs
+from dropbench.suite.slurm import SlurmExecutor, SlurmResources, execute_slurm, queued_runs
 from dropbench.tasks import PRETRAIN_KIND, transfer_task
 
 __all__ = [
@@ -40,7 +40,7 @@ __all__ = [
     "execute_slurm",
     "executor_classes",
     "load_suite",
-    "queued_jobs",
+    "queued_runs",
     "register_executor",
     "report",
     "run_suite",
@@ -65,6 +65,8 @@ def run_suite(path: str | Path, executor: str = "local", dry_run: bool = False, 
     runner = start_executor(executor, dry_run=dry_run, **options)
     if dry_run:
         print(describe(suite, runner.commands(suite)))
+        if summary := runner.plan_summary(suite):
+            print(summary)
         return 0
     check_dense_ops(suite, lambda kind: runner.gpus_of(suite, kind))
     echo = lambda line: print(line, flush=True)  # noqa: E731 - progress lines must appear as runs go

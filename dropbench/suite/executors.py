@@ -35,6 +35,10 @@ class Executor(ABC):
     def commands(self, suite: Suite) -> list[tuple[Run, str]]:
         """Each run with the exact command it gets, in the order they go (what a dry run prints)."""
 
+    def plan_summary(self, suite: Suite) -> str | None:
+        """A line a dry run ends with: how the executor groups the runs (Slurm's arrays); None: nothing to add."""
+        return None
+
     @abstractmethod
     def gpus_of(self, suite: Suite, kind: str) -> int:
         """The GPUs a run of ``kind`` gets (0: the CPU)."""

@@ -1,8 +1,9 @@
 """The Slurm executor: what the job of each kind of run asks for (the suite file's ``slurm`` section), and every run
-submitted through submitit, a transfer ``afterok`` its pretraining."""
+submitted through submitit in job arrays (``slurm_arrays``), a transfer's task after its pretraining's."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from dropbench.core.configs import check_keys
 from dropbench.core.errors import UserInputError
+from dropbench.core.io import atomic_write_json
 from dropbench.core.settings import NON_NEGATIVE_INT, POSITIVE_INT, Check, Settings, setting
 from dropbench.suite.executors import Executor, register_executor
 from dropbench.suite.running import (
@@ -29,15 +31,18 @@ from dropbench.suite.running import (
     run_logged,
     skip_or_none,
 )
+from dropbench.suite.slurm_arrays import Batch, plan_batches
 from dropbench.tasks import PRETRAIN_KIND, node_wide, run_kinds
 
 if TYPE_CHECKING:
     from dropbench.suite.plan import Run, Suite
 
 
-def _no_dependency(options: dict, field_name: str) -> None:
+def _set_by_the_suite(options: dict, field_name: str) -> None:
     if "dependency" in options:
         raise UserInputError(f"{field_name}.dependency", "is set by the suite (a transfer waits for its export)")
+    if "array" in options:
+        raise UserInputError(f"{field_name}.array", "is set by the suite; array_parallelism limits its tasks at once")
 
 
 POSITIVE = Check(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "must be a number > 0")
@@ -57,8 +62,9 @@ class SlurmResources(Settings):
     mem_gb: float | None = setting(None, check=Check(lambda v: v is None or POSITIVE.holds(v), "must be GB > 0"))
     time: int = setting(60, check=POSITIVE_INT)  # minutes; a file may give Slurm's formats ("H:M:S", "D-H")
     setup: tuple[str, ...] = ()  # shell lines before the run, e.g. "module load cuda"
+    array_parallelism: int = setting(256, check=POSITIVE_INT)  # the tasks of one array that may run at once
     # any other sbatch option, e.g. {"account": "x", "qos": "y"}
-    additional: dict = setting(default_factory=dict, check=_no_dependency)
+    additional: dict = setting(default_factory=dict, check=_set_by_the_suite)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], prefix: str | None = None) -> SlurmResources:
@@ -176,51 +182,91 @@ def signal_delay_seconds(minutes: int) -> int:
 
 
 def _squeue_states(job_ids: Sequence[str]) -> dict[str, str] | None:
-    """The Slurm state of each job the controller still knows; None when it cannot be asked."""
+    """The Slurm state of each job the controller still knows (an array's tasks each by ``<array>_<task>``); None
+    when it cannot be asked."""
     if not job_ids:
         return {}
-    result = subprocess.run(
-        ["squeue", "--noheader", "--states=all", "--format=%i %T", f"--jobs={','.join(job_ids)}"],
-        capture_output=True,
-        text=True,
-    )
+    result = _squeue("--states=all", f"--jobs={','.join(job_ids)}")
     if result.returncode != 0:
         # A job the controller has forgotten (MinJobAge) is "invalid"; anything else: ask again later.
         return {} if "Invalid job id" in result.stderr else None
+    return _states(result.stdout)
+
+
+def _squeue(*options: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["squeue", "--noheader", "--array", "--format=%i %T", *options], capture_output=True, text=True
+    )
+
+
+def _states(listing: str) -> dict[str, str]:
     states = {}
-    for line in result.stdout.splitlines():
+    for line in listing.splitlines():
         job_id, _, state = line.strip().partition(" ")
         if job_id:
             states[job_id] = state.strip() or "UNKNOWN"
     return states
 
 
-def _job_name(suite: Suite, run: Run) -> str:
-    return f"dropbench:{suite.name}:{run.name}"
+def _job_name(suite: Suite, batch: Batch) -> str:
+    return f"dropbench:{suite.name}:{batch.kind if batch.is_array else batch.runs[0].name}"
 
 
-def queued_jobs(names: set[str]) -> dict[str, str]:
-    """Jobs of this user that are still queued or running under one of ``names``: name → job id."""
-    result = subprocess.run(
-        ["squeue", "--noheader", "--format=%j|%i", f"--user={os.getuid()}"], capture_output=True, text=True
-    )
+LEDGER = "jobs.json"  # under the Slurm folder: each submitted run's job id, for the next invocation
+
+
+def _ledger_path(suite: Suite) -> Path:
+    return suite.runs_dir / SLURM_FOLDER / LEDGER
+
+
+def _read_ledger(suite: Suite) -> dict[str, str]:
+    path = _ledger_path(suite)
+    try:
+        entries = json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, ValueError) as err:
+        raise UserInputError(str(path), f"is not a readable job list ({err}); delete it to submit afresh") from None
+    return {str(name): str(job_id) for name, job_id in entries.items()} if isinstance(entries, dict) else {}
+
+
+def _write_ledger(suite: Suite, entries: Mapping[str, str]) -> None:
+    path = _ledger_path(suite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, dict(entries))
+
+
+def queued_runs(suite: Suite) -> dict[str, str]:
+    """The suite's runs that an earlier invocation submitted and Slurm still has queued or running: name → job id."""
+    ledger = _read_ledger(suite)
+    if not ledger:
+        return {}
+    result = _squeue(f"--user={os.getuid()}")
     if result.returncode != 0:
         raise UserInputError("--executor", f"cannot ask Slurm for the queue: {result.stderr.strip()}")
-    queued = {}
-    for line in result.stdout.splitlines():
-        name, _, job_id = line.rpartition("|")
-        if name in names:
-            queued[name] = job_id.strip()
-    return queued
+    active = {job_id for job_id, state in _states(result.stdout).items() if state.split()[0] in SLURM_ACTIVE_STATES}
+    names = {run.name for run in suite.runs}
+    return {name: job_id for name, job_id in ledger.items() if name in names and job_id in active}
+
+
+def array_id(job_id: str) -> str:
+    return job_id.partition("_")[0]
+
+
+def _dependency(batch: Batch, batches: Sequence[Batch], jobs: Mapping[str, Any]) -> str | None:
+    """What a batch waits for: an array's task i for task i of the pretraining array (aftercorr); a job alone for
+    its pretraining's job or array task (afterok); nothing when its exports exist."""
+    if batch.follows is not None:
+        return f"aftercorr:{array_id(jobs[batches[batch.follows].runs[0].name].job_id)}"
+    afters = sorted({jobs[run.after].job_id for run in batch.runs if run.after in jobs})
+    return f"afterok:{':'.join(afters)}" if afters else None
 
 
 def execute_slurm(
     suite: Suite, cwd: Path, echo: Callable[[str], None] = print, poll_seconds: float = 30.0
 ) -> list[Outcome]:
-    """Submit every unfinished run through submitit (transfers ``afterok`` their pretraining) and wait for all.
+    """Submit every unfinished run through submitit, as job arrays (``plan_batches``), and wait for all.
 
-    A run already queued or running under its job name (an earlier invocation that was interrupted) is waited
-    for, not submitted again.
+    A run that an earlier, interrupted invocation submitted and Slurm still has is waited for, not submitted again
+    (each submitted run's job id is kept in the Slurm folder's ``jobs.json``).
     """
     import submitit
     from submitit.slurm.slurm import SlurmJob
@@ -231,28 +277,26 @@ def execute_slurm(
     executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=MAX_REQUEUES)
     outcomes: dict[str, Outcome] = {}
     jobs: dict[str, Any] = {}  # run name → submitit job
-    queued = queued_jobs({_job_name(suite, run) for run in suite.runs})
+    queued = queued_runs(suite)
+    to_submit = []
     for run in suite.runs:
-        outcome = skip_or_none(run, outcomes)
+        outcome = None if run.name in queued else skip_or_none(run, outcomes)
         if outcome is not None:
             outcomes[run.name] = outcome
             echo(f"{run.name}: {outcome.status}" + detail(outcome))
-            continue
-        job_name = _job_name(suite, run)
-        if job_name in queued:
-            jobs[run.name] = SlurmJob(folder=folder, job_id=queued[job_name])
-            echo(f"{run.name}: already queued as Slurm job {queued[job_name]}, not submitted again")
-            continue
-        dependency = jobs[run.after].job_id if run.after in jobs else None
-        try:
-            jobs[run.name] = _submit(executor, run, job_name, suite.sections["slurm"][run.kind], dependency, cwd)
-        except Exception as err:  # noqa: BLE001 - sbatch refused it (a bad partition; its pretraining failed already)
-            reason = [line for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
-            outcomes[run.name] = Outcome(run, Status.FAILED, f"not submitted: {reason[-1].strip()}")
-            echo(f"{run.name}: failed" + detail(outcomes[run.name]))
-            continue
-        after = f", after job {dependency}" if dependency else ""
-        echo(f"{run.name}: submitted as Slurm job {jobs[run.name].job_id}{after}, log {run.log}")
+        elif run.name in queued:
+            jobs[run.name] = SlurmJob(folder=folder, job_id=queued[run.name])
+            echo(f"{run.name}: already queued as Slurm job {queued[run.name]}, not submitted again")
+        else:
+            to_submit.append(run)
+    ledger = _read_ledger(suite) | queued
+    try:
+        batches = plan_batches(to_submit, frozenset(jobs))
+        for batch in batches:
+            _submit_batch(suite, executor, batch, batches, jobs, outcomes, cwd, echo)
+            ledger |= {run.name: jobs[run.name].job_id for run in batch.runs if run.name in jobs}
+    finally:
+        _write_ledger(suite, ledger)
     try:
         _wait_for_jobs(suite, jobs, outcomes, echo, poll_seconds)
     except KeyboardInterrupt:
@@ -264,11 +308,52 @@ def execute_slurm(
     return [outcomes[run.name] for run in suite.runs]
 
 
-def _submit(executor: Any, run: Run, job_name: str, resources: SlurmResources, after: str | None, cwd: Path) -> Any:
-    """Submit ``run`` as one Slurm job asking for ``resources``, ``afterok`` the job ``after`` when given."""
+def _submit_batch(
+    suite: Suite,
+    executor: Any,
+    batch: Batch,
+    batches: Sequence[Batch],
+    jobs: dict[str, Any],
+    outcomes: dict[str, Outcome],
+    cwd: Path,
+    echo: Callable[[str], None],
+) -> None:
+    """Submit one batch (its runs whose pretraining could not be submitted are skipped) into ``jobs``; a refusal by
+    sbatch (a bad partition) fails its runs."""
+    runs = []
+    for run in batch.runs:
+        outcome = skip_or_none(run, outcomes)
+        if outcome is None:
+            runs.append(run)
+        else:
+            outcomes[run.name] = outcome
+            echo(f"{run.name}: {outcome.status}" + detail(outcome))
+    if not runs:
+        return
+    resources = suite.sections["slurm"][batch.kind]
+    dependency = _dependency(batch, batches, jobs)
+    try:
+        submitted = _submit(executor, runs, _job_name(suite, batch), resources, dependency, cwd)
+    except Exception as err:  # noqa: BLE001 - sbatch refused it (a bad partition; its pretraining failed already)
+        reason = [line for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+        for run in runs:
+            outcomes[run.name] = Outcome(run, Status.FAILED, f"not submitted: {reason[-1].strip()}")
+            echo(f"{run.name}: failed" + detail(outcomes[run.name]))
+        return
+    for run, job in zip(runs, submitted, strict=True):
+        jobs[run.name] = job
+        after = f", after job {jobs[run.after].job_id}" if run.after in jobs else ""
+        echo(f"{run.name}: submitted as Slurm job {job.job_id}{after}, log {run.log}")
+
+
+def _submit(
+    executor: Any, runs: Sequence[Run], job_name: str, resources: SlurmResources, after: str | None, cwd: Path
+) -> list[Any]:
+    """Submit ``runs`` (of one kind) as one Slurm job or array asking for ``resources`` each, with the dependency
+    ``after`` when given."""
     additional = dict(resources.additional)
     if after:
-        additional["dependency"] = f"afterok:{after}"
+        additional["dependency"] = after
     parameters = dict(
         name=job_name,
         timeout_min=resources.time,
@@ -278,6 +363,7 @@ def _submit(executor: Any, run: Run, job_name: str, resources: SlurmResources, a
         slurm_additional_parameters=additional,
         slurm_setup=list(resources.setup),
         slurm_signal_delay_s=signal_delay_seconds(resources.time),
+        slurm_array_parallelism=resources.array_parallelism,
     )
     if resources.partition:
         parameters["slurm_partition"] = resources.partition
@@ -286,7 +372,9 @@ def _submit(executor: Any, run: Run, job_name: str, resources: SlurmResources, a
     if resources.mem_gb:
         parameters["mem_gb"] = resources.mem_gb
     executor.update_parameters(**parameters)
-    return executor.submit(RunInJob(), run, resources.gpus, str(cwd), resources.nodes)
+    with executor.batch():
+        submissions = [executor.submit(RunInJob(), run, resources.gpus, str(cwd), resources.nodes) for run in runs]
+    return submissions
 
 
 def _wait_for_jobs(
@@ -353,7 +441,7 @@ def _job_failure(run: Run, job: Any, err: Exception) -> str:
 @register_executor
 class SlurmExecutor(Executor):
     name = "slurm"
-    help = "submitit jobs, a transfer afterok its pretraining; resources from the suite's slurm section"
+    help = "submitit job arrays, a transfer's task after its pretraining's; resources from the suite's slurm section"
     section = "slurm"
 
     def __init__(self, dry_run: bool = False, poll_seconds: float = 30.0):
@@ -364,7 +452,31 @@ class SlurmExecutor(Executor):
         return slurm_section(raw)
 
     def commands(self, suite: Suite) -> list[tuple[Run, str]]:
-        return [(run, job_command(suite, run)) for run in suite.runs]
+        """The finished runs, then each run to submit in the order of its sbatch call: ``array B task i`` (or
+        ``job B``, alone) and what it waits for, its resources and its command."""
+        finished = [(run, job_command(suite, run)) for run in suite.runs if run.finished()]
+        batches = plan_batches([run for run in suite.runs if not run.finished()])
+        place = {run.name: (b, i) for b, batch in enumerate(batches) for i, run in enumerate(batch.runs)}
+
+        def where(name: str) -> str:
+            b, i = place[name]
+            return f"array {b} task {i}" if batches[b].is_array else f"job {b}"
+
+        listed = []
+        for batch in batches:
+            for run in batch.runs:
+                after = f", after {where(run.after)}" if run.after in place else ""
+                listed.append((run, f"{where(run.name)}{after}: {job_command(suite, run)}"))
+        return finished + listed
+
+    def plan_summary(self, suite: Suite) -> str:
+        batches = plan_batches([run for run in suite.runs if not run.finished()])
+        parts = []
+        for b, batch in enumerate(batches):
+            what = f"array {b}: {len(batch.runs)} {batch.kind}" if batch.is_array else f"job {b}: {batch.kind}"
+            parts.append(what + (f", task i after array {batch.follows}'s task i" if batch.follows is not None else ""))
+        runs = sum(len(batch.runs) for batch in batches)
+        return f"slurm: {runs} run(s) to submit in {len(batches)} sbatch call(s); " + "; ".join(parts)
 
     def gpus_of(self, suite: Suite, kind: str) -> int:
         return suite.sections["slurm"][kind].gpus
