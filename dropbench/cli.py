@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from dropbench.core.errors import RunFailed, UserInputError
+from dropbench.core.io import DISK_FULL, write_failed
 from dropbench.core.lock import hold_run
 from dropbench.core.log import log_to_stdout
 
@@ -421,6 +422,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except RunFailed as err:
         print(f"error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # a write of mmengine's or tensorboard's own that the disk had no room for
+        if err.errno not in DISK_FULL:
+            raise
+        print(f"error: {write_failed(err.filename, err)}", file=sys.stderr)
         return 1
     return 0
 

@@ -103,7 +103,7 @@ class Pretraining(RecordedRun):
 
     def execute(self, context: RunContext) -> Measured | None:
         out, recipe, regime = self.out, self.recipe, self.regime
-        _check_run_folder(out, self.resume, context.force)
+        _check_run_folder(out, self.resume, context.force, self.identity.digest)
         processes, dev = init_distributed(self.device)
         _prepare_run_folder(out, self.resume, context.force, processes)
         run = build_training(
@@ -140,10 +140,14 @@ class Pretraining(RecordedRun):
         return Measured({"top1": self.summary.val_top1}, model=self.backbone.model, run_dir=out)
 
 
-def _check_run_folder(out: Path, resume: bool, force: bool) -> None:
-    """Everything that can be wrong with the run folder, checked before anything is made."""
+def _check_run_folder(out: Path, resume: bool, force: bool, digest: str) -> None:
+    """Everything that can be wrong with the run folder, checked before anything is made. ``--resume`` of a run
+    stopped before its first checkpoint starts it from the beginning (a preempted job's requeue does just that)."""
     if resume and not (out / CHECKPOINT_FILE).is_file() and not (out / EXPORT_DIR).is_dir():
-        raise UserInputError("resume", f"'{out}' holds no {CHECKPOINT_FILE} to resume; drop --resume to start it")
+        config = out / CONFIG_FILE
+        if config.is_file() and json.loads(config.read_text()).get("config_hash") != digest:
+            raise UserInputError("resume", f"'{out}' holds another run's settings and no checkpoint; pick a new --out")
+        logger.info(f"'{out}' holds no {CHECKPOINT_FILE} yet: the run starts from its first epoch")
     if not resume and not force and out.exists() and any(out.iterdir()):
         raise UserInputError("out", f"'{out}' already holds a run; pass --resume to continue it or pick a new folder")
 

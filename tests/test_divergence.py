@@ -8,7 +8,6 @@ import pytest
 
 from dropbench.compare import read_records
 from dropbench.core.identity import ResultRecord, StageName
-from tests.conftest import make_untrained_export
 
 pytest.importorskip("mmdet")
 
@@ -20,45 +19,7 @@ def _records(results: Path) -> list[Path]:
     return sorted((results / "records").glob("*.json")) if (results / "records").is_dir() else []
 
 
-@pytest.mark.slow
-def test_a_diverging_pretraining_stops_with_one_line_and_exports_and_records_nothing(cli, tmp_path):
-    out, results = tmp_path / "run", tmp_path / "results"
-    code, _, err = cli(
-        "pretrain",
-        *("--backbone", "vit_micro", "--regime", "no_dropout", "--recipe", "cpu", "--data", "mnist"),
-        *("--out", out, "--results", results),
-        *TINY,
-        "lr=1e6",
-    )
-    assert code == 1 and err.count("\n") == 1, err
-    assert err.startswith("error: pretrain: the training loss is ") and "epoch 1/2, update" in err, err
-    assert "(lr " in err and "clip_grad" in err and "last good checkpoint: none" in err, err
-    assert not (out / "export").exists() and _records(results) == []
-
-
-@pytest.mark.slow
-def test_a_diverging_fine_tuning_stops_with_one_line_and_records_nothing(cli, tmp_path):
-    export = make_untrained_export("vit_micro", tmp_path / "export")
-    results = tmp_path / "results"
-    code, _, err = cli(
-        *("transfer", "cls", "--backbone", export, "--dataset", "optdigits", "--protocol", "finetune"),
-        *("--work-dir", tmp_path / "work", "--results", results, "epochs=1", "warmup_epochs=0", "lr=1e8"),
-    )
-    assert code == 1 and err.startswith("error: cls finetune: the training loss is ") and err.count("\n") == 1, err
-    assert _records(results) == []
-
-
-@pytest.mark.slow
-def test_a_diverging_detection_transfer_stops_with_one_line_and_records_nothing(cli, tmp_path):
-    export = make_untrained_export("vit_micro", tmp_path / "export")
-    results = tmp_path / "results"
-    options = ["train_cfg.max_iters=6", "optim_wrapper.optimizer.lr=1e12", "embedded_data.num_train=4"]
-    code, _, err = cli(
-        *("transfer", "det", "--backbone", export, "--config", CONFIGS / "mask_rcnn_cpu.py"),
-        *("--work-dir", tmp_path / "work", "--results", results, "--cfg-options", *options),
-    )
-    assert code == 1 and err.startswith("error: detection: the training loss is ") and "iteration " in err, err
-    assert err.count("\n") == 1 and _records(results) == []
+# A diverging lr in every stage: tests/test_faults.py.
 
 
 def test_a_record_that_holds_a_non_finite_value_is_refused_by_name(tmp_path):

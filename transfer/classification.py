@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from timm.data import Mixup
 from timm.optim import create_optimizer_v2
 from torch import nn
@@ -43,7 +43,7 @@ from dropbench.core.checkpoint import (
     set_rng_state,
 )
 from dropbench.core.errors import RunFailed, UserInputError
-from dropbench.core.export import WEIGHTS_FILE, ExportSidecar, load_exported_model, read_sidecar
+from dropbench.core.export import WEIGHTS_FILE, ExportSidecar, load_exported_model, read_sidecar, safetensors_writer
 from dropbench.core.identity import Part, RunIdentity, settings_digest
 from dropbench.core.io import atomic_write, atomic_write_csv, atomic_write_json
 from dropbench.core.lifecycle import Measured, RecordedRun, RunContext
@@ -282,7 +282,7 @@ def _features(
             )
             cached |= {f"{split}_features": features.contiguous(), f"{split}_labels": labels.contiguous()}
             extraction[f"{split}_images_per_s"] = images_per_s
-        atomic_write(cache_path, lambda tmp: save_file(cached, tmp, metadata={"key": key}))
+        atomic_write(cache_path, safetensors_writer(cached, {"key": key}))
     return cached, extraction
 
 

@@ -150,7 +150,7 @@ class _StopOnNonFiniteLoss(Hook):
         checkpoint = Path(runner.work_dir) / "last_checkpoint"
         kept = Path(checkpoint.read_text().strip()) if checkpoint.is_file() else None
         where = f"iteration {runner.iter + 1}/{runner.max_iters}"
-        raise diverged(self.stage, float(torch.as_tensor(loss).float().mean()), where, lr, kept)
+        raise diverged(self.stage, float(torch.as_tensor(loss).detach().float().mean()), where, lr, kept)
 
 
 # Keys that say where and how a run goes, not what it computes: left out of the task's settings digest.

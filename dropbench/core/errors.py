@@ -20,7 +20,7 @@ class RunFailed(Exception):
 
 def diverged(stage: str, loss: float, where: str, lr: float, checkpoint: Path | None) -> RunFailed:
     """The one line of a run whose training loss stopped being finite: where, the lr, what is left, what to try."""
-    kept = str(checkpoint) if checkpoint is not None and checkpoint.is_file() else "none (no epoch had ended)"
+    kept = str(checkpoint) if checkpoint is not None and checkpoint.is_file() else "none (none was written yet)"
     return RunFailed(
         f"{stage}: the training loss is {loss} at {where} (lr {lr:.3g}); nothing is exported or recorded; the last "
         f"good checkpoint: {kept}; try a lower lr, or clip_grad (e.g. clip_grad=1.0)"

@@ -2,18 +2,20 @@
 
 import dataclasses
 import json
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import timm
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save
 from torch import nn
 
 from dropbench.core.errors import UserInputError
 from dropbench.core.identity import LEGACY, Part, RunIdentity, StageName
-from dropbench.core.io import atomic_write, atomic_write_json
+from dropbench.core.io import atomic_write_many, json_text
 from dropbench.core.models import BackboneConfig, create_timm_model
 from dropbench.core.version import code_version
 
@@ -46,6 +48,7 @@ class ExportSidecar:
     eval_transform: dict | None = None  # an import's evaluation transform: crop_pct, interpolation, mean, std
     format: str = EXPORT_FORMAT
     weights: str = WEIGHTS_FILE
+    write_id: str | None = None  # also in the weights' metadata: weights and a sidecar of two writes are refused
 
     @classmethod
     def of_run(cls, backbone: BackboneConfig, identity: RunIdentity, num_classes: int, **fields) -> "ExportSidecar":
@@ -105,12 +108,25 @@ class ExportSidecar:
         return cls(**{key: value for key, value in data.items() if key in known})
 
 
+def safetensors_writer(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Callable[[str], None]:
+    """What ``atomic_write`` calls to write tensors as safetensors, through Python's file writes (``save_file``'s own
+    I/O errors are no ``OSError``: a full disk would not read as one)."""
+    data = save(tensors, metadata=metadata)
+    return lambda tmp: Path(tmp).write_bytes(data)
+
+
 def export_backbone(model: nn.Module, export_dir: str | Path, sidecar: ExportSidecar) -> Path:
-    """Write ``model``'s weights and its sidecar atomically."""
+    """Write ``model``'s weights and its sidecar atomically and together: a write cut short leaves both as they were."""
     export_dir = Path(export_dir)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    atomic_write(export_dir / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-    atomic_write_json(export_dir / SIDECAR_FILE, sidecar.to_json())
+    write_id = uuid.uuid4().hex  # a kill between the two renames leaves files of two writes: readers notice
+    sidecar_text = json_text(dataclasses.replace(sidecar, write_id=write_id).to_json())
+    atomic_write_many(
+        {
+            export_dir / WEIGHTS_FILE: safetensors_writer(tensors, {"format": "pt", "write_id": write_id}),
+            export_dir / SIDECAR_FILE: lambda tmp: Path(tmp).write_text(sidecar_text),
+        }
+    )
     return export_dir
 
 
@@ -131,11 +147,21 @@ def read_sidecar(export_dir: str | Path) -> ExportSidecar:
 
 
 def read_weights(export_dir: str | Path) -> dict[str, torch.Tensor]:
+    """An export's tensors, once they are known to be of the same write as its sidecar."""
     path = Path(export_dir) / WEIGHTS_FILE
     try:
-        return load_file(str(path))
+        tensors = load_file(str(path))
+        with safe_open(str(path), "pt") as weights:
+            write_id = (weights.metadata() or {}).get("write_id")
     except (FileNotFoundError, SafetensorError, OSError) as err:
         raise UserInputError("backbone", f"cannot read weights '{path}' ({err}); re-export the backbone") from None
+    sidecar = Path(export_dir) / SIDECAR_FILE
+    expected = json.loads(sidecar.read_text()).get("write_id") if sidecar.is_file() else None
+    if expected is not None and write_id != expected:
+        raise UserInputError(
+            "backbone", f"'{path}' and its {SIDECAR_FILE} are of two writes (an export cut short); export it again"
+        )
+    return tensors
 
 
 def load_exported_model(export_dir: str | Path, **model_kwargs) -> tuple[nn.Module, ExportSidecar]:

@@ -18,14 +18,14 @@ import json
 import logging
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from dropbench.core.io import atomic_write_json
+from dropbench.core.io import atomic_write_json, atomic_write_many, json_text
 from dropbench.core.lock import RunLock
 
 logger = logging.getLogger(__name__)
@@ -202,10 +202,8 @@ class RunIdentity(RunFields):
                 "started": started,
                 "finished": now(),
             }
-            return [
-                ResultRecord(**run, metric=metric, value=float(value)).write(results_dir)
-                for metric, value in metrics.items()
-            ]
+            records = [ResultRecord(**run, metric=metric, value=float(value)) for metric, value in metrics.items()]
+            return atomic_write_many({record.path(results_dir): record.writer() for record in records})
         finally:
             lock.release()
 
@@ -249,8 +247,15 @@ class ResultRecord(Measurement, RunFields):
     def filename(self) -> str:
         return f"{self.identity().stem()}{_safe(self.metric)}.json"
 
+    def path(self, results_dir: str | Path) -> Path:
+        return Path(results_dir) / RECORDS_FOLDER / self.filename()
+
+    def writer(self) -> Callable[[str], None]:
+        text = json_text(asdict(self))
+        return lambda tmp: Path(tmp).write_text(text)
+
     def write(self, results_dir: str | Path) -> Path:
-        return atomic_write_json(Path(results_dir) / RECORDS_FOLDER / self.filename(), asdict(self))
+        return atomic_write_json(self.path(results_dir), asdict(self))
 
 
 # Fields every record has had since the first version; the later ones have defaults, so older records stay readable.

@@ -11,8 +11,9 @@ folder; a failed run is reported with that log at the end and costs only the tra
 Executors: ``local`` runs one subprocess after another on a CPU or one GPU; on N GPUs pretraining and det/seg
 take them all (torchrun), then the classification transfers go N at a time, one per GPU. ``slurm`` submits the
 runs through submitit as one job array per stage (a transfer array's task i ``aftercorr`` pretraining task i),
-waits for them all, and cancels the transfers of a failed pretraining (Slurm would otherwise leave them pending forever). Both implement
-``executors.Executor``; another executor is one module that registers its own (docs/extending.md).
+waits for them all, and cancels the transfers of a failed pretraining (Slurm would otherwise leave them pending
+forever). Both implement ``executors.Executor``; another executor is one module that registers its own
+(docs/extending.md).
 """
 
 from collections.abc import Callable

@@ -12,10 +12,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import Enum
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dropbench.core.layout import CHECKPOINT_FILE, EXPORT_DIR
+from dropbench.core.orphans import die_with_parent
 from dropbench.tasks import PRETRAIN_KIND, node_wide
 
 if TYPE_CHECKING:
@@ -98,8 +100,10 @@ def command_line(
     ]
 
 
-def _ignore_usr2() -> None:
-    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+def _prepare_child(shield_usr2: bool) -> None:
+    die_with_parent()
+    if shield_usr2:
+        signal.signal(signal.SIGUSR2, signal.SIG_IGN)
 
 
 def start_logged(
@@ -111,8 +115,10 @@ def start_logged(
     pass_fds: Sequence[int] = (),
 ):
     """Start ``argv`` in ``cwd`` with stdout and stderr appended to ``log`` (``env`` added to this environment);
-    returns the process (its log stream closes with it). ``shield_usr2``: the process ignores ``USR2``, which Slurm
-    sends to every process of a job before its time limit and which only the job's own handler should act on.
+    returns the process (its log stream closes with it), which is SIGKILLed should this thread end first (a suite
+    killed by SIGKILL leaves no run going: the next one resumes it). ``shield_usr2``: the process ignores ``USR2``,
+    which Slurm sends to every process of a job before its time limit and which only the job's own handler should
+    act on.
     ``pass_fds``: open files the process inherits (the run's lock, ``core.lock``)."""
     log = Path(log)
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -130,7 +136,7 @@ def start_logged(
             stderr=subprocess.STDOUT,
             env=environment,
             pass_fds=tuple(pass_fds),
-            preexec_fn=_ignore_usr2 if shield_usr2 else None,  # noqa: PLW1509 - the job's process has no threads
+            preexec_fn=partial(_prepare_child, shield_usr2),  # noqa: PLW1509 - a prctl and a signal only
         )
     finally:
         stream.close()  # the child holds its own copy
