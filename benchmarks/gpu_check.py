@@ -2,8 +2,10 @@
 
 For each backbone (default ``vit_tiny`` and ``convnext_femto``, the paper's): bf16 pretraining steps on synthetic
 ImageNet-shaped data (224 px crops of random 256 px images, 1,000 classes, batch 256 per step) through
-``dropbench pretrain`` (dropout annealed from 0.1 to 0: a new rate every iteration, so the compiled run shows it
-does not recompile) and through a plain loop on the same model and batch: timm model at a constant drop rate 0.1,
+``dropbench pretrain`` (dropout annealed from 0.1 to 0, stochastic depth for ConvNeXt, whose only dropout is its
+classifier's: a new rate every iteration, so the compiled run shows it does not recompile; its loader in worker
+processes, as a real run has it) and through a plain loop on the same model and batch: timm model at a constant
+rate 0.1,
 ``torch.optim.AdamW`` with its defaults, bf16 autocast, the batch already normalised on the GPU (no augmentation).
 TF32 and cuDNN's autotuner are on for both; dropbench adds fused AdamW, channels_last for convolutional models
 and its input: uint8 batches cropped, flipped and normalised on the GPU. Reported per arm: images/s (after one
@@ -16,6 +18,7 @@ epoch of warm-up and compilation), peak GPU memory, model FLOP utilisation (trai
 
 import argparse
 import csv
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from dropbench.core.loop import gpu_step_settings
 from dropbench.core.models import BackboneConfig
 from dropbench.pretrain.config import DropSetting, Recipe, Regime
+from dropbench.pretrain.controller import DROP_PATH, DROPOUT, block_drop_modules
 from dropbench.pretrain.data import SYNTHETIC, SYNTHETIC_CLASSES
 from dropbench.pretrain.train import pretrain
 
@@ -66,10 +70,25 @@ def recipe_for(args: argparse.Namespace, compile_backend: str | None) -> Recipe:
             "mixup": 0.0,
             "cutmix": 0.0,
             "amp": True,
-            "workers": 0,
+            "workers": min(8, os.cpu_count() or 1),
             "compile": compile_backend or False,
         },
     )
+
+
+def scheduled_kind(backbone: BackboneConfig) -> str:
+    """What the arms drop: dropout where the model has it inside its blocks (ViT, Swin, Mixer), else stochastic
+    depth (ConvNeXt's only dropout is its classifier's, which a regime does not schedule)."""
+    probe = backbone.create_model(SYNTHETIC_CLASSES, dropout=0.1)
+    return DROPOUT if block_drop_modules(probe, DROPOUT) else DROP_PATH
+
+
+def annealed_regime(backbone: BackboneConfig) -> Regime:
+    """A rate annealed from 0.1 to 0, a new one every iteration: the compiled run shows it does not recompile."""
+    setting = DropSetting(rate=0.1, mode="annealed", shape="linear")
+    if scheduled_kind(backbone) == DROPOUT:
+        return Regime("annealed_dropout", dropout=setting)
+    return Regime("annealed_sd", drop_path=setting)
 
 
 def dropbench_arm(backbone: BackboneConfig, args, device: torch.device, compile_backend: str | None) -> float:
@@ -78,7 +97,7 @@ def dropbench_arm(backbone: BackboneConfig, args, device: torch.device, compile_
         run = Path(tmp) / "run"
         pretrain(
             backbone,
-            Regime("annealed_dropout", dropout=DropSetting(rate=0.1, mode="annealed", shape="linear")),
+            annealed_regime(backbone),
             recipe_for(args, compile_backend),
             SYNTHETIC,
             run,
@@ -92,7 +111,8 @@ def dropbench_arm(backbone: BackboneConfig, args, device: torch.device, compile_
 def plain_arm(backbone: BackboneConfig, args, device: torch.device, compile_backend: str | None) -> float:
     """Images/s of a plain loop: timm model, torch AdamW, bf16 autocast, one normalised batch held on the GPU."""
     torch.manual_seed(0)
-    model = backbone.create_model(SYNTHETIC_CLASSES, dropout=0.1).to(device).train()
+    rates = {"dropout" if scheduled_kind(backbone) == DROPOUT else "drop_path": 0.1}
+    model = backbone.create_model(SYNTHETIC_CLASSES, **rates).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
     step_model = torch.compile(model, backend=compile_backend) if compile_backend else model
     criterion = nn.CrossEntropyLoss(label_smoothing=0.1)

@@ -7,7 +7,7 @@
 #   bash benchmarks/gpu_check.sh [gpu_check.py arguments]      # sized for under 8 minutes on one H100
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-python}
+PYTHON=${PYTHON:-$(command -v python || command -v python3)}  # some images have only python3
 if ! "$PYTHON" -c "import dropbench.pretrain.train" 2>/dev/null; then
     "$PYTHON" -m pip install --quiet --no-deps --no-build-isolation --no-index -e . >&2 || {
         echo "error: cannot install dropbench from this checkout (pip install --no-deps -e . needs setuptools)" >&2
@@ -15,11 +15,15 @@ if ! "$PYTHON" -c "import dropbench.pretrain.train" 2>/dev/null; then
     }
 fi
 "$PYTHON" -c "import torch; print('GPU:', torch.cuda.get_device_name() if torch.cuda.is_available() else 'none')"
-"$PYTHON" benchmarks/gpu_check.py "$@"
+step=0
+"$PYTHON" benchmarks/gpu_check.py "$@" || step=$?  # a failure here still leaves the ops checked below
 ops=$("$PYTHON" -c "from mmcv.ops import get_compiling_cuda_version; print(get_compiling_cuda_version())" 2>/dev/null) ||
     ops="mmcv with its ops is not installed"
-if [ "$ops" = "not available" ] || [ "$ops" = "mmcv with its ops is not installed" ]; then
-    echo "mmcv ops check skipped: ${ops/not available/mmcv's ops were built without CUDA}"
+if [ "$ops" = "not available" ]; then
+    echo "mmcv ops check skipped: mmcv's ops were built without CUDA"
+elif [ "$ops" = "mmcv with its ops is not installed" ]; then
+    echo "mmcv ops check skipped: $ops"
 else
-    "$PYTHON" benchmarks/gpu_check_ops.py
+    "$PYTHON" benchmarks/gpu_check_ops.py || step=$?
 fi
+exit "$step"

@@ -45,6 +45,13 @@ def crop_boxes(uniform: torch.Tensor, height: int, width: int, scale: tuple[floa
     return torch.stack([top, left, h, w], dim=1)
 
 
+def to_device(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small CPU tensor (the draws) on ``device`` without waiting for it: from pinned memory, asynchronously."""
+    if device.type != "cuda" or values.device.type != "cpu":
+        return values.to(device)
+    return values.pin_memory().to(device, non_blocking=True)
+
+
 def resized_crops(
     images: torch.Tensor, boxes: torch.Tensor, size: int, flip: torch.Tensor, interpolation: str
 ) -> torch.Tensor:
@@ -53,9 +60,9 @@ def resized_crops(
     The affine map takes output pixel centres to the box's, as resizing a crop does, and sampling stays inside the
     box (its edge pixels repeat, as they do for a cropped image): the same values as cropping, then resizing."""
     n, _, height, width = images.shape
-    boxes = boxes.to(images.device, torch.float32)
+    boxes = to_device(boxes.float(), images.device)
     top, left, h, w = boxes.unbind(dim=1)
-    sign = 1.0 - 2.0 * flip.to(images.device, torch.float32)
+    sign = 1.0 - 2.0 * to_device(flip.float(), images.device)
     theta = torch.zeros(n, 2, 3, device=images.device)
     theta[:, 0, 0] = sign * w / width
     theta[:, 0, 2] = (2 * left + w) / width - 1

@@ -75,6 +75,11 @@ def _is_classifier_head(module_name: str) -> bool:
     return module_name.split(".")[0].startswith("head")
 
 
+def block_drop_modules(model: nn.Module, kind: str) -> list[tuple[str, nn.Module]]:
+    """``drop_modules`` inside the model's blocks, where a regime schedules them (not the classifier's dropout)."""
+    return [(name, module) for name, module in drop_modules(model, kind) if not _is_classifier_head(name)]
+
+
 def drop_modules(model: nn.Module, kind: str) -> list[tuple[str, nn.Module]]:
     """The named modules of ``kind`` ('dropout' or 'drop_path') that carry a non-zero rate."""
     module_type = nn.Dropout if kind == DROPOUT else DropPath
@@ -138,7 +143,7 @@ class DropController:
             if max_rate <= 0:
                 raise ValueError(f"{kind}: build the model with the regime's maximum rate > 0, got {max_rate}")
             named = drop_modules(model, kind)
-            if not any(not _is_classifier_head(name) for name, _ in named):
+            if not block_drop_modules(model, kind):
                 hint = (
                     "; schedule stochastic depth instead (regimes standard_sd, early_sd, late_sd)"
                     if kind == DROPOUT

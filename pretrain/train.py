@@ -185,7 +185,12 @@ def _train(
     resumed = restore(run, checkpoint)
     train_model: nn.Module = run.model
     if processes.world > 1:
-        train_model = DistributedDataParallel(run.model, device_ids=[dev.index] if dev.type == "cuda" else None)
+        train_model = DistributedDataParallel(
+            run.model,
+            device_ids=[dev.index] if dev.type == "cuda" else None,
+            # The scheduled rates are buffers every rank sets alike: broadcast only batch-norm statistics.
+            broadcast_buffers=any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in run.model.modules()),
+        )
     if recipe.compile_backend:
         train_model = torch.compile(train_model, backend=recipe.compile_backend)
     autocast = autocast_for(dev, recipe.amp)
@@ -217,6 +222,7 @@ def _train(
                 hooks=_hooks(regime_step, reporter, done),
                 desc=f"epoch {epoch + 1}/{recipe.epochs}",
                 progress=processes.main,
+                show_loss_every=recipe.log_every,
             )
         update = result.update
         if processes.main:  # the recovery point's sum is already the sum over every process

@@ -285,31 +285,3 @@ def test_a_compiled_step_is_compiled_once_while_the_drop_rates_change_every_iter
     rates = [float(row["dropout"]) for row in _read_log(tmp_path / "run")]
     assert rates[0] > 0 and rates[-1] == 0, "a rate that changes every iteration of the first epoch, then 0"
     assert counters["stats"]["unique_graphs"] == 1
-
-
-def test_the_gpu_check_runs_every_arm_on_the_cpu(tmp_path):
-    """benchmarks/gpu_check.py at its smallest, on the CPU: it stays runnable where no GPU is at hand."""
-    script = Path(__file__).parents[1] / "benchmarks" / "gpu_check.py"
-    arguments = [
-        "--device",
-        "cpu",
-        "--backbones",
-        "vit_micro",
-        "--steps",
-        "2",
-        "--batch",
-        "8",
-        "--compile",
-        "aot_eager",
-    ]
-    result = subprocess.run([sys.executable, str(script), *arguments], capture_output=True, text=True, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| vit_micro")]
-    assert [(row[1].strip(), row[2].strip()) for row in rows] == [
-        ("plain timm + torch", "eager"),
-        ("dropbench pretrain", "eager"),
-        ("plain timm + torch", "aot_eager"),
-        ("dropbench pretrain", "aot_eager"),
-    ]
-    assert all(float(row[3]) > 0 for row in rows)
-    assert [row[7].strip() for row in rows[2:]] == ["1", "1"], "one graph each, though dropbench's rate changes"

@@ -46,5 +46,29 @@ def check_cuda_ops(on_cuda: bool | None = None, compiled: str | None = None, fie
     if not on_cuda:
         return
     problem = cuda_ops_problem(compiled if compiled is not None else _compiled_cuda(), torch.version.cuda)
+    if problem is None and compiled is None and torch.cuda.is_available():  # a GPU of this process: try them on it
+        problem = ops_problem_on(torch.device("cuda", torch.cuda.current_device()))
     if problem is not None:
         raise UserInputError(field, f"{problem}; {FIX}")
+
+
+def ops_problem_on(device: torch.device) -> str | None:
+    """What goes wrong running NMS and RoIAlign on two boxes on ``device`` (fp32, and on a GPU fp16 too, the
+    precision of mixed-precision training), or None: a matching CUDA version does not mean kernels for this GPU's
+    architecture were built ("no kernel image is available")."""
+    from mmcv.ops import RoIAlign, nms
+
+    dtypes = (torch.float32, torch.float16) if device.type == "cuda" else (torch.float32,)
+    for dtype in dtypes:
+        boxes = torch.tensor([[0.0, 0.0, 8.0, 8.0], [1.0, 1.0, 9.0, 9.0]], device=device, dtype=dtype)
+        try:
+            nms(boxes, torch.tensor([0.9, 0.8], device=device, dtype=dtype), iou_threshold=0.5)
+            features = torch.rand(1, 2, 16, 16, device=device, dtype=dtype)
+            rois = torch.cat([torch.zeros(2, 1, device=device, dtype=dtype), boxes], dim=1)
+            RoIAlign((2, 2), spatial_scale=1.0, sampling_ratio=2)(features, rois)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        except (RuntimeError, NotImplementedError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            return f"mmcv's NMS or RoIAlign fails on {device} in {dtype}: {first}"
+    return None

@@ -29,7 +29,7 @@ def rng_state() -> dict:
         "python": random.getstate(),
     }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state()  # this process's own device: a resumed run may see fewer
     return state
 
 
@@ -39,7 +39,17 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        cuda = own_cuda_rng_state(state["cuda"], torch.cuda.current_device())
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda)
+
+
+def own_cuda_rng_state(saved: torch.Tensor | list, device_index: int) -> torch.Tensor | None:
+    """The CUDA RNG state a process on GPU ``device_index`` restores: the one saved (its own device's), or, from a
+    checkpoint that saved every visible GPU's, that GPU's (None where the saving node had fewer)."""
+    if isinstance(saved, torch.Tensor):
+        return saved
+    return saved[device_index] if device_index < len(saved) else None
 
 
 def gather_rng_states() -> list[dict]:

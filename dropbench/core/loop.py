@@ -140,6 +140,13 @@ class EpochResult:
     update: int  # the next update's number
 
 
+def data_parallel_of(model: nn.Module) -> DistributedDataParallel | None:
+    """The DistributedDataParallel ``model`` is, or that ``torch.compile`` wrapped (``_orig_mod``); None if neither:
+    a compiled DDP model is no DDP instance, and its ``no_sync`` must be found inside."""
+    inner = getattr(model, "_orig_mod", model)
+    return inner if isinstance(inner, DistributedDataParallel) else None
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: DataLoader,
@@ -159,14 +166,17 @@ def train_one_epoch(
     hooks: StepHooks | None = None,
     desc: str = "",
     progress: bool = True,
+    show_loss_every: int = 50,
 ) -> EpochResult:
     """``updates`` optimizer updates of ``accum_steps`` micro-batches each from ``loader``.
 
-    ``model`` may be wrapped in DistributedDataParallel: gradients are synchronised on an update's last
-    micro-batch only. ``batch_transform`` finishes each batch on the device (uint8 loaders: normalisation and
-    augmentation). The scheduler is stepped at the start of every update, the EMA after it."""
+    ``model`` may be wrapped in DistributedDataParallel, and that in ``torch.compile``: gradients are synchronised
+    on an update's last micro-batch only. ``batch_transform`` finishes each batch on the device (uint8 loaders:
+    normalisation and augmentation). The scheduler is stepped at the start of every update, the EMA after it. A
+    progress bar (on a terminal) shows the loss every ``show_loss_every`` updates: reading it waits for the device."""
     hooks = hooks or StepHooks()
-    inner = model.module if isinstance(model, DistributedDataParallel) else model
+    ddp = data_parallel_of(model)
+    inner = ddp.module if ddp is not None else getattr(model, "_orig_mod", model)
     model.train()
     update = start_update
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -186,8 +196,7 @@ def train_one_epoch(
             images = batch_transform(images)
         if mixup is not None:
             images, targets = mixup(images, targets)
-        deferred_sync = not last and isinstance(model, DistributedDataParallel)
-        with model.no_sync() if deferred_sync else nullcontext(), autocast():
+        with ddp.no_sync() if ddp is not None and not last else nullcontext(), autocast():
             loss = criterion(model(images), targets)
         (loss / accum_steps).backward()
         loss_sum += loss.detach().double()
@@ -205,7 +214,7 @@ def train_one_epoch(
             ema.update(inner, step=update)
         update += 1
         bar.update(1)
-        if show:
+        if show and update % show_loss_every == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}", refresh=False)
         if hooks.after_update:
             hooks.after_update(update, loss, loss_sum)

@@ -1,0 +1,117 @@
+"""The GPU path, checked on the CPU: the GPU check script with its own defaults, gradient synchronisation of a
+compiled DDP model, the CUDA RNG state a resume restores, mmcv's ops tried on the device, and the tests' own pinning
+to the CPU. (What needs a GPU itself is benchmarks/gpu_smoke.py's.)"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+from timm.scheduler import CosineLRScheduler
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from dropbench.core.checkpoint import own_cuda_rng_state
+from dropbench.core.loop import train_one_epoch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_shell_scripts_parse():
+    for script in sorted([*ROOT.glob("benchmarks/*.sh"), *ROOT.glob(".ci/*")]):
+        if script.is_file() and script.read_text().startswith("#!/usr/bin/env bash"):
+            result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+            assert result.returncode == 0, f"{script}: {result.stderr}"
+
+
+@pytest.mark.slow
+def test_the_gpu_check_runs_every_arm_of_its_default_backbones_on_the_cpu(tmp_path):
+    """benchmarks/gpu_check.sh with its own backbones (ViT-T, whose dropout it schedules, and ConvNeXt-F, whose
+    stochastic depth it schedules: ConvNeXt has no dropout in its blocks), at its smallest, on the CPU."""
+    arguments = ["--device", "cpu", "--steps", "1", "--batch", "2", "--compile", "aot_eager"]
+    result = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), *arguments],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHON=sys.executable),
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    for backbone in ("vit_tiny", "convnext_femto"):
+        rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith(f"| {backbone} ")]
+        assert [(row[1].strip(), row[2].strip()) for row in rows] == [
+            ("plain timm + torch", "eager"),
+            ("dropbench pretrain", "eager"),
+            ("plain timm + torch", "aot_eager"),
+            ("dropbench pretrain", "aot_eager"),
+        ], result.stdout
+        assert all(float(row[3]) > 0 for row in rows)
+        assert [row[7].strip() for row in rows[2:]] == ["1", "1"], "one graph each, though dropbench's rate changes"
+    assert "mmcv ops check skipped: mmcv's ops were built without CUDA" in result.stdout, "it goes on to the ops"
+
+
+@pytest.fixture
+def one_process_group(tmp_path):
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_a_ddp_model_compiled_or_not_syncs_its_gradients_once_per_update(one_process_group, compiled):
+    """2 updates of 4 micro-batches: 2 all-reduces, not 8 (torch.compile's wrapper is no DDP instance, so its
+    ``no_sync`` is looked for inside)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.GELU(), nn.Linear(8, 3))
+    ddp = DistributedDataParallel(model)
+    all_reduces = []
+
+    def count(state, bucket):
+        all_reduces.append(bucket.index())
+        future = torch.futures.Future()
+        future.set_result(bucket.buffer())
+        return future
+
+    ddp.register_comm_hook(None, count)
+    train_model = torch.compile(ddp, backend="aot_eager") if compiled else ddp
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = [(torch.randn(5, 4), torch.randint(0, 3, (5,))) for _ in range(8)]
+    result = train_one_epoch(
+        train_model,
+        loader,
+        optimizer,
+        CosineLRScheduler(optimizer, t_initial=10),
+        nn.CrossEntropyLoss(),
+        torch.device("cpu"),
+        updates=2,
+        start_update=0,
+        accum_steps=4,
+        progress=False,
+    )
+    assert result.update == 2 and len(all_reduces) == 2, all_reduces
+
+
+def test_a_resume_restores_its_own_gpus_rng_state_from_a_checkpoint_of_more_gpus():
+    """A checkpoint that saved the states of 8 visible GPUs, resumed on a node (or a Slurm task) that sees 1."""
+    saved = [torch.full((16,), i, dtype=torch.uint8) for i in range(8)]
+    assert torch.equal(own_cuda_rng_state(saved, 0), saved[0])
+    assert torch.equal(own_cuda_rng_state(saved, 3), saved[3])
+    assert own_cuda_rng_state(saved[:2], 3) is None, "a GPU the saving node did not have: nothing to restore"
+    assert torch.equal(own_cuda_rng_state(saved[5], 0), saved[5]), "a checkpoint of its own device's state"
+
+
+def test_mmcvs_ops_are_tried_on_the_device_not_only_matched_by_cuda_version():
+    pytest.importorskip("mmcv.ops")
+    from dropbench.transfer.mm_ops import ops_problem_on
+
+    assert ops_problem_on(torch.device("cpu")) is None
+    problem = ops_problem_on(torch.device("meta"))  # a device without mmcv kernels, as a GPU mmcv was not built for
+    assert problem.startswith("mmcv's NMS or RoIAlign fails on meta in torch.float32: "), problem
+
+
+def test_the_tests_run_on_the_cpu_unless_asked_otherwise():
+    if os.environ.get("DROPBENCH_TESTS_ON_GPU") == "1":
+        pytest.skip("DROPBENCH_TESTS_ON_GPU=1 leaves the GPUs visible")
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "" and not torch.cuda.is_available()
