@@ -231,3 +231,25 @@ def test_a_compiled_model_is_not_recompiled_when_its_rates_change():
 
     assert graphs_per_step(tensor_rates=True, steps=9) == [1] * 9, "rates falling to 0, then 0"
     assert graphs_per_step(tensor_rates=False, steps=3) == [1, 2, 3], "float rates do recompile: the check can fail"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "kinds"), [("vit_micro", ("dropout", "drop_path")), ("convnext_micro", ("drop_path",))]
+)
+def test_inductor_compiles_one_graph_without_breaks_while_the_rates_change(name, kinds):
+    """What a GPU run compiles with: inductor (aot_eager alone would not see inductor's own guards), forward and
+    backward, over steps whose rates change every iteration."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    model = _build(name, **{kind: 0.1 for kind in kinds}).train()
+    rates = np.linspace(0.1, 0.0, 4)
+    controller = DropController(model, {kind: (rates, 0.1) for kind in kinds}, tensor_rates=True)
+    compiled = torch.compile(model, backend="inductor")
+    for iteration in range(4):
+        controller.step(iteration)
+        compiled(torch.randn(2, 3, 32, 32)).sum().backward()
+    assert counters["stats"]["unique_graphs"] == 1
+    assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])

@@ -52,6 +52,29 @@ def test_the_gpu_check_runs_every_arm_of_its_default_backbones_on_the_cpu(tmp_pa
     assert "mmcv ops check skipped: mmcv's ops were built without CUDA" in result.stdout, "it goes on to the ops"
 
 
+@pytest.mark.slow
+def test_the_gpu_smoke_script_passes_every_stage_as_a_cpu_dry_run():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_smoke.py"), "--device", "cpu", "--small"],
+        capture_output=True,
+        text=True,
+    )
+    verdicts = [line.split(" (")[0] for line in result.stdout.splitlines() if line.startswith(("PASS", "FAIL"))]
+    assert result.returncode == 0 and result.stdout.splitlines()[-1].startswith("all passed"), result.stdout
+    assert verdicts == [
+        "PASS versions",
+        "PASS one graph",
+        *(
+            f"PASS pretrain {name} {backend}"
+            for name in ("vit_micro", "convnext_micro")
+            for backend in ("eager", "aot_eager")
+        ),
+        "PASS resume vit_micro",
+        "PASS resume convnext_micro",
+        "PASS gpu_check",
+    ], result.stdout
+
+
 @pytest.fixture
 def one_process_group(tmp_path):
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
