@@ -141,9 +141,14 @@ def test_shards_are_streamed_by_workers_without_subsets(cli, tmp_path, overrides
     _assert_one_line_error(cli(*_pretrain_args(out, data=str(shards)), *overrides), field, out)
 
 
-def test_resume_without_a_checkpoint(cli, tmp_path):
+def test_resume_without_a_checkpoint_in_another_runs_folder(cli, tmp_path):
+    """(``--resume`` of this run's own folder without a checkpoint starts it: tests/test_faults.py.)"""
     out = tmp_path / "run"
-    _assert_one_line_error(cli(*_pretrain_args(out), "--resume"), "resume", out)
+    out.mkdir()
+    (out / "config.json").write_text('{"config_hash": "another"}')
+    code, _, err = cli(*_pretrain_args(out), "--resume")
+    assert code == 2 and err.startswith("error: resume: ") and "another run" in err and err.count("\n") == 1, err
+    assert [p.name for p in out.iterdir()] == ["config.json"], "nothing of it is touched"
 
 
 def test_an_existing_run_folder_is_not_overwritten(cli, tmp_path):

@@ -25,7 +25,7 @@ import torch
 import yaml
 
 from dropbench.core.errors import UserInputError
-from dropbench.core.export import read_weights
+from dropbench.core.export import check_one_write, read_weights
 from tests.conftest import kill_once_written
 
 pytest.importorskip("mmdet")
@@ -77,9 +77,10 @@ def _read_checkpoint(path: Path) -> int:
 
 def _read_export(path: Path) -> int | None:
     """The export's version; None where a kill between its two renames left files of two writes, which every
-    reader refuses (``read_weights``)."""
+    reader refuses (``check_one_write``)."""
     try:
         weight = read_weights(path)["weight"]
+        check_one_write(path)
     except UserInputError as err:
         assert "are of two writes" in str(err), err
         return None

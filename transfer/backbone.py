@@ -28,7 +28,7 @@ from timm.layers import LayerNorm2d, PatchEmbed
 from torch import nn
 
 from dropbench.core.errors import UserInputError
-from dropbench.core.export import read_sidecar, read_weights
+from dropbench.core.export import check_one_write, read_sidecar, read_weights
 from dropbench.core.models import create_timm_model
 
 # Constructor keywords that let a timm model take any input size; models without them are skipped over.
@@ -104,6 +104,7 @@ class TimmBackbone(nn.Module):
         kwargs = dict(sidecar.kwargs, num_classes=sidecar.num_classes)
         model = create_timm_model(sidecar.model, kwargs, dict(_DYNAMIC_SIZE_KWARGS, drop_path_rate=drop_path_rate))
         self._load_strictly(model, read_weights(export))
+        check_one_write(export)
         size = sidecar.image_size
 
         model.eval()

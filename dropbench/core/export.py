@@ -147,21 +147,26 @@ def read_sidecar(export_dir: str | Path) -> ExportSidecar:
 
 
 def read_weights(export_dir: str | Path) -> dict[str, torch.Tensor]:
-    """An export's tensors, once they are known to be of the same write as its sidecar."""
     path = Path(export_dir) / WEIGHTS_FILE
     try:
-        tensors = load_file(str(path))
-        with safe_open(str(path), "pt") as weights:
-            write_id = (weights.metadata() or {}).get("write_id")
+        return load_file(str(path))
     except (FileNotFoundError, SafetensorError, OSError) as err:
         raise UserInputError("backbone", f"cannot read weights '{path}' ({err}); re-export the backbone") from None
-    sidecar = Path(export_dir) / SIDECAR_FILE
-    expected = json.loads(sidecar.read_text()).get("write_id") if sidecar.is_file() else None
-    if expected is not None and write_id != expected:
+
+
+def check_one_write(export_dir: str | Path) -> None:
+    """Refuse weights and a sidecar of two writes (checked once the weights are known to fit the model, which says
+    more where they do not). Weights put there by hand carry no write id and pass."""
+    path = Path(export_dir) / WEIGHTS_FILE
+    with safe_open(str(path), "pt") as weights:
+        write_id = (weights.metadata() or {}).get("write_id")
+    expected = read_sidecar(export_dir).write_id
+    if expected is not None and write_id is not None and write_id != expected:
         raise UserInputError(
-            "backbone", f"'{path}' and its {SIDECAR_FILE} are of two writes (an export cut short); export it again"
+            "backbone",
+            f"'{path}' and its {SIDECAR_FILE} are of two writes (an export cut short, or weights copied from "
+            "another export); export it again",
         )
-    return tensors
 
 
 def load_exported_model(export_dir: str | Path, **model_kwargs) -> tuple[nn.Module, ExportSidecar]:
@@ -179,4 +184,5 @@ def load_exported_model(export_dir: str | Path, **model_kwargs) -> tuple[nn.Modu
             f"weights in '{export_dir}' do not match {sidecar.model}: "
             f"{len(missing)} missing (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})",
         )
+    check_one_write(export_dir)
     return model, sidecar
