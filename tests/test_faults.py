@@ -113,12 +113,18 @@ def _writer_script(kind: str, path: Path, size: int, body: str) -> str:
     )
 
 
-def _python(script: str, limit: int | None = None, **popen) -> subprocess.Popen:
+def _file_size_limit(limit: int | None) -> Callable[[], None]:
+    """A child's ``preexec_fn``: no file it writes may grow past ``limit`` bytes (None: no limit)."""
+
     def limited() -> None:
         if limit is not None:
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    return subprocess.Popen([sys.executable, "-c", script], preexec_fn=limited, cwd=ROOT, **popen)
+    return limited
+
+
+def _python(script: str, limit: int | None = None, **popen) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", script], preexec_fn=_file_size_limit(limit), cwd=ROOT, **popen)
 
 
 def _temp_files(folder: Path) -> list[Path]:
@@ -275,10 +281,6 @@ def _nothing_recorded(folder: Path) -> bool:
 
 
 def _start(arguments: list[str], cwd: Path, limit: int | None = None) -> subprocess.Popen:
-    def limited() -> None:
-        if limit is not None:
-            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
     return subprocess.Popen(
         [sys.executable, "-m", "dropbench.cli", *arguments],
         cwd=cwd,
@@ -286,7 +288,7 @@ def _start(arguments: list[str], cwd: Path, limit: int | None = None) -> subproc
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,  # its own process group: what is left of it can be looked for
-        preexec_fn=limited,
+        preexec_fn=_file_size_limit(limit),
     )
 
 
