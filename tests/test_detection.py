@@ -382,7 +382,22 @@ def test_embedded_data_is_reused_with_the_same_settings_and_remade_with_others(t
     assert (root / "annotations" / "instances_train2017.json").stat().st_mtime_ns == stamp
     make_coco_digits(root, 5, 2)
     assert len(json.loads((root / "annotations" / "instances_train2017.json").read_text())["images"]) == 5
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["coco"], "no temp or stale folder left behind"
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == [".coco.lock", "coco"], "no temp or stale folder left behind, only the lock's file"
+
+
+def test_processes_that_make_the_same_embedded_data_at_once_each_find_it_whole_when_they_return(tmp_path):
+    """The ranks of one torchrun each make the data: none may move the folder aside while another reads it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def make_then_count():
+        root = make_coco_digits(tmp_path / "coco", 6, 2)
+        return len(list((root / "train2017").glob("*.png")))
+
+    with ThreadPoolExecutor(4) as pool:
+        counts = list(pool.map(lambda _: make_then_count(), range(4)))
+    assert counts == [6, 6, 6, 6]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".coco.lock", "coco"]
 
 
 def test_an_evaluation_without_predictions_is_recorded_as_zero_and_a_missing_metric_is_an_error():

@@ -24,6 +24,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from dropbench.core.errors import UserInputError
+from dropbench.core.lock import RunLock
 from dropbench.core.readers import load_mnist
 
 DIGIT_CLASSES = tuple(str(d) for d in range(10))
@@ -179,7 +180,9 @@ class _Pool:
 def _build_once(root, marker: str, write_split, splits: tuple[str, str], num_train: int, num_val: int, spec) -> Path:
     """Write both splits into a temp folder beside ``root`` and rename it into place.
 
-    A folder made earlier with the same settings is reused; one made with other settings is replaced.
+    A folder made earlier with the same settings is reused; one made with other settings is replaced. Processes that
+    make the same folder at once (the ranks of one torchrun) take turns on its lock: the first writes it, the others
+    find it made, and none moves it aside while another reads it.
     """
     root = Path(root)
     given = {key: value for key, value in spec.__dict__.items() if value is not None}  # as data made before `height`
@@ -191,28 +194,32 @@ def _build_once(root, marker: str, write_split, splits: tuple[str, str], num_tra
 
     if made_with_these_settings():
         return root
+    lock = RunLock(root)
+    lock.take()
+    try:
+        if not made_with_these_settings():
+            _write_both_splits(root, write_split, splits, (num_train, num_val), spec, settings)
+    finally:
+        lock.release()
+    return root
+
+
+def _write_both_splits(root: Path, write_split, splits, counts: tuple[int, int], spec, settings: dict) -> None:
     digits, labels = load_mnist("test")
     half = len(digits) // 2  # train canvases use the first half of the test digits, val the second
-    root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     try:
-        write_split(tmp, splits[0], num_train, _Pool(digits[:half], labels[:half], 0), spec, spec.seed)
-        write_split(tmp, splits[1], num_val, _Pool(digits[half:], labels[half:], half), spec, spec.seed + 1)
+        write_split(tmp, splits[0], counts[0], _Pool(digits[:half], labels[:half], 0), spec, spec.seed)
+        write_split(tmp, splits[1], counts[1], _Pool(digits[half:], labels[half:], half), spec, spec.seed + 1)
         (tmp / SPEC_FILE).write_text(json.dumps(settings))
         if root.exists():  # made with other settings: move it aside, then swap
             stale = root.with_name(f".{root.name}.stale-{os.getpid()}")
             os.rename(root, stale)
             shutil.rmtree(stale, ignore_errors=True)
         os.replace(tmp, root)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if made_with_these_settings():
-            return root  # another process made the same data at the same moment
-        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return root
 
 
 def _write_segmentation_split(root: Path, split: str, count: int, pool: "_Pool", spec: CanvasSpec, seed: int) -> None:
