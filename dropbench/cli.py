@@ -91,7 +91,9 @@ def _pretrain(args: argparse.Namespace) -> None:
     if summary.finished_earlier or not summary.main_process:
         return
     print(
-        f"{backbone.name} / {regime.name}: train_loss {summary.train_loss:.4f}, val_top1 {summary.val_top1:.2f}% "
+        f"{backbone.name} / {regime.name}: train_loss {summary.train_loss:.4f}"
+        + (f" ({summary.final_train_loss:.4f} with dropout off)" if summary.final_train_loss is not None else "")
+        + f", val_top1 {summary.val_top1:.2f}% "
         f"→ {summary.run_dir / 'export'}"
     )
 
@@ -103,16 +105,34 @@ def _plot_diagnostics(args: argparse.Namespace) -> None:
         print(path)
 
 
-def _plot_ablation(args: argparse.Namespace) -> None:
-    from dropbench.ablation import plot_ablation
+def _read_stats(results: str, baseline: str):
+    """``(records, stats)`` under ``results``, each skipped file and repeated run said on stderr."""
     from dropbench.compare import read_records, summarise
 
-    records, skipped = read_records(args.results)
+    records, skipped = read_records(results)
     for message in skipped:
         print(f"warning: {message}", file=sys.stderr)
-    stats = summarise(records, baseline=args.baseline, warn=lambda m: print(f"warning: {m}", file=sys.stderr))
+    return records, summarise(records, baseline=baseline, warn=lambda m: print(f"warning: {m}", file=sys.stderr))
+
+
+def _plot_ablation(args: argparse.Namespace) -> None:
+    from dropbench.ablation import plot_ablation
+
+    _, stats = _read_stats(args.results, args.baseline)
     for path in plot_ablation(stats, args.x, Path(args.out), baseline=args.baseline, metrics=args.metrics):
         print(path)
+
+
+def _plot_deltas(args: argparse.Namespace) -> None:
+    from dropbench.deltas import beyond_floor_line, column_units, delta_table, plot_delta_table
+
+    records, stats = _read_stats(args.results, args.baseline)
+    table = delta_table(stats, column_units(records))
+    for path in plot_delta_table(table, Path(args.out)):
+        print(path)
+    line = beyond_floor_line(table)
+    if line:
+        print(line)
 
 
 def _plot_schedules(args: argparse.Namespace) -> None:
@@ -242,7 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument(
         "--data",
         required=True,
-        help="'mnist', 'synthetic' (random images, for speed) or an ImageNet-layout folder (train/, val/)",
+        help="'mnist', 'fashion_mnist' (Debian's dataset-fashion-mnist), 'synthetic' (random images, for speed) or an "
+        "ImageNet-layout folder (train/, val/)",
     )
     pretrain.add_argument("--out", required=True, help="the run folder")
     pretrain.add_argument("--results", default="results", help="where the result record goes (default: results)")
@@ -313,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluation = commands.add_parser("eval", help="top-1/top-5 of an export on ImageNet-layout val/ or MNIST")
     evaluation.add_argument("--backbone", required=True, help="an export folder")
-    evaluation.add_argument("--data", required=True, help="'mnist' or a folder with val/<class>/*")
+    evaluation.add_argument("--data", required=True, help="'mnist', 'fashion_mnist' or a folder with val/<class>/*")
     evaluation.add_argument("--results", default="results", help="records go to RESULTS/records ('' for none)")
     evaluation.add_argument("--batch-size", type=int, default=128)
     evaluation.add_argument("--workers", type=int, default=4)
@@ -352,6 +373,11 @@ def build_parser() -> argparse.ArgumentParser:
     plot_ablation.add_argument("--baseline", default="no_dropout", help="the regime drawn as a band, Δ against it")
     plot_ablation.add_argument("--out", default=".", help="folder for ablation_<metric>.png and ablation.csv")
     plot_ablation.set_defaults(run=_plot_ablation)
+    plot_deltas = plots.add_parser("deltas", help="each regime's Δ against the baseline, its interval or noise floor")
+    plot_deltas.add_argument("--results", default="results", help="folder of records, searched recursively")
+    plot_deltas.add_argument("--baseline", default="no_dropout", help="the regime each Δ is against")
+    plot_deltas.add_argument("--out", default=".", help="folder for deltas.png and deltas.csv")
+    plot_deltas.set_defaults(run=_plot_deltas)
     plot_schedules = plots.add_parser("schedules", help="the drop-rate schedules of a suite's regimes, one figure")
     plot_schedules.add_argument("suite", help="a suite file")
     plot_schedules.add_argument(

@@ -27,7 +27,15 @@ from scipy import stats as scipy_stats
 
 from dropbench.core.configs import PAPER_RESULTS
 from dropbench.core.errors import UserInputError
-from dropbench.core.identity import LEGACY, REQUIRED_RECORD_FIELDS, SUPERSEDED_FOLDER, ResultRecord, StageName
+from dropbench.core.identity import (
+    LEGACY,
+    LOWER_IS_BETTER,
+    REQUIRED_RECORD_FIELDS,
+    SUPERSEDED_FOLDER,
+    TRAIN_LOSS,
+    ResultRecord,
+    StageName,
+)
 from dropbench.core.settings import variant_name
 from dropbench.tasks import transfer_tasks
 
@@ -255,7 +263,9 @@ def summarise(records: pd.DataFrame, baseline: str = "no_dropout", warn=lambda m
         rows = list(zip(*(stats[c] for c in ROW), strict=True))
         for name in swept:
             stats[name] = pd.Series([values[row].get(name) for row in rows], index=stats.index, dtype=object)
-    return stats[STAT_COLUMNS + swept]
+    stats = stats[STAT_COLUMNS + swept]
+    stats.attrs["baseline"] = baseline
+    return stats
 
 
 def swept_fields(frame: pd.DataFrame) -> list[str]:
@@ -333,6 +343,49 @@ def _noise_lines(stats: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+# The paper's diagnosis (Liu et al. 2023): a model underfits where standard dropout (or s.d.) lowers its accuracy,
+# and early dropout is the remedy; it overfits where standard dropout raises it, and late dropout is the remedy.
+DIAGNOSED_BY = {"standard_dropout": ("early_dropout", "late_dropout"), "standard_sd": ("early_sd", "late_sd")}
+
+
+def _of_regime(label: str, name: str) -> bool:
+    """A row label is of the named regime: the regime itself or one of its variants (``name.rate=0.2``)."""
+    return label == name or label.startswith((f"{name}.", f"{name}·"))
+
+
+def regime_verdicts(stats: pd.DataFrame) -> list[str]:
+    """For each backbone × recipe with a no-dropout row and a standard dropout or s.d. row: which regime of the
+    paper the model is in, from the paired Δ of its pretraining top-1, with the interval and the paper's remedy.
+    Only a significant Δ (n ≥ 3, the interval excludes 0) decides; Δs against another baseline decide nothing."""
+    baseline = stats.attrs.get("baseline", "no_dropout")
+    if baseline != "no_dropout":
+        return []
+    own = stats[(stats["protocol"] == PRETRAINING) & (stats["metric"] == "top1") & stats["delta"].notna()]
+    lines = []
+    for row in own.itertuples(index=False):
+        standard = next((name for name in DIAGNOSED_BY if _of_regime(row.regime, name)), None)
+        if standard is None:
+            continue
+        early, late = DIAGNOSED_BY[standard]
+        measured = f"{row.backbone} / {row.recipe}: {row.regime} − {baseline}, {row.dataset} top-1 {row.delta:+.2f}"
+        if row.n_paired >= 2:
+            measured += f" [{row.delta_low:+.2f}, {row.delta_high:+.2f}]"
+        measured += f" (n={int(row.n_paired)})"
+        if row.significant and row.delta < 0:
+            lines.append(f"{measured}: underfitting (standard regularisation hurts); the paper's remedy: {early}")
+        elif row.significant:
+            lines.append(f"{measured}: overfitting (standard regularisation helps); the paper's remedy: {late}")
+        else:
+            needs = "the interval includes 0" if row.n_paired >= MIN_SIGNIFICANT_N else f"n < {MIN_SIGNIFICANT_N}"
+            lines.append(f"{measured}: neither underfitting nor overfitting resolved ({needs})")
+    return lines
+
+
+def _verdict_lines(stats: pd.DataFrame) -> str:
+    lines = regime_verdicts(stats)
+    return "\nregime of the paper (Liu et al. 2023):\n" + "".join(f"  {line}\n" for line in lines) if lines else ""
+
+
 # ------------------------------------------------------------------------------------------------ rendering
 
 BOLD = {"md": ("**", "**"), "latex": ("\\textbf{", "}"), "html": ("<b>", "</b>")}
@@ -348,16 +401,22 @@ def headline_metrics() -> dict[str, tuple[str, ...]]:
 REFERENCE_REGIMES = ("random_init",)  # reference rows: shown in the table, not on the regime Δ's axes
 
 
+PRETRAINING = "from_scratch"  # the protocol of a pretraining's own records
+PRETRAINING_HEADLINE = ("top1", TRAIN_LOSS)  # its accuracy, and the training loss the paper's claim is about
+
+
 def _headline(stats: pd.DataFrame) -> pd.DataFrame:
     headline = headline_metrics()
+    cells = zip(stats["task"], stats["protocol"], stats["metric"], strict=True)
     keep = [
-        metric in headline.get(task, (metric,)) for task, metric in zip(stats["task"], stats["metric"], strict=True)
+        metric in (PRETRAINING_HEADLINE if protocol == PRETRAINING else headline.get(task, (metric,)))
+        for task, protocol, metric in cells
     ]
     return stats[np.asarray(keep, dtype=bool)]
 
 
 # Short column headers, as transfer papers print them; a metric not named here keeps its record name.
-METRIC_LABELS = {"box_AP": "AP^box", "mask_AP": "AP^mask", "top1": "top-1", "top5": "top-5"}
+METRIC_LABELS = {"box_AP": "AP^box", "mask_AP": "AP^mask", "top1": "top-1", "top5": "top-5", TRAIN_LOSS: "train loss ↓"}
 
 
 def select_metrics(stats: pd.DataFrame, metrics: str = "headline") -> pd.DataFrame:
@@ -378,7 +437,7 @@ def _column_order(values: pd.Series) -> pd.Series:
     """Sort key: the pretraining's own accuracy (``from_scratch``) first, then the tasks in the registry's order
     (det, seg, cls, as transfer papers order their tables), then tasks no registered one records."""
     if values.name == "protocol":
-        return (values != "from_scratch").astype(int)
+        return (values != PRETRAINING).astype(int)
     order = [task.task for task in transfer_tasks().values()]
     return values.map(lambda task: order.index(task) if task in order else len(order))
 
@@ -387,24 +446,32 @@ def _group(row) -> str:
     return f"{row['dataset']} {row['protocol']}"
 
 
+def best_means(stats: pd.DataFrame) -> pd.Series:
+    """Per cell, the best mean of its column within its backbone and recipe: the highest, or the lowest for a
+    metric where lower is better (a loss)."""
+    grouped = stats.groupby(["backbone", "recipe", *COLUMN])["mean"]
+    return grouped.transform("max").where(~stats["metric"].isin(LOWER_IS_BETTER), grouped.transform("min"))
+
+
 def comparison_table(stats: pd.DataFrame, bold: tuple[str, str] = BOLD["md"]) -> pd.DataFrame:
     """Rows backbone × recipe × regime, with ``n`` once per row where it is the same in every cell; columns
     grouped by dataset and protocol (level 0) with short metric names (level 1); formatted cells."""
     if stats.empty:
         return pd.DataFrame()
-    best = stats.groupby(["backbone", "recipe", *COLUMN])["mean"].transform("max")
+    best = best_means(stats)
     row_n = stats.groupby(ROW, sort=False)["n"].transform(lambda n: n.iloc[0] if n.nunique() == 1 else np.nan)
 
     def cell(row) -> str:
         uniform = not np.isnan(row_n[row.name])
-        text = f"{row['mean']:.2f}" + (f" ± {row['std']:.2f}" if row["n"] > 1 else "")
+        places = 3 if row["metric"] in LOWER_IS_BETTER else 2  # a loss of ~0.3 nats needs its third decimal
+        text = f"{row['mean']:.{places}f}" + (f" ± {row['std']:.{places}f}" if row["n"] > 1 else "")
         text += "" if uniform else f" (n={int(row['n'])})"
         if row["mean"] == best[row.name]:
             text = f"{bold[0]}{text}{bold[1]}"
         if not np.isnan(row["delta"]):
-            text += f" Δ {row['delta']:+.2f}"
+            text += f" Δ {row['delta']:+.{places}f}"
             if not np.isnan(row["delta_low"]):
-                text += f" [{row['delta_low']:+.2f}, {row['delta_high']:+.2f}]"
+                text += f" [{row['delta_low']:+.{places}f}, {row['delta_high']:+.{places}f}]"
                 text += "" if uniform and row["n_paired"] == row["n"] else f" n={int(row['n_paired'])}"
             text += SIGNIFICANT if row["significant"] else ""
         return text
@@ -465,64 +532,7 @@ def render(stats: pd.DataFrame, fmt: str, metrics: str = "headline") -> str:
     if table.empty:
         return "no records\n"
     if fmt == "md":
-        return _markdown(table) + _noise_lines(shown)
+        return _markdown(table) + _noise_lines(shown) + _verdict_lines(stats)
     if fmt == "latex":
         return _latex(table)
-    return _html(table, _noise_lines(shown))
-
-
-def delta_panels(stats: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """The Δ figure's panels: per headline metric (``task / dataset / protocol / metric``), its cells with a Δ, one
-    bar each (``bar``: backbone and regime), reference regimes left out."""
-    deltas = _headline(stats.dropna(subset=["delta"]))
-    deltas = deltas[~deltas["regime"].isin(REFERENCE_REGIMES)].copy()
-    if deltas.empty:  # no regime has a baseline to pair with (its runs failed, or the suite has none)
-        return {}
-    deltas["panel"] = deltas[COLUMN].astype(str).agg(" / ".join, axis=1)
-    deltas["bar"] = deltas["backbone"] + "\n" + deltas["regime"]
-    return {panel: deltas[deltas["panel"] == panel] for panel in dict.fromkeys(deltas["panel"])}
-
-
-def plot_deltas(stats: pd.DataFrame, out: str | Path) -> Path:
-    """Δ against the baseline, one panel per headline metric (task/dataset/protocol/metric), each on its own scale:
-    a bar per backbone × regime with its paired t interval. Reference regimes (random init) stay out: their Δ of
-    tens of points would flatten the regime Δs the figure is for."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from dropbench.core.io import atomic_write
-
-    panels = delta_panels(stats)
-    columns = min(3, max(1, len(panels)))
-    rows = max(1, -(-len(panels) // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(max(4.5, 3.4 * columns), 3.0 * rows), dpi=150, squeeze=False)
-    for ax in axes.flat[len(panels) :]:
-        ax.axis("off")
-    if not panels:
-        axes.flat[0].axis("on")
-        axes.flat[0].text(0.5, 0.5, "no Δ to show (no baseline runs)", ha="center", va="center")
-    for ax, (panel, own) in zip(axes.flat, panels.items(), strict=False):
-        values = own["delta"].to_numpy()
-        low = np.where(np.isnan(own["delta_low"]), values, own["delta_low"])
-        high = np.where(np.isnan(own["delta_high"]), values, own["delta_high"])
-        x = np.arange(len(own))
-        colors = ["tab:green" if significant else "tab:blue" for significant in own["significant"]]
-        ax.bar(x, values, color=colors, width=0.6)
-        ax.errorbar(x, values, yerr=np.vstack([values - low, high - values]), fmt="none", ecolor="black", capsize=3)
-        ax.axhline(0, color="black", linewidth=0.8)
-        middle, half = (len(own) - 1) / 2, max(len(own), 3) / 2  # a lone bar keeps a bar's width, centred
-        ax.set_xlim(middle - half, middle + half)
-        ax.set_xticks(x, own["bar"], fontsize=7)
-        ax.set_title(panel, fontsize=8)
-        ax.set_ylabel("Δ (points)", fontsize=8)
-        ax.tick_params(axis="y", labelsize=7)
-        ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(
-        f"Δ vs baseline, {LEVEL:.0%} paired t interval (green: excludes 0, n ≥ {MIN_SIGNIFICANT_N})", fontsize=9
-    )
-    fig.tight_layout()
-    written = atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight"))
-    plt.close(fig)
-    return written
+    return _html(table, _noise_lines(shown) + _verdict_lines(stats))

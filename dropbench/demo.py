@@ -6,9 +6,10 @@ import csv
 import time
 from pathlib import Path
 
-from dropbench.compare import plot_deltas, read_records, render, summarise
+from dropbench.compare import read_records, render, summarise
 from dropbench.core.configs import CONFIG_ROOT
 from dropbench.core.io import atomic_write_text
+from dropbench.deltas import beyond_floor_line, column_units, delta_table, plot_delta_table
 from dropbench.plots import plot_curves, plot_schedules
 from dropbench.suite import Suite, execute_local, load_suite, report
 from dropbench.tasks import PRETRAIN_KIND
@@ -20,8 +21,8 @@ def _echo(line: str) -> None:
     print(line, flush=True)
 
 
-def _figures(suite: Suite, stats) -> list[Path]:
-    """Pretraining curves and schedules (first seed of each backbone × regime) and the Δ plot."""
+def _figures(suite: Suite, deltas) -> list[Path]:
+    """Pretraining curves and schedules (first seed of each backbone × regime) and the Δ plot with its csv."""
     figures = suite.results_dir / "figures"
     logs, schedules, iters_per_epoch = {}, {}, 1
     for run in suite.runs:
@@ -40,7 +41,7 @@ def _figures(suite: Suite, stats) -> list[Path]:
             setting = getattr(regime, kind)
             if setting is not None:
                 schedules[f"{regime.name} ({kind})"] = setting.rates(recipe.epochs, iters_per_epoch)
-    written = [plot_deltas(stats, figures / "deltas.png")]
+    written = plot_delta_table(deltas, figures)
     if logs:
         written.append(plot_curves(logs, figures / "pretrain_curves.png", title=f"pretraining, suite '{suite.name}'"))
     if schedules:
@@ -62,10 +63,14 @@ def run_demo(suite_path: Path | None = None, jobs: int = 1) -> int:
 
     records, _ = read_records(suite.results_dir)
     stats = summarise(records, warn=warn)
+    deltas = delta_table(stats, column_units(records))
     table = render(stats, "md")
-    atomic_write_text(suite.results_dir / "table.md", table)
+    floor_line = beyond_floor_line(deltas)
+    atomic_write_text(suite.results_dir / "table.md", table + (f"\n{floor_line}\n" if floor_line else ""))
     print("\n" + table)
-    written = _figures(suite, stats)
+    if floor_line:
+        print(floor_line)
+    written = _figures(suite, deltas)
     print("table:", suite.results_dir / "table.md")
     print("figures:", ", ".join(str(p) for p in written))
     seconds: dict[str, float] = {}

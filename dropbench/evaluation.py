@@ -10,12 +10,19 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, resolve_data_config
 from torch.utils.data import DataLoader, Dataset
 
+from dropbench.core.embedded import EMBEDDED_ARRAYS
 from dropbench.core.errors import UserInputError
 from dropbench.core.export import ExportSidecar, load_exported_model
 from dropbench.core.identity import Part, StageName
 from dropbench.core.lifecycle import Measured, RecordedRun, RunContext
 from dropbench.core.loop import autocast_for, evaluate
-from dropbench.core.readers import IMAGENET_1K, ArrayImageDataset, image_folders, imagenet_1k_layout, load_mnist
+from dropbench.core.readers import (
+    IMAGENET_1K,
+    ArrayImageDataset,
+    image_folders,
+    imagenet_1k_layout,
+    load_embedded,
+)
 from dropbench.core.transforms import build_transform
 
 logger = logging.getLogger(__name__)
@@ -45,11 +52,11 @@ def eval_transform_settings(sidecar: ExportSidecar, model: torch.nn.Module) -> d
 
 
 def _dataset(data: str, transform) -> tuple[torch.utils.data.Dataset, str]:
-    if data == "mnist":
-        return ArrayImageDataset(*load_mnist("test"), transform=transform), "mnist"
+    if data in EMBEDDED_ARRAYS:
+        return ArrayImageDataset(*load_embedded(data, "test"), transform=transform), data
     root = Path(data)
     if not root.is_dir():
-        raise UserInputError("--data", f"'{data}' is neither 'mnist' nor a folder with val/")
+        raise UserInputError("--data", f"'{data}' is neither one of {EMBEDDED_ARRAYS} nor a folder with val/")
     (val,) = image_folders(root, ("val",), "--data")
     val.transform = transform
     return val, IMAGENET_1K if imagenet_1k_layout(root / "val") else root.resolve().name

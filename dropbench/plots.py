@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from dropbench.core.errors import UserInputError  # noqa: E402
 from dropbench.core.io import atomic_write  # noqa: E402
@@ -19,6 +20,7 @@ def plot_schedules(schedules: dict[str, np.ndarray], iters_per_epoch: int, out: 
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=120)
     for label, rates in schedules.items():
         ax.plot(np.arange(len(rates)) / iters_per_epoch, rates, label=label, linewidth=1.8)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("drop rate")
     ax.set_ylim(bottom=0)
@@ -94,7 +96,8 @@ def plot_curves(logs: dict[str, list[dict]], out: str | Path, title: str = "") -
         epochs = [int(r["epoch"]) for r in rows]
         loss_ax.plot(epochs, [float(r["train_loss"]) for r in rows], marker="o", markersize=3, label=label)
         top1_ax.plot(epochs, [float(r["val_top1"]) for r in rows], marker="o", markersize=3, label=label)
-    for ax, name in ((loss_ax, "train loss"), (top1_ax, "val top-1 (%)")):
+    for ax, name in ((loss_ax, "train loss (the objective: dropout on, smoothing)"), (top1_ax, "val top-1 (%)")):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)

@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 from dropbench.core import training_fields as shared
 from dropbench.core.configs import known_configs, load_yaml, resolve_config
+from dropbench.core.embedded import ARRAY_TRAIN_IMAGES
 from dropbench.core.errors import UserInputError, did_you_mean
 from dropbench.core.fields import renamed_fields
 from dropbench.core.identity import Part, RunIdentity, StageName, settings_digest
@@ -16,9 +17,11 @@ from dropbench.core.settings import (
     NON_NEGATIVE,
     NON_NEGATIVE_INT,
     OPTIONAL_NON_NEGATIVE,
+    OPTIONAL_POSITIVE_INT,
     POSITIVE_INT,
     PROBABILITY,
     Settings,
+    one_of,
     setting,
     variant_name,
     within,
@@ -88,6 +91,10 @@ class Regime(Settings):
         return f"every value gives the same schedules in a {epochs}-epoch run"
 
 
+VAL_SPLITS = ("test", "holdout")
+HOLDOUT_IMAGES = 10_000  # a held-out validation slice's size, by default
+
+
 @dataclass(frozen=True)
 class Recipe(Settings):
     """Optimisation and augmentation settings (timm names where timm has one). Name, seed, logging, checkpoint
@@ -129,6 +136,12 @@ class Recipe(Settings):
     workers: int = shared.WORKERS(8)
     train_subset: int | None = shared.SUBSET(None)
     val_subset: int | None = shared.SUBSET(None)
+    # embedded data only: validate on its test split, or on a held-out slice of its training images (the last
+    # val_subset, default 10,000), disjoint from train_subset, for choosing a setting without looking at test numbers
+    val_split: str = setting("test", check=one_of(VAL_SPLITS, "validation split"), omit_at_default=True)
+    # the final training loss (dropout off, no label smoothing, the evaluation transform) is measured on this many
+    # training images drawn once with seed 0 (null: all of them)
+    train_eval_images: int | None = setting(10_000, check=OPTIONAL_POSITIVE_INT, omit_at_default=True)
     seed: int = shared.SEED(0)
     log_every: int = setting(50, check=POSITIVE_INT, result=False)
     # also checkpoint every N updates inside an epoch, to resume there (0: epoch ends only)
@@ -162,6 +175,13 @@ class Recipe(Settings):
                 f"{self.per_device_batch} must divide batch_size={self.batch_size} (accumulation fills the rest)",
             )
         shared.check_warmup(self, prefix)
+        held_out = self.val_subset or HOLDOUT_IMAGES
+        if self.val_split == "holdout" and (self.train_subset or ARRAY_TRAIN_IMAGES) + held_out > ARRAY_TRAIN_IMAGES:
+            raise UserInputError(
+                f"{prefix}train_subset",
+                f"{self.train_subset} training images and {held_out} held out exceed the {ARRAY_TRAIN_IMAGES} there "
+                f"are: lower train_subset or val_subset",
+            )
         if self.compile is not False and self.compile_backend not in _compile_backends():
             raise UserInputError(
                 f"{prefix}compile",

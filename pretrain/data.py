@@ -1,6 +1,7 @@
 """Training data: an ImageNet-layout folder (``train/`` and ``val/`` of class folders), WebDataset shards of one
-(``dropbench data shard``), embedded MNIST, or ``synthetic``: random ImageNet-shaped images held in memory, for
-measuring the training step's speed; and the loaders over it, which a resumed epoch enters at any batch."""
+(``dropbench data shard``), embedded MNIST or Fashion-MNIST, or ``synthetic``: random ImageNet-shaped images held in
+memory, for measuring the training step's speed; and the loaders over it, which a resumed epoch enters at any
+batch."""
 
 import copy
 import itertools
@@ -14,6 +15,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, Subset,
 from torch.utils.data.distributed import DistributedSampler
 from torchvision import transforms
 
+from dropbench.core.embedded import EMBEDDED_ARRAYS
 from dropbench.core.errors import UserInputError
 from dropbench.core.loop import epoch_seed
 from dropbench.core.readers import (
@@ -22,10 +24,11 @@ from dropbench.core.readers import (
     image_folders,
     imagenet_1k_classes,
     imagenet_1k_layout,
-    load_mnist,
+    load_embedded,
 )
 from dropbench.core.transforms import build_transform
 from dropbench.pretrain.augment import geometric_only
+from dropbench.pretrain.config import HOLDOUT_IMAGES
 from dropbench.pretrain.distributed import Processes
 from dropbench.pretrain.shards import is_shard_folder, read_info, shard_datasets
 
@@ -41,7 +44,7 @@ def dataset_name(data: str, recipe=None, data_name: str | None = None) -> str:
     folder's name."""
     if data_name or getattr(recipe, "dataset_name", None):
         return data_name or recipe.dataset_name
-    if data in (MNIST, SYNTHETIC):
+    if data in (*EMBEDDED_ARRAYS, SYNTHETIC):
         return data
     if is_shard_folder(data):  # named as the folder it was made from
         info = read_info(Path(data))
@@ -92,27 +95,29 @@ def build_data(
 ) -> DataSplits:
     """Train and val datasets for ``recipe`` at ``input_size`` px: training images as uint8 (finished on the
     device by ``DeviceAugment``), validation images through timm's evaluation transform."""
+    if recipe.val_split == "holdout" and data not in EMBEDDED_ARRAYS:
+        raise UserInputError(
+            "recipe.val_split", f"'holdout' is for the embedded data ({', '.join(EMBEDDED_ARRAYS)}); a folder has val/"
+        )
     if data == SYNTHETIC:
         return _synthetic(recipe, input_size)
     val_tf = build_transform(recipe, input_size, is_training=False)
     if is_shard_folder(data):
         return _shards(Path(data), recipe, input_size, val_tf, data_name)
-    if data == MNIST:
-        images, labels = load_mnist("train")
-        if recipe.train_subset:
-            images, labels = images[: recipe.train_subset], labels[: recipe.train_subset]
+    if data in EMBEDDED_ARRAYS:
+        (images, labels), (val_images, val_labels) = _embedded_splits(data, recipe)
         raw = geometric_only(recipe)
         if raw:
             train = ArrayBatches(images, labels)
         else:
             train = ArrayImageDataset(images, labels, transform=_train_transform(recipe, input_size))
         train_plain = ArrayImageDataset(images, labels, transform=val_tf)
-        val = ArrayImageDataset(*load_mnist("test"), transform=val_tf)
+        val = ArrayImageDataset(val_images, val_labels, transform=val_tf)
         name, num_classes = dataset_name(data, recipe, data_name), 10
     else:
         root = Path(data)
         if not root.is_dir():
-            raise UserInputError("data", f"'{data}' is neither 'mnist' nor an existing folder")
+            raise UserInputError("data", f"'{data}' is neither one of {EMBEDDED_ARRAYS} nor an existing folder")
         train, val = image_folders(root, ("train", "val"), "data", check_images)
         train_plain = copy.copy(train)  # the same scan of the folder, another transform
         train.transform, train_plain.transform, val.transform = _train_transform(recipe, input_size), val_tf, val_tf
@@ -124,6 +129,21 @@ def build_data(
     if recipe.val_subset:
         val = Subset(val, range(min(recipe.val_subset, len(val))))
     return DataSplits(name, train, val, num_classes, train_plain, raw, train_images=len(train))
+
+
+def _embedded_splits(data: str, recipe) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """The training images (the first ``train_subset``) and the validation images: the test split, or with
+    ``val_split: holdout`` the last ``val_subset`` (default 10,000) training images, which no run trains on."""
+    images, labels = load_embedded(data, "train")
+    if recipe.val_split == "holdout":
+        held = recipe.val_subset or HOLDOUT_IMAGES
+        validation = images[-held:], labels[-held:]
+        images, labels = images[:-held], labels[:-held]
+    else:
+        validation = load_embedded(data, "test")
+    if recipe.train_subset:
+        images, labels = images[: recipe.train_subset], labels[: recipe.train_subset]
+    return (images, labels), validation
 
 
 def _synthetic(recipe, input_size: int) -> DataSplits:
@@ -223,6 +243,18 @@ def _stream_loaders(splits: DataSplits, recipe, dev: torch.device):
     common = {"batch_size": recipe.per_device_batch, "num_workers": recipe.workers, "pin_memory": dev.type == "cuda"}
     epochs = StreamedEpochs(DataLoader(splits.train, **common, drop_last=True, generator=generator))
     return epochs, epochs, generator, DataLoader(splits.val, **common)
+
+
+def train_eval_loader(splits: DataSplits, recipe, processes: Processes, dev: torch.device) -> DataLoader | None:
+    """This rank's shard of the images the final training loss is measured on: ``train_eval_images`` training
+    images drawn once with seed 0 (all with null), through the evaluation transform; None for streamed shards."""
+    if splits.train_plain is None:
+        return None
+    total = len(splits.train_plain)
+    count = min(recipe.train_eval_images or total, total)
+    chosen = np.sort(np.random.default_rng(0).choice(total, count, replace=False)) if count < total else range(total)
+    shard = Subset(splits.train_plain, [int(i) for i in chosen[processes.rank :: processes.world]])
+    return DataLoader(shard, batch_size=recipe.per_device_batch, shuffle=False, num_workers=recipe.workers)
 
 
 def build_loaders(splits: DataSplits, recipe, processes: Processes, dev: torch.device):

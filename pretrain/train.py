@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from dropbench.core.checkpoint import gather_rng_states, save_checkpoint
 from dropbench.core.errors import UserInputError
 from dropbench.core.export import SIDECAR_FILE, ExportSidecar, export_backbone
-from dropbench.core.identity import RunIdentity
+from dropbench.core.identity import NATS, TRAIN_LOSS, RunIdentity
 from dropbench.core.io import atomic_write_json
 from dropbench.core.layout import CHECKPOINT_FILE, EXPORT_DIR
 from dropbench.core.lifecycle import Measured, RecordedRun, RunContext
@@ -33,7 +33,7 @@ from dropbench.core.loop import StepHooks, autocast_for, epoch_seed, evaluate, s
 from dropbench.core.models import BackboneConfig
 from dropbench.pretrain.build import Place, Training, build_training, check_pairing, run_config
 from dropbench.pretrain.config import Recipe, Regime, pretrain_identity
-from dropbench.pretrain.data import build_loaders, dataset_name
+from dropbench.pretrain.data import build_loaders, dataset_name, train_eval_loader
 from dropbench.pretrain.diagnostics import DiagnosticsConfig
 from dropbench.pretrain.distributed import Processes, init_distributed
 from dropbench.pretrain.regime_step import RegimeStep
@@ -56,6 +56,7 @@ class RunSummary:
     records: list[Path] = field(default_factory=list)
     finished_earlier: bool = False  # its records existed: nothing was run
     main_process: bool = True  # under torchrun only rank 0 holds the log: the others report nothing
+    final_train_loss: float | None = None  # measured with dropout off (``TRAIN_LOSS``); None: not measured
 
 
 def pretrain(
@@ -124,10 +125,12 @@ class Pretraining(RecordedRun):
         place = Place(out, json.dumps(config, sort_keys=True), context.started, processes, dev)
         log_rows = _train(run, recipe, epochs, place, checkpoint, self.diagnostics)
         final = log_rows[-1] if log_rows else {}
+        final_train_loss = _final_train_loss(run, recipe, processes, dev)
         self.summary = RunSummary(
             run_dir=out,
             train_loss=float(final.get("train_loss", "nan")),
             val_top1=float(final.get("val_top1", "nan")),
+            final_train_loss=final_train_loss,
             epochs=epochs,
             iters_per_epoch=run.iters_per_epoch,
             main_process=processes.main,
@@ -137,7 +140,10 @@ class Pretraining(RecordedRun):
         start_epoch = checkpoint["epoch"] if checkpoint else 0
         if not (start_epoch == epochs and (out / EXPORT_DIR / SIDECAR_FILE).is_file()):  # else exported before
             _export(run, self.backbone, self.identity, out, self.summary)
-        return Measured({"top1": self.summary.val_top1}, model=self.backbone.model, run_dir=out)
+        metrics = {"top1": self.summary.val_top1}
+        if final_train_loss is not None:
+            metrics[TRAIN_LOSS] = final_train_loss
+        return Measured(metrics, units={TRAIN_LOSS: NATS}, model=self.backbone.model, run_dir=out)
 
 
 def _check_run_folder(out: Path, resume: bool, force: bool, digest: str) -> None:
@@ -254,6 +260,16 @@ def _train(
         reporter.first_row(_validate(run, val_loader, dev, autocast, with_ema=False))
     reporter.close()
     return reporter.log_rows
+
+
+def _final_train_loss(run: Training, recipe: Recipe, processes, dev: torch.device) -> float | None:
+    """The paper's training loss: mean cross-entropy of the final model on training images with dropout and stochastic
+    depth off (``evaluate`` puts the model in eval mode), without label smoothing or augmentation; None where the
+    training images are streamed shards, which cannot be drawn from."""
+    loader = train_eval_loader(run.splits, recipe, processes, dev)
+    if loader is None:
+        return None
+    return evaluate(run.model, loader, run.splits.num_classes, dev, autocast_for(dev, recipe.amp), reduce=True)["loss"]
 
 
 def _validate(run: Training, loader: DataLoader, dev: torch.device, autocast, with_ema: bool = True) -> dict:

@@ -123,7 +123,9 @@ def test_linear_probe_on_optdigits_writes_a_record_and_caches_features(linear_ru
     code, stdout, work_dir, results = linear_run
     assert code == 0
     records = _records(results)
-    assert set(records) == {"top1"}  # optdigits is balanced: no mean per-class record
+    assert set(records) == {"top1", "chosen_c"}  # optdigits is balanced: no mean per-class record
+    report = json.loads((work_dir / "linear_probe.json").read_text())
+    assert records["chosen_c"]["value"] == report["chosen_c"] and records["chosen_c"]["unit"] == "C"
     record = records["top1"]
     assert set(record) == set(ResultRecord.__dataclass_fields__)
     assert (record["backbone"], record["model"], record["regime"], record["recipe"], record["seed"]) == (
@@ -292,7 +294,7 @@ def test_an_imbalanced_image_folder_also_gets_mean_per_class_accuracy(cli, pretr
     code, _, err = cli(*_transfer_args(pretrained_export, data, "linear", tmp_path / "work", results))
     assert code == 0, err
     records = _records(results)
-    assert set(records) == {"top1", "mean_per_class_accuracy"}
+    assert set(records) == {"top1", "mean_per_class_accuracy", "chosen_c"}
     assert all(r["dataset"] == "digits" and math.isfinite(r["value"]) for r in records.values())
     report = json.loads((tmp_path / "work" / "linear_probe.json").read_text())
     assert report["selection_metric"] == "mean_per_class_accuracy"

@@ -315,31 +315,31 @@ def test_the_noise_floor_pools_seed_stds_and_gives_the_minimum_detectable_delta(
     assert "noise floor" in text and f"min detectable Δ {floor.min_detectable_delta:.2f}" in text
 
 
-def test_the_delta_figure_has_a_panel_per_headline_metric_without_the_reference_row(results, tmp_path):
-    from dropbench.compare import delta_panels, plot_deltas
+def test_the_delta_figure_has_a_bar_per_headline_cell_without_the_reference_row(results, tmp_path):
+    from dropbench.deltas import delta_table, plot_delta_table
 
     for seed, value in enumerate((-14.0, -12.0, -10.0)):  # random init: far below the regime Δs
         _record("random_init", seed, value).write(results)
         _record("no_dropout", seed, 70.0 + seed, metric="top5").write(results)  # not a headline metric
     stats = summarise(read_records(results)[0])
-    panels = delta_panels(stats)
-    assert list(panels) == ["classification / mnist / from_scratch / top1"]
-    (own,) = panels.values()
-    assert set(own["regime"]) == {"early_dropout", "late_dropout"} and "random_init" in set(stats["regime"])
-    png = plot_deltas(stats, tmp_path / "deltas.png")
+    table = delta_table(stats)
+    assert set(table["metric"]) == {"top1"}
+    assert set(table["regime"]) == {"early_dropout", "late_dropout"} and "random_init" in set(stats["regime"])
+    png, _ = plot_delta_table(table, tmp_path / "figures")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_the_delta_figure_without_a_baseline_says_so(tmp_path):
     """A suite whose baseline runs failed: the figure is drawn, with a line saying there is no Δ, not a crash."""
-    from dropbench.compare import delta_panels, plot_deltas
+    from dropbench.deltas import delta_table, plot_delta_table
 
     for seed in range(2):
         _record("random_init", seed, 9.0 + seed).write(tmp_path)
         _record("early_dropout", seed, 70.0 + seed).write(tmp_path)
     stats = summarise(read_records(tmp_path)[0])
-    assert stats["delta"].isna().all() and delta_panels(stats) == {}
-    assert plot_deltas(stats, tmp_path / "deltas.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert stats["delta"].isna().all() and delta_table(stats).empty
+    png, csv_file = plot_delta_table(delta_table(stats), tmp_path)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and csv_file.read_text().startswith("backbone,")
 
 
 @pytest.fixture

@@ -51,9 +51,12 @@ def test_two_process_ddp_under_torchrun_trains_and_exports(tmp_path):
     assert len(lines) == 3  # header + 2 epochs
     model, sidecar = load_exported_model(run / "export")
     assert sidecar.regime == "early_sd"
-    records = list((tmp_path / "results" / "records").glob("*.json"))
-    assert len(records) == 1, "only rank 0 writes the record"
-    assert json.loads(records[0].read_text())["value"] > 10
+    records = {
+        json.loads(p.read_text())["metric"]: json.loads(p.read_text())
+        for p in (tmp_path / "results" / "records").glob("*.json")
+    }
+    assert set(records) == {"top1", "train_loss"}, "only rank 0 writes the records"
+    assert records["top1"]["value"] > 10 and 0 < records["train_loss"]["value"] < 2.4
     summaries = [line for line in result.stdout.splitlines() if "val_top1" in line and "→" in line]
     assert len(summaries) == 1 and "nan" not in summaries[0], "one summary, from rank 0"
 

@@ -77,7 +77,7 @@ def test_a_forked_child_does_not_keep_the_run_lock(tmp_path):
 @pytest.mark.slow
 def test_two_suites_on_the_same_output_run_each_run_once(tmp_path):
     """The same suite started twice, 3 s apart, in one folder: every run executes once, in its own log, both
-    suites end at 0 with 4 records and nothing superseded."""
+    suites end at 0 with their 8 records and nothing superseded."""
     suite = {
         "backbones": ["vit_micro"],
         "regimes": ["no_dropout", "early_dropout"],
@@ -97,7 +97,8 @@ def test_two_suites_on_the_same_output_run_each_run_once(tmp_path):
     assert "running elsewhere (pid " in outputs[1], outputs[1]
 
     records = _records(tmp_path / "results")
-    assert len(records) == 4 and not (tmp_path / "results" / "records" / "superseded").exists()
+    # each pretraining records top-1 and training loss, each probe top-1 and its chosen C
+    assert len(records) == 8 and not (tmp_path / "results" / "records" / "superseded").exists()
     logs = sorted((tmp_path / "runs").glob("*/*.log"))  # each run's log, beside its folder
     assert len(logs) == 4, logs
     for log in logs:

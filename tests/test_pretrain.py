@@ -69,13 +69,29 @@ def test_short_mnist_pretraining_lowers_the_loss_and_learns(finished_run):
     assert list((finished_run / "tensorboard").glob("events.out.tfevents.*"))
 
 
-def test_the_run_writes_one_pretraining_record(finished_run):
-    records = list((finished_run.parent / "results" / "records").glob("*.json"))
-    assert len(records) == 1
-    record = json.loads(records[0].read_text())
-    assert set(record) == set(ResultRecord.__dataclass_fields__)
-    assert record["regime"] == "early_dropout" and record["metric"] == "top1" and record["unit"] == "%"
-    assert record["value"] == pytest.approx(float(_read_log(finished_run)[-1]["val_top1"]))
+def test_the_run_records_its_top1_and_its_final_training_loss_with_dropout_off(finished_run):
+    paths = (finished_run.parent / "results" / "records").glob("*.json")
+    records = {record["metric"]: record for record in (json.loads(p.read_text()) for p in paths)}
+    assert set(records) == {"top1", "train_loss"}
+    top1, loss = records["top1"], records["train_loss"]
+    assert set(top1) == set(ResultRecord.__dataclass_fields__)
+    assert top1["regime"] == "early_dropout" and top1["unit"] == "%" and loss["unit"] == "nats"
+    assert top1["value"] == pytest.approx(float(_read_log(finished_run)[-1]["val_top1"]))
+    # the export in eval mode, on the run's 3,072 training images through the evaluation transform, no smoothing
+    model, _ = load_exported_model(finished_run / "export")
+    assert loss["value"] == pytest.approx(_eval_loss(model.eval(), *load_mnist("train"), SMALL["train_subset"]))
+    assert loss["value"] < float(_read_log(finished_run)[-1]["train_loss"]), "no smoothing, no mixup, no dropout"
+
+
+def _eval_loss(model, images, labels, count: int) -> float:
+    from dropbench.core.readers import ArrayImageDataset
+    from dropbench.core.transforms import build_transform
+
+    transform = build_transform(Recipe.load("cpu"), 32, is_training=False)
+    data = ArrayImageDataset(images[:count], labels[:count], transform=transform)
+    batch = torch.stack([data[i][0] for i in range(count)])
+    with torch.no_grad():
+        return torch.nn.functional.cross_entropy(model(batch), torch.tensor(labels[:count], dtype=torch.long)).item()
 
 
 def test_export_reloads_in_timm_with_identical_outputs(finished_run):
@@ -227,7 +243,7 @@ def _tiny_args(out: Path, results: Path, **changes) -> list[str]:
 def test_a_finished_run_is_skipped_and_force_reruns_it_superseding_its_records(cli, tmp_path):
     results = tmp_path / "results"
     assert cli(*_tiny_args(tmp_path / "run", results))[0] == 0
-    (record,) = (results / "records").glob("*.json")
+    (record,) = (results / "records").glob("*top1.json")
     first = json.loads(record.read_text())
 
     code, out, _ = cli(*_tiny_args(tmp_path / "run", results))
@@ -237,7 +253,7 @@ def test_a_finished_run_is_skipped_and_force_reruns_it_superseding_its_records(c
     code, out, err = cli(*_tiny_args(tmp_path / "run", results), "--force")
     assert code == 0, err
     assert json.loads(record.read_text())["started"] >= first["started"]
-    (superseded,) = (results / "records" / "superseded").glob("*.json")
+    (superseded,) = (results / "records" / "superseded").glob("*top1.*.json")
     assert json.loads(superseded.read_text()) == first
     assert len(list(tmp_path.glob("run.superseded-*"))) == 1, "the earlier run folder is kept aside"
 
@@ -250,12 +266,12 @@ def test_the_demos_and_a_suites_records_are_shown_apart(cli, tmp_path):
     assert cli(*_tiny_args(tmp_path / "suite", results / "suites" / "embedded", epochs=2))[0] == 0
     code, out, err = cli("compare", "--results", results, "--format", "csv")
     assert code == 0, err
-    table = list(csv.DictReader(out.splitlines()))
+    table = [row for row in csv.DictReader(out.splitlines()) if row["metric"] == "top1"]
     assert len(table) == 2 and {row["n"] for row in table} == {"1"}
     recipes = sorted(row["recipe"] for row in table)
     assert recipes[0].startswith("cpu·epochs=1 ") and recipes[1].startswith("cpu·epochs=2 ")
     values = sorted(float(row["mean"]) for row in table)
-    records = sorted(json.loads(p.read_text())["value"] for p in results.rglob("records/*.json"))
+    records = sorted(json.loads(p.read_text())["value"] for p in results.rglob("records/*top1.json"))
     assert values == pytest.approx(records)
 
 
@@ -268,7 +284,7 @@ def test_random_init_exports_the_untrained_initialisation_with_a_record(cli, tmp
     expected = BackboneConfig.load("vit_micro").create_model(num_classes=10, dropout=0.0, drop_path=0.0)
     exported = load_file(tmp_path / "run" / "export" / "backbone.safetensors")
     assert all(torch.equal(exported[name], tensor) for name, tensor in expected.state_dict().items())
-    (record,) = (results / "records").glob("*.json")
+    (record,) = (results / "records").glob("*top1.json")
     record = json.loads(record.read_text())
     assert record["regime"] == "random_init" and 0 <= record["value"] <= 30  # chance is 10 %
     assert [row["epoch"] for row in _read_log(tmp_path / "run")] == ["0"]
@@ -285,3 +301,46 @@ def test_a_compiled_step_is_compiled_once_while_the_drop_rates_change_every_iter
     rates = [float(row["dropout"]) for row in _read_log(tmp_path / "run")]
     assert rates[0] > 0 and rates[-1] == 0, "a rate that changes every iteration of the first epoch, then 0"
     assert counters["stats"]["unique_graphs"] == 1
+
+
+def test_a_held_out_validation_split_is_the_last_training_images_and_the_loss_is_measured_with_dropout_off(
+    cli, tmp_path
+):
+    """``val_split=holdout``: validation on the last ``val_subset`` training images, which the run does not train
+    on; the training loss of a run with dropout 0.5 is the eval-mode loss of its export."""
+    args = _pretrain_args(tmp_path / "run", tmp_path / "results", TINY | {"val_split": "holdout"}, "standard_dropout")
+    code, out, err = cli(*args, "dropout.rate=0.5")
+    assert code == 0, err
+    model, _ = load_exported_model(tmp_path / "run" / "export")
+    model.eval()
+    images, labels = load_mnist("train")
+    held = TINY["val_subset"]
+    from dropbench.core.readers import ArrayImageDataset
+    from dropbench.core.transforms import build_transform
+
+    transform = build_transform(Recipe.load("cpu"), 32, is_training=False)
+    held_out = ArrayImageDataset(images[-held:], labels[-held:], transform=transform)
+    with torch.no_grad():
+        logits = model(torch.stack([held_out[i][0] for i in range(held)]))
+    accuracy = 100.0 * (logits.argmax(1).numpy() == labels[-held:]).mean()
+    assert float(_read_log(tmp_path / "run")[-1]["val_top1"]) == pytest.approx(accuracy)
+    (loss,) = (json.loads(p.read_text()) for p in (tmp_path / "results" / "records").glob("*train_loss.json"))
+    assert loss["value"] == pytest.approx(_eval_loss(model, images, labels, TINY["train_subset"]), rel=1e-5)
+    assert "with dropout off" in out
+
+
+@pytest.mark.parametrize(
+    ("data", "settings", "field"),
+    [
+        ("mnist", {"val_split": "holdout", "train_subset": 55_000, "val_subset": 6_000}, "recipe.train_subset"),
+        ("synthetic", {"val_split": "holdout"}, "recipe.val_split"),
+        ("mnist", {"val_split": "train"}, "recipe.val_split"),
+    ],
+)
+def test_a_held_out_split_that_overlaps_the_training_images_or_has_no_source_is_refused(
+    cli, tmp_path, data, settings, field
+):
+    args = _pretrain_args(tmp_path / "run", tmp_path / "results", TINY | settings, "no_dropout", data=data)
+    code, _, err = cli(*args)
+    assert code == 2 and field in err and err.count("\n") == 1, err
+    assert not (tmp_path / "results").exists() and not list((tmp_path / "run").glob("*"))

@@ -148,3 +148,15 @@ def test_regimes_read_their_schedules_through_the_same_loader():
     assert regime.dropout == DropSetting(0.1, "early", "linear", 50, 300) and regime.drop_path is None
     assert set(regime.settings()) == {"dropout", "drop_path", "train"}
     assert regime.dropout.for_run(30) == DropSetting(0.1, "early", "linear", 5)
+
+
+def test_a_field_added_after_runs_were_recorded_changes_no_digest_at_its_default_and_is_one_when_set():
+    from dropbench.core.models import BackboneConfig
+
+    regime, backbone = Regime.load("early_dropout"), BackboneConfig.load("vit_micro")
+    default = pretrain_identity(backbone, regime, Recipe.load("cpu", {"epochs": 2}), "d").parts["recipe"].digest
+    assert default == PRETRAIN_DIGESTS["recipe"]
+    for changed in ({"val_split": "holdout"}, {"train_eval_images": 500}):
+        recipe = Recipe.load("cpu", {"epochs": 2} | changed)
+        assert next(iter(changed)) in recipe.settings()
+        assert pretrain_identity(backbone, regime, recipe, "d").parts["recipe"].digest != default

@@ -277,14 +277,16 @@ def test_a_real_two_point_sweep_runs_through_suite_compare_and_plot(tmp_path, cl
     assert code == 0, out + err
     results = tmp_path / "results"
     records = [json.loads(p.read_text()) for p in (results / "records").glob("*.json")]
-    swept = [r for r in records if r["regime"].startswith("early_dropout.")]
+    swept = [r for r in records if r["regime"].startswith("early_dropout.") and r["metric"] == "top1"]
     assert len(swept) == 4 and {r["sweep"]["regime.dropout.rate"] for r in swept} == {0.1, 0.3}
     code, table, err = cli("compare", "--results", results, "--format", "csv")
     assert code == 0 and "regime.dropout.rate" in table.splitlines()[0], err
     code, printed, err = cli("plot", "ablation", "--results", results, "--x", "dropout.rate", "--out", tmp_path / "f")
     assert code == 0 and (tmp_path / "f" / "ablation.csv").is_file(), err
     figure = pd.read_csv(tmp_path / "f" / "ablation.csv")
-    assert sorted(figure["x"]) == [0.1, 0.3] and set(figure["n"]) == {2}
+    assert set(figure["metric"]) == {"top1", "train_loss"}, "pretraining's headline: top-1 and training loss"
+    top1 = figure[figure["metric"] == "top1"]
+    assert sorted(top1["x"]) == [0.1, 0.3] and set(top1["n"]) == {2}
     code, out, err = cli("suite", path, "--dry-run")
     assert code == 0 and out.count("finished") >= 3, err
 

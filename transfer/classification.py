@@ -7,9 +7,11 @@
 - ``linear``: pooled pre-logit features extracted once in eval mode (no augmentation) and cached as safetensors; a
   multinomial logistic regression on standardised features, fitted full-batch with L-BFGS, its L2 strength ``C``
   chosen on a held-out part of train, then refitted on all of train and evaluated on the test split.
+- ``knn`` and ``fewshot``: on the same cached features (``dropbench.transfer.feature_protocols``).
 
-Each metric goes to a result record (``dropbench.core.identity``) in percent. Fine-tuning trains with the loop
-pretraining uses (``dropbench.core.loop``).
+Each metric goes to a result record (``dropbench.core.identity``) in percent; a linear probe also records the C it
+chose (``chosen_c``; on ``holdout_fraction`` of the training images, never on the test split). Fine-tuning trains
+with the loop pretraining uses (``dropbench.core.loop``).
 """
 
 import hashlib
@@ -67,6 +69,7 @@ from dropbench.transfer.cls_data import (
     load_cls_data,
     stratified_split,
 )
+from dropbench.transfer.feature_protocols import fewshot_indices, fewshot_protocol, knn_protocol
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +79,7 @@ LOG_FILE = "log.csv"
 FEATURES_FILE = "features.safetensors"
 CHECKPOINT_FILE = "checkpoint.pt"  # the fine-tuning after its last finished epoch
 PROBE_FILE = "linear_probe.json"
+CHOSEN_C = "chosen_c"  # the linear probe's L2 strength, recorded beside its accuracy
 SMALL_PROBLEM_ELEMENTS = 1 << 22  # features × images below which the probe is fitted on one thread
 LOG_COLUMNS = [
     "epoch",
@@ -345,6 +349,19 @@ def _linear_probe(
     return metrics, report
 
 
+def _on_features(
+    protocol: str, cached: dict[str, torch.Tensor], num_classes: int, config: ClsConfig, work_dir: Path, extraction
+) -> dict[str, float]:
+    """k-NN or few-shot on the cached features; the protocol's report goes to ``<protocol>.json``."""
+    if protocol == "knn":
+        metrics, report = knn_protocol(cached, num_classes, config)
+    else:
+        metrics, report = fewshot_protocol(cached, num_classes, config, fit_linear_probe)
+    atomic_write_json(work_dir / f"{protocol}.json", report | {"feature_extraction": extraction})
+    tqdm.write(f"{protocol}: " + "  ".join(f"{name} {value:.2f}%" for name, value in metrics.items()))
+    return metrics
+
+
 # ---------------------------------------------------------------------------------------------------- fine-tuning
 
 
@@ -491,9 +508,11 @@ def _finetune(
 
 
 def task_identity(config: ClsConfig, protocol: str, overrides: dict) -> tuple[str, str, Part]:
-    """``(dataset, protocol, task part)`` of a classification transfer; its transfer seed is ``config.seed``."""
+    """``(dataset, protocol, task part)`` of a classification transfer; its transfer seed is ``config.seed``. A
+    few-shot probe's records name their shots (``5-shot``), so that each shot count is its own column."""
     settings = config.settings() | {"protocol": protocol}
-    return config.name, protocol, Part.of(settings, {k: v for k, v in overrides.items() if k != "seed"})
+    recorded = f"{config.fewshot_shots}-shot" if protocol == "fewshot" else protocol
+    return config.name, recorded, Part.of(settings, {k: v for k, v in overrides.items() if k != "seed"})
 
 
 def _selection_metric(config: ClsConfig, data: ClsData) -> str:
@@ -560,7 +579,8 @@ def transfer_classification(
     force: bool = False,
     resume: bool = False,
 ) -> ClsSummary:
-    """Fine-tune (``protocol="finetune"``) or linearly probe (``"linear"``) the export in ``backbone``.
+    """Fine-tune (``protocol="finetune"``), linearly probe (``"linear"``), k-NN-classify (``"knn"``) or few-shot probe
+    (``"fewshot"``) the export in ``backbone``.
 
     ``dataset``: an ImageFolder tree, a dataset YAML or a name in ``configs/classification/``; ``overrides``
     change its fields. Writes ``config.json`` and the protocol's log into ``work_dir`` and one result record
@@ -622,6 +642,8 @@ class ClassificationTransfer(RecordedRun):
         metric_names = ["top1"] + (["mean_per_class_accuracy"] if selection == "mean_per_class_accuracy" else [])
         if protocol == "linear":
             _check_holdout(config, data)
+        if protocol == "fewshot":
+            fewshot_indices(data.train_labels, config.fewshot_shots, config.seed, 0)  # every class has enough
         autocast = autocast_for(dev, config.amp)
         if protocol == "finetune":
             run = _prepare_finetune(self.backbone, data, config, input_size, dev)
@@ -633,9 +655,15 @@ class ClassificationTransfer(RecordedRun):
         _write_run_config(work_dir, self.backbone, protocol, config, input_size, data, self.sidecar, digest)
         if protocol == "finetune":
             measured = _finetune(run, data, config, work_dir, dev, autocast, run_tag(self.identity), self.resume)
+        elif protocol == "linear":
+            measured, report = _linear_probe(model, data, config, self.backbone, input_size, work_dir, dev, autocast)
+            measured = measured | {CHOSEN_C: report["chosen_c"]}  # chosen on held-out training images, never on test
+            metric_names.append(CHOSEN_C)
         else:
-            measured, _ = _linear_probe(model, data, config, self.backbone, input_size, work_dir, dev, autocast)
+            cached, extraction = _features(model, data, config, self.backbone, input_size, work_dir, dev, autocast)
+            measured = _on_features(protocol, cached, data.num_classes, config, work_dir, extraction)
+            metric_names = list(measured)
         self.metrics = {m: measured[m] for m in metric_names}
         shown = "  ".join(f"{m} {v:.2f}%" for m, v in self.metrics.items())
         logger.info(f"{self.sidecar.name} / {self.sidecar.regime or '?'} → {config.name} {protocol}: {shown}")
-        return Measured(self.metrics, model=self.sidecar.model, run_dir=work_dir)
+        return Measured(self.metrics, units={CHOSEN_C: "C"}, model=self.sidecar.model, run_dir=work_dir)

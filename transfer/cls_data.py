@@ -54,6 +54,7 @@ TORCHVISION_SPLITS: dict[str, tuple[list[dict], dict]] = {
 
 HOLDOUT = within(0, 1, low_open=True, high_open=True)
 LAYER_DECAY = Check(lambda v: v is None or 0 < v <= 1, "must be in (0, 1] or null")
+K_LIST = Check(lambda v: len(v) > 0 and all(isinstance(k, int) and k >= 1 for k in v), "must be positive integers")
 C_GRID = Check(lambda v: len(v) > 0 and all(c > 0 for c in v), "must be a non-empty list of positive numbers")
 WHERE = {"result": False}  # where the data is or how it is named: not what the run computes
 TRAINING = {"features": False}  # the extracted features do not depend on it
@@ -112,6 +113,14 @@ class ClsConfig(Settings):
     holdout_fraction: float = setting(0.2, check=HOLDOUT, **TRAINING)
     linear_max_iter: int = setting(1000, check=POSITIVE_INT, **TRAINING)
     feature_batch_size: int = setting(256, check=POSITIVE_INT, **TRAINING)
+    # k-NN on the same features (DINOv2's recipe), and few-shot probes (VISSL's low-shot); added after records were
+    # made, so at their defaults they leave a config's digest as it was
+    knn_k: tuple[int, ...] = setting((10, 20, 100, 200), check=K_LIST, omit_at_default=True, **TRAINING)
+    knn_temperature: float = setting(0.07, check=within(0, 10, low_open=True), omit_at_default=True, **TRAINING)
+    knn_chunk: int = setting(1024, check=POSITIVE_INT, result=False, **TRAINING)  # test images per similarity pass
+    fewshot_shots: int = setting(5, check=POSITIVE_INT, omit_at_default=True, **TRAINING)
+    fewshot_subsamples: int = setting(5, check=POSITIVE_INT, omit_at_default=True, **TRAINING)
+    fewshot_c: float = setting(1.0, check=within(0, 1e12, low_open=True), omit_at_default=True, **TRAINING)
 
     def feature_inputs(self) -> dict:
         """What the extracted features depend on, besides the weights and the input size."""

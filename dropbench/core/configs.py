@@ -14,6 +14,7 @@ _PACKAGE = Path(__file__).resolve().parents[1]
 DATA_ROOT = _PACKAGE if (_PACKAGE / "configs").is_dir() else _PACKAGE.parent
 CONFIG_ROOT = DATA_ROOT / "configs"
 PAPER_RESULTS = DATA_ROOT / "results" / "paper"
+NOISE_FLOORS = DATA_ROOT / "results" / "noise_floors"  # measured by the sensitivity suite, with their provenance
 
 
 def load_yaml(path: str | os.PathLike, field: str) -> dict:

@@ -31,6 +31,9 @@ from dropbench.core.lock import RunLock
 logger = logging.getLogger(__name__)
 
 PERCENT = "%"
+NATS = "nats"  # a mean cross-entropy
+TRAIN_LOSS = "train_loss"  # pretraining's final training loss, measured with dropout off
+LOWER_IS_BETTER = frozenset({TRAIN_LOSS})  # metrics whose best value is the lowest
 RECORDS_FOLDER = "records"
 SUPERSEDED_FOLDER = "superseded"
 DIGEST_CHARS = 16
@@ -177,10 +180,12 @@ class RunIdentity(RunFields):
         started: str,
         code_version: str,
         force: bool = False,
+        units: Mapping[str, str] | None = None,
     ) -> list[Path]:
-        """Write one record per metric. Records of this identity written meanwhile (by a process with another run
-        folder) are kept, and these values are not recorded, unless ``force``, which supersedes them. The check and
-        the write hold the identity's records lock, so that two writers do not both pass the check."""
+        """Write one record per metric, in the measurement's unit unless ``units`` names the metric's own. Records
+        of this identity written meanwhile (by a process with another run folder) are kept, and these values are not
+        recorded, unless ``force``, which supersedes them. The check and the write hold the identity's records lock,
+        so that two writers do not both pass the check."""
         results_dir = Path(results_dir)
         lock = RunLock(results_dir / RECORDS_FOLDER / ".locks" / self.stem())
         try:
@@ -202,7 +207,11 @@ class RunIdentity(RunFields):
                 "started": started,
                 "finished": now(),
             }
-            records = [ResultRecord(**run, metric=metric, value=float(value)) for metric, value in metrics.items()]
+            units = units or {}
+            records = [
+                ResultRecord(**(run | {"unit": units.get(metric, run["unit"])}), metric=metric, value=float(value))
+                for metric, value in metrics.items()
+            ]
             return atomic_write_many({record.path(results_dir): record.writer() for record in records})
         finally:
             lock.release()

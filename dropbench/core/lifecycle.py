@@ -45,6 +45,7 @@ class RunContext:
             started=self.started,
             code_version=code_version(),
             force=self.force,
+            units=measured.units,
         )
 
 
@@ -54,6 +55,7 @@ class Measured(Measurement):
     A value every record of the run carries is a field of ``Measurement``."""
 
     metrics: dict[str, float]
+    units: dict[str, str] = field(default_factory=dict)  # a metric's own unit, where it is not ``unit``
 
 
 @dataclass

@@ -14,6 +14,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 
+from dropbench.core.embedded import FASHION_MNIST_FILES
 from dropbench.core.errors import UserInputError
 
 
@@ -34,11 +35,28 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
+def embedded_files(name: str) -> Path:
+    """The folder of an embedded dataset's idx files, found without importing or downloading anything."""
+    if name == "mnist":
+        return mnist_files()
+    if not (FASHION_MNIST_FILES / "train-images-idx3-ubyte.gz").is_file():
+        raise UserInputError(
+            "data", f"Fashion-MNIST is not in {FASHION_MNIST_FILES}: apt-get install dataset-fashion-mnist"
+        )
+    return FASHION_MNIST_FILES
+
+
+def load_embedded(name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images ``(N, 28, 28)`` and labels ``(N,)`` of an embedded dataset's ``train`` (60k) or ``test`` (10k)
+    split."""
+    prefix = {"train": "train", "test": "t10k"}[split]
+    root = embedded_files(name)
+    return read_idx(root / f"{prefix}-images-idx3-ubyte.gz"), read_idx(root / f"{prefix}-labels-idx1-ubyte.gz")
+
+
 def load_mnist(split: str) -> tuple[np.ndarray, np.ndarray]:
     """Images ``(N, 28, 28)`` and labels ``(N,)`` of MNIST's ``train`` (60k) or ``test`` (10k) split."""
-    prefix = {"train": "train", "test": "t10k"}[split]
-    root = mnist_files()
-    return read_idx(root / f"{prefix}-images-idx3-ubyte.gz"), read_idx(root / f"{prefix}-labels-idx1-ubyte.gz")
+    return load_embedded("mnist", split)
 
 
 class ArrayImageDataset(Dataset):

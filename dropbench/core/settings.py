@@ -103,10 +103,13 @@ def setting(
     result: bool = True,
     features: bool = True,
     resumable: bool = False,
+    omit_at_default: bool = False,
 ) -> Any:
     """A settings field: its default (or ``default_factory``), its check (called with the value and the field's
-    name, it raises UserInputError) and what it changes (see the module's docstring)."""
+    name, it raises UserInputError) and what it changes (see the module's docstring). A field added after runs were
+    recorded is ``omit_at_default``: left out of the settings at its default, so that their digests stay the same."""
     metadata = {"check": check, "result": result, "features": features, "resumable": resumable}
+    metadata["omit_at_default"] = omit_at_default
     return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
 
 
@@ -220,7 +223,11 @@ class Settings:
     def where(self, flag_name: str) -> dict:
         """The fields (as :meth:`to_dict` gives them) that ``flag_name`` holds for: ``result``, ``features``."""
         data = self.to_dict()
-        return {f.name: data[f.name] for f in _fields(self) if flag(f, flag_name)}
+        return {
+            f.name: data[f.name]
+            for f in _fields(self)
+            if flag(f, flag_name) and not (f.metadata.get("omit_at_default") and getattr(self, f.name) == f.default)
+        }
 
     def settings(self) -> dict:
         """What changes a run's result: the fields flagged ``result``."""

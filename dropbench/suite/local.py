@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from dropbench.core.embedded import EMBEDDED_ARRAYS
 from dropbench.core.errors import UserInputError
 from dropbench.core.lock import RunLock
 from dropbench.suite.executors import Executor, register_executor
@@ -120,8 +121,8 @@ def execute_local(
 ) -> list[Outcome]:
     """Run the plan on this machine with ``gpus`` GPUs (0: the CPU, ``jobs`` runs at a time); returns each run's
     outcome, in plan order."""
-    if suite.data and suite.data != "mnist" and not Path(suite.data).is_dir():
-        raise UserInputError("pretrain.data", f"'{suite.data}' is neither 'mnist' nor a folder")
+    if suite.data and suite.data not in EMBEDDED_ARRAYS and not Path(suite.data).is_dir():
+        raise UserInputError("pretrain.data", f"'{suite.data}' is neither one of {EMBEDDED_ARRAYS} nor a folder")
     pending = launches(suite, gpus, check_jobs(jobs, gpus))
     position = {launch.run.name: index for index, launch in enumerate(pending, 1)}
     outcomes: dict[str, Outcome] = {}

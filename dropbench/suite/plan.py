@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from dropbench.core.configs import check_keys, load_yaml
+from dropbench.core.embedded import EMBEDDED_ARRAYS
 from dropbench.core.errors import UserInputError
 from dropbench.core.fields import non_empty_list
 from dropbench.core.identity import RunIdentity
@@ -236,6 +237,6 @@ def describe(suite: Suite, commands: list[tuple[Run, str]] | None = None) -> str
     for run, command in commands or [(run, run.shell_command()) for run in suite.runs]:
         status = "finished" if run.name in finished else "run"
         lines.append(f"  {status:<8}  {run.name:<{width}}  $ {command}")
-    if suite.data and suite.data != "mnist" and not Path(suite.data).is_dir():
+    if suite.data and suite.data not in EMBEDDED_ARRAYS and not Path(suite.data).is_dir():
         lines.append(f"note: pretrain.data '{suite.data}' is not a folder on this machine")
     return "\n".join(lines)

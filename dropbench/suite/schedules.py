@@ -5,17 +5,17 @@ from pathlib import Path
 
 import numpy as np
 
+from dropbench.core.embedded import ARRAY_TRAIN_IMAGES, EMBEDDED_ARRAYS
 from dropbench.core.io import atomic_write_csv
 from dropbench.suite.plan import Suite
 
 DEFAULT_ITERS_PER_EPOCH = 100
-MNIST_TRAIN_IMAGES = 60_000
 
 
 def iters_per_epoch(recipe, data: str) -> int:
     """Updates per epoch of a recipe: its training subset (or MNIST's 60k) over its batch size; a folder's size is
     not read here, so it falls back to a resolution of 100 points an epoch."""
-    images = recipe.train_subset or (MNIST_TRAIN_IMAGES if data == "mnist" else None)
+    images = recipe.train_subset or (ARRAY_TRAIN_IMAGES if data in EMBEDDED_ARRAYS else None)
     return math.ceil(images / recipe.batch_size) if images else DEFAULT_ITERS_PER_EPOCH
 
 

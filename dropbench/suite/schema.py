@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from dropbench.core.configs import check_keys, parse_key_values, shipped_path
+from dropbench.core.embedded import EMBEDDED_ARRAYS
 from dropbench.core.errors import UserInputError, did_you_mean
 from dropbench.core.fields import config_field, non_empty_list, option_items, renamed_fields, require, yaml_value
 from dropbench.core.identity import settings_digest
@@ -319,7 +320,7 @@ def pretrain_section(raw: dict, seeds: list[int]) -> Pretraining:
     existing = shipped_path(section.recipe)
     recipe_argument = str(existing) if existing is not None and existing.is_file() else section.recipe
     data = section.data
-    if data != "mnist":
+    if data not in EMBEDDED_ARRAYS:
         data = str(Path(data).expanduser().absolute())  # absolute: runs may start in another folder
     given = list(section.overrides) if isinstance(section.overrides, tuple) else section.overrides
     overrides = option_items(given, "pretrain.overrides", lambda v, _: yaml_value(v))
