@@ -1,5 +1,7 @@
 """``dropbench eval``: an export's top-1 / top-5 on ImageNet-layout val images (or MNIST's test split), with the
-export's own evaluation transform, written as a record of stage ``eval``."""
+export's own evaluation transform, and how well its probabilities are calibrated (``dropbench.core.calibration``:
+ECE, NLL and Brier score before and after temperature scaling, with a reliability diagram beside the records),
+written as records of stage ``eval``."""
 
 import dataclasses
 import logging
@@ -10,12 +12,14 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, resolve_data_config
 from torch.utils.data import DataLoader, Dataset
 
+from dropbench.core.calibration import UNITS as CALIBRATION_UNITS
+from dropbench.core.calibration import calibrate
 from dropbench.core.embedded import EMBEDDED_ARRAYS
 from dropbench.core.errors import UserInputError
 from dropbench.core.export import ExportSidecar, load_exported_model
 from dropbench.core.identity import Part, StageName
 from dropbench.core.lifecycle import Measured, RecordedRun, RunContext
-from dropbench.core.loop import autocast_for, evaluate
+from dropbench.core.loop import accuracy_metrics, autocast_for, predict_logits
 from dropbench.core.readers import (
     IMAGENET_1K,
     ArrayImageDataset,
@@ -24,6 +28,7 @@ from dropbench.core.readers import (
     load_embedded,
 )
 from dropbench.core.transforms import build_transform
+from dropbench.plots import plot_reliability
 
 logger = logging.getLogger(__name__)
 
@@ -103,10 +108,22 @@ class Evaluation(RecordedRun):
     def execute(self, context: RunContext) -> Measured:
         dev = torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         loader = DataLoader(self.dataset, self.batch_size, num_workers=self.workers, pin_memory=dev.type == "cuda")
-        metrics = evaluate(self.model.to(dev), loader, self.sidecar.num_classes, dev, autocast_for(dev, True))
-        self.values = {"top1": metrics["top1"], "top5": metrics["top5"]}
+        logits, labels = predict_logits(self.model.to(dev), loader, dev, autocast_for(dev, True))
+        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(labels[:, None]).any(dim=1)
+        calibration, bins = calibrate(logits, labels)
+        self.values = {
+            "top1": accuracy_metrics(logits.argmax(dim=1), labels, logits.shape[1])["top1"],
+            "top5": 100.0 * top5.double().mean().item(),
+            **calibration,
+        }
+        if context.results_dir is not None:
+            figure = Path(context.results_dir) / "figures" / "reliability" / f"{self.identity.stem().rstrip('_')}.png"
+            plot_reliability(
+                bins, figure, f"{self.sidecar.name} / {self.sidecar.regime or '?'} on {self.identity.dataset}"
+            )
         logger.info(
             f"{self.sidecar.name} / {self.sidecar.regime or '?'} on {self.identity.dataset}: "
-            f"top1 {self.values['top1']:.2f}%  top5 {self.values['top5']:.2f}%  ({len(self.dataset)} images)"
+            f"top1 {self.values['top1']:.2f}%  top5 {self.values['top5']:.2f}%  ECE {calibration['ece']:.2f}% → "
+            f"{calibration['ece_ts']:.2f}% at T {calibration['temperature']:.2f}  ({len(self.dataset)} images)"
         )
-        return Measured(self.values, model=self.sidecar.model, run_dir=self.export)
+        return Measured(self.values, units=CALIBRATION_UNITS, model=self.sidecar.model, run_dir=self.export)

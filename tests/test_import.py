@@ -183,8 +183,14 @@ def test_eval_reproduces_the_pretraining_validation_and_records_it(cli, tmp_path
     code, out, err = cli("eval", "--backbone", tmp_path / "run" / "export", "--data", "mnist", "--results", tmp_path)
     assert code == 0, err
     records = [json.loads(p.read_text()) for p in (tmp_path / "records").glob("*.json")]
-    assert {r["metric"] for r in records} == {"top1", "top5"}
+    calibration = {"ece", "nll", "brier", "ece_ts", "nll_ts", "brier_ts", "temperature"}
+    assert {r["metric"] for r in records} == {"top1", "top5"} | calibration
     assert all(r["stage"] == "eval" and r["dataset"] == "mnist" for r in records)
+    by_metric = {r["metric"]: r for r in records}
+    assert (by_metric["ece"]["unit"], by_metric["nll"]["unit"], by_metric["temperature"]["unit"]) == ("%", "nats", "T")
+    assert by_metric["nll_ts"]["value"] <= by_metric["nll"]["value"] + 0.01, "T fitted on the other half helps"
+    (figure,) = (tmp_path / "figures" / "reliability").glob("*.png")
+    assert figure.stat().st_size > 10_000 and figure.with_suffix(".csv").is_file()
     top1 = next(r["value"] for r in records if r["metric"] == "top1")
     assert top1 == pytest.approx(summary.val_top1, abs=1e-6) and top1 > 20  # above chance: a trained export
 

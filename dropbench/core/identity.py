@@ -33,7 +33,9 @@ logger = logging.getLogger(__name__)
 PERCENT = "%"
 NATS = "nats"  # a mean cross-entropy
 TRAIN_LOSS = "train_loss"  # pretraining's final training loss, measured with dropout off
-LOWER_IS_BETTER = frozenset({TRAIN_LOSS})  # metrics whose best value is the lowest
+CALIBRATION_METRICS = ("ece", "nll", "brier")  # each also after temperature scaling, as <name>_ts
+# metrics whose best value is the lowest
+LOWER_IS_BETTER = frozenset({TRAIN_LOSS, *CALIBRATION_METRICS, *(f"{name}_ts" for name in CALIBRATION_METRICS)})
 RECORDS_FOLDER = "records"
 SUPERSEDED_FOLDER = "superseded"
 DIGEST_CHARS = 16

@@ -238,6 +238,20 @@ def accuracy_metrics(predictions: torch.Tensor, labels: torch.Tensor, num_classe
 
 
 @torch.no_grad()
+def predict_logits(
+    model: nn.Module, loader: DataLoader, device: torch.device, autocast: Autocast = nullcontext
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits, labels)`` of every image of the loader, in eval mode, as float32 on the CPU."""
+    model.eval()
+    logits, labels = [], []
+    for images, targets in loader:
+        with autocast():
+            logits.append(model(images.to(device, non_blocking=True)).float().cpu())
+        labels.append(targets)
+    return torch.cat(logits), torch.cat(labels).long()
+
+
+@torch.no_grad()
 def evaluate(
     model: nn.Module,
     loader: DataLoader,
