@@ -28,8 +28,11 @@ from scipy import stats as scipy_stats
 from dropbench.core.configs import PAPER_RESULTS
 from dropbench.core.errors import UserInputError
 from dropbench.core.identity import (
+    CORRUPTION_DROP,
+    FINE_METRICS,
     LEGACY,
     LOWER_IS_BETTER,
+    MCE,
     REQUIRED_RECORD_FIELDS,
     SUPERSEDED_FOLDER,
     TRAIN_LOSS,
@@ -402,21 +405,24 @@ REFERENCE_REGIMES = ("random_init",)  # reference rows: shown in the table, not 
 
 
 PRETRAINING = "from_scratch"  # the protocol of a pretraining's own records
-PRETRAINING_HEADLINE = ("top1", TRAIN_LOSS)  # its accuracy, and the training loss the paper's claim is about
+PROTOCOL_HEADLINE = {
+    PRETRAINING: ("top1", TRAIN_LOSS),  # its accuracy, and the training loss the paper's claim is about
+    "corruptions": ("top1", CORRUPTION_DROP, MCE),  # mean corrupted top-1, its drop from clean, mCE
+}
 
 
 def _headline(stats: pd.DataFrame) -> pd.DataFrame:
     headline = headline_metrics()
     cells = zip(stats["task"], stats["protocol"], stats["metric"], strict=True)
     keep = [
-        metric in (PRETRAINING_HEADLINE if protocol == PRETRAINING else headline.get(task, (metric,)))
-        for task, protocol, metric in cells
+        metric in PROTOCOL_HEADLINE.get(protocol, headline.get(task, (metric,))) for task, protocol, metric in cells
     ]
     return stats[np.asarray(keep, dtype=bool)]
 
 
 # Short column headers, as transfer papers print them; a metric not named here keeps its record name.
 METRIC_LABELS = {"box_AP": "AP^box", "mask_AP": "AP^mask", "top1": "top-1", "top5": "top-5", TRAIN_LOSS: "train loss ↓"}
+METRIC_LABELS |= {CORRUPTION_DROP: "drop from clean ↓", MCE: "mCE ↓", "top1_clean": "clean top-1"}
 
 
 def select_metrics(stats: pd.DataFrame, metrics: str = "headline") -> pd.DataFrame:
@@ -463,7 +469,7 @@ def comparison_table(stats: pd.DataFrame, bold: tuple[str, str] = BOLD["md"]) ->
 
     def cell(row) -> str:
         uniform = not np.isnan(row_n[row.name])
-        places = 3 if row["metric"] in LOWER_IS_BETTER else 2  # a loss of ~0.3 nats needs its third decimal
+        places = 3 if row["metric"] in FINE_METRICS else 2
         text = f"{row['mean']:.{places}f}" + (f" ± {row['std']:.{places}f}" if row["n"] > 1 else "")
         text += "" if uniform else f" (n={int(row['n'])})"
         if row["mean"] == best[row.name]:

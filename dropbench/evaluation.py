@@ -1,23 +1,35 @@
 """``dropbench eval``: an export's top-1 / top-5 on ImageNet-layout val images (or MNIST's test split), with the
 export's own evaluation transform, and how well its probabilities are calibrated (``dropbench.core.calibration``:
 ECE, NLL and Brier score before and after temperature scaling, with a reliability diagram beside the records),
-written as records of stage ``eval``."""
+written as records of stage ``eval``.
 
+``--corruptions N`` measures it instead on N test images under ImageNet-C's 15 corruptions × 5 severities
+(``dropbench.core.corruptions``), as protocol ``corruptions``: the mean top-1 over the 75 cells, each corruption's,
+the drop from the clean top-1 on the same images, and the mCE against a reference run's errors where one is given."""
+
+import csv
 import dataclasses
+import hashlib
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, resolve_data_config
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, ImageNetInfo, resolve_data_config
 from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
 from dropbench.core.calibration import UNITS as CALIBRATION_UNITS
 from dropbench.core.calibration import calibrate
+from dropbench.core.corruptions import CORRUPTIONS, SEVERITIES, corrupted_set, corruption_errors
+from dropbench.core.corruptions import mean_corruption_error as mce_against
 from dropbench.core.embedded import EMBEDDED_ARRAYS
 from dropbench.core.errors import UserInputError
 from dropbench.core.export import ExportSidecar, load_exported_model
-from dropbench.core.identity import Part, StageName
+from dropbench.core.identity import CORRUPTION_DROP, MCE, Part, StageName
+from dropbench.core.io import atomic_write_csv
 from dropbench.core.lifecycle import Measured, RecordedRun, RunContext
 from dropbench.core.loop import accuracy_metrics, autocast_for, predict_logits
 from dropbench.core.readers import (
@@ -56,15 +68,50 @@ def eval_transform_settings(sidecar: ExportSidecar, model: torch.nn.Module) -> d
     return {key: config[key] for key in ("crop_pct", "interpolation", "mean", "std")}
 
 
-def _dataset(data: str, transform) -> tuple[torch.utils.data.Dataset, str]:
+def _dataset(data: str, transform) -> tuple[torch.utils.data.Dataset, str, list[int] | None]:
+    """``(dataset, its name, the ImageNet-1k classes it holds where they are a subset)``."""
     if data in EMBEDDED_ARRAYS:
-        return ArrayImageDataset(*load_embedded(data, "test"), transform=transform), data
+        return ArrayImageDataset(*load_embedded(data, "test"), transform=transform), data, None
     root = Path(data)
     if not root.is_dir():
-        raise UserInputError("--data", f"'{data}' is neither one of {EMBEDDED_ARRAYS} nor a folder with val/")
-    (val,) = image_folders(root, ("val",), "--data")
-    val.transform = transform
-    return val, IMAGENET_1K if imagenet_1k_layout(root / "val") else root.resolve().name
+        raise UserInputError("--data", f"'{data}' is neither one of {EMBEDDED_ARRAYS} nor a folder")
+    if (root / "val").is_dir():
+        (val,) = image_folders(root, ("val",), "--data")
+        val.transform = transform
+        return val, IMAGENET_1K if imagenet_1k_layout(root / "val") else root.resolve().name, None
+    # a test set of ImageNet-1k classes with its class folders at the top: ImageNet-V2, -R, -A, -Sketch
+    (folder,) = image_folders(root.resolve().parent, (root.resolve().name,), "--data")
+    targets = imagenet_class_indices(folder.classes)
+    folder.transform, folder.target_transform = transform, targets.__getitem__
+    return folder, root.resolve().name, sorted(targets) if len(targets) < IMAGENET_CLASSES else None
+
+
+IMAGENET_CLASSES = 1000
+
+
+def imagenet_class_indices(classes: list[str]) -> list[int]:
+    """Each class folder's ImageNet-1k index: a WordNet id's place in timm's ImageNet-1k synsets (ImageNet-R, -A
+    and -Sketch name their folders so), or the index itself (ImageNet-V2's folders are 0 to 999)."""
+    if all(name.isdigit() for name in classes):
+        indices = [int(name) for name in classes]
+        if max(indices) >= IMAGENET_CLASSES:
+            raise UserInputError("--data", f"class folder '{max(indices)}' is no ImageNet-1k index (0 to 999)")
+        return indices
+    synsets = {wnid: index for index, wnid in enumerate(ImageNetInfo("imagenet-1k").label_names())}
+    unknown = [name for name in classes if name not in synsets]
+    if unknown:
+        raise UserInputError(
+            "--data",
+            f"class folder '{unknown[0]}' is neither an ImageNet-1k WordNet id nor an index; "
+            "give a folder with val/<class>/ for other classes",
+        )
+    return [synsets[name] for name in classes]
+
+
+CORRUPTIONS_PROTOCOL = "corruptions"
+CORRUPTION_SEED = 0  # which test images, and every corruption's draws
+CORRUPTION_CACHE = Path("data") / "corruptions"
+CELL_COLUMNS = ["dataset", "corruption", "severity", "images", "top1"]
 
 
 def evaluate_export(
@@ -74,22 +121,96 @@ def evaluate_export(
     batch_size: int = 128,
     workers: int = 4,
     device: str | None = None,
+    corruptions: int = 0,
+    mce_reference: Path | None = None,
+    cache_dir: Path = CORRUPTION_CACHE,
 ) -> dict[str, float]:
-    """Top-1 and top-5 (percent) of the export's classifier; one record per metric unless ``results_dir`` is None."""
+    """Top-1 and top-5 (percent) of the export's classifier and its calibration, or with ``corruptions`` > 0 its
+    top-1 under corruptions on that many test images; one record per metric unless ``results_dir`` is None."""
     model, sidecar = load_exported_model(backbone)
     settings = eval_transform_settings(sidecar, model)
     size = sidecar.image_size
     transform = build_transform(settings, size, is_training=False, mean=settings["mean"], std=settings["std"])
-    dataset, name = _dataset(data, transform)
-    if len(getattr(dataset, "classes", [])) > sidecar.num_classes:
-        raise UserInputError("--data", f"{len(dataset.classes)} classes, the export's head has {sidecar.num_classes}")
-    part = Part.of({"input_size": size, **{k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}})
-    identity = sidecar.pretraining_identity().transfer("classification", name, "val", 0, part)
-    identity = dataclasses.replace(identity, stage=StageName.EVAL)
-    stage = Evaluation(identity, model, sidecar, dataset, Path(backbone), batch_size, min(workers, 8), device)
+    content = {"input_size": size, **{k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}}
+    workers = min(workers, 8)
+    if corruptions:
+        images, labels, reference = _corruption_inputs(data, corruptions, mce_reference)
+        content |= {"corruptions": corruptions, "corruption_seed": CORRUPTION_SEED, "mce_reference": reference}
+        identity = _eval_identity(sidecar, data, CORRUPTIONS_PROTOCOL, Part.of(content))
+        stage = CorruptionEvaluation(
+            identity,
+            model,
+            sidecar,
+            None,
+            Path(backbone),
+            batch_size,
+            workers,
+            device,
+            images=images,
+            labels=labels,
+            transform=transform,
+            cache_dir=Path(cache_dir),
+            reference=_read_cells(mce_reference) if mce_reference else None,
+        )
+    else:
+        dataset, name, subset = _dataset(data, transform)
+        if subset is not None or getattr(dataset, "target_transform", None) is not None:
+            if sidecar.num_classes != IMAGENET_CLASSES:
+                raise UserInputError("--data", f"ImageNet-1k classes, the export's head has {sidecar.num_classes}")
+        elif len(getattr(dataset, "classes", [])) > sidecar.num_classes:
+            classes = len(dataset.classes)
+            raise UserInputError("--data", f"{classes} classes, the export's head has {sidecar.num_classes}")
+        content |= {"class_subset": subset} if subset is not None else {}
+        identity = _eval_identity(sidecar, name, "val", Part.of(content))
+        stage = Evaluation(identity, model, sidecar, dataset, Path(backbone), batch_size, workers, device, subset)
     # an evaluation is measured again whenever it is asked for: its records replace the earlier ones
     stage.run(results_dir, force=True)
     return stage.values
+
+
+def _eval_identity(sidecar: ExportSidecar, dataset: str, protocol: str, part: Part):
+    identity = sidecar.pretraining_identity().transfer("classification", dataset, protocol, 0, part)
+    return dataclasses.replace(identity, stage=StageName.EVAL)
+
+
+def _corruption_inputs(data: str, count: int, reference: Path | None) -> tuple:
+    """``(images, labels, reference digest)``: ``count`` test images drawn with the corruption seed."""
+    if data not in EMBEDDED_ARRAYS:
+        raise UserInputError(
+            "--corruptions", f"corruptions are generated on {' or '.join(EMBEDDED_ARRAYS)}; '{data}' is neither"
+        )
+    images, labels = load_embedded(data, "test")
+    if not 0 < count <= len(images):
+        raise UserInputError("--corruptions", f"{count} images: choose 1 to {len(images)}")
+    chosen = np.sort(np.random.default_rng(CORRUPTION_SEED).choice(len(images), count, replace=False))
+    digest = None
+    if reference is not None:
+        cells = _read_cells(reference)
+        if {row["dataset"] for row in cells} != {data} or {int(row["images"]) for row in cells} != {count}:
+            raise UserInputError("--mce-reference", f"'{reference}' was not measured on {count} {data} images")
+        digest = hashlib.sha256(Path(reference).read_bytes()).hexdigest()[:16]
+    return images[chosen], labels[chosen], digest
+
+
+def _read_cells(path: Path) -> list[dict]:
+    """The per-cell top-1 of an earlier corruption evaluation (its ``corruptions/<run>.csv``)."""
+    try:
+        with open(path, newline="") as file:
+            rows = list(csv.DictReader(file))
+    except OSError as err:
+        raise UserInputError("--mce-reference", f"cannot read '{path}' ({err.strerror})") from None
+    wanted = {(c, str(s)) for c in CORRUPTIONS for s in SEVERITIES}
+    if not rows or set(CELL_COLUMNS) - set(rows[0]) or wanted - {(r["corruption"], r["severity"]) for r in rows}:
+        raise UserInputError(
+            "--mce-reference", f"'{path}' is not a corruption evaluation's csv (columns {', '.join(CELL_COLUMNS)})"
+        )
+    return rows
+
+
+def _top1(model, images: np.ndarray, labels: np.ndarray, transform, batch_size: int, dev, workers: int) -> float:
+    loader = DataLoader(ArrayImageDataset(images, labels, transform), batch_size, num_workers=workers)
+    logits, targets = predict_logits(model, loader, dev, autocast_for(dev, True))
+    return 100.0 * logits.argmax(dim=1).eq(targets).double().mean().item()
 
 
 @dataclass
@@ -103,12 +224,18 @@ class Evaluation(RecordedRun):
     batch_size: int
     workers: int
     device: str | None
+    # the classes the set holds, where it holds some of the head's: the logits are restricted to them (ImageNet-R
+    # and -A hold 200 of ImageNet-1k's, and timm's validate.py restricts them so with --class-map)
+    class_subset: list[int] | None = None
     values: dict[str, float] = field(default_factory=dict)
 
     def execute(self, context: RunContext) -> Measured:
         dev = torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         loader = DataLoader(self.dataset, self.batch_size, num_workers=self.workers, pin_memory=dev.type == "cuda")
         logits, labels = predict_logits(self.model.to(dev), loader, dev, autocast_for(dev, True))
+        if self.class_subset is not None:
+            subset = torch.tensor(self.class_subset)
+            logits, labels = logits[:, subset], torch.searchsorted(subset, labels)
         top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(labels[:, None]).any(dim=1)
         calibration, bins = calibrate(logits, labels)
         self.values = {
@@ -127,3 +254,45 @@ class Evaluation(RecordedRun):
             f"{calibration['ece_ts']:.2f}% at T {calibration['temperature']:.2f}  ({len(self.dataset)} images)"
         )
         return Measured(self.values, units=CALIBRATION_UNITS, model=self.sidecar.model, run_dir=self.export)
+
+
+@dataclass
+class CorruptionEvaluation(Evaluation):
+    """The export's classifier on the corrupted copies of a set of test images, each cell's top-1 in a csv."""
+
+    images: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    transform: object = None
+    cache_dir: Path = CORRUPTION_CACHE
+    reference: list[dict] | None = None
+
+    def execute(self, context: RunContext) -> Measured:
+        dev = torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        model, name = self.model.to(dev), self.identity.dataset
+        makers = max(1, min(self.workers, os.cpu_count() or 1))
+        with tqdm(total=len(CORRUPTIONS) * len(SEVERITIES), desc=f"corrupting {len(self.images)} {name}") as bar:
+            cells = corrupted_set(self.images, name, self.cache_dir, CORRUPTION_SEED, makers, lambda *_: bar.update())
+        measure = dict(transform=self.transform, batch_size=self.batch_size, dev=dev, workers=0)
+        clean = _top1(model, self.images, self.labels, **measure)
+        top1 = {cell: _top1(model, images, self.labels, **measure) for cell, images in tqdm(cells.items(), "cells")}
+        mean = float(np.mean(list(top1.values())))
+        self.values = {"top1": mean, "top1_clean": clean, CORRUPTION_DROP: clean - mean}
+        for corruption in CORRUPTIONS:
+            self.values[f"top1_{corruption}"] = float(np.mean([top1[f"{corruption}/{s}"] for s in SEVERITIES]))
+        if self.reference is not None:
+            reference = {f"{r['corruption']}/{r['severity']}": float(r["top1"]) for r in self.reference}
+            self.values[MCE] = mce_against(corruption_errors(top1), corruption_errors(reference))
+        if context.results_dir is not None:
+            rows = [
+                {"dataset": name, "corruption": c, "severity": s, "images": len(self.images), "top1": top1[f"{c}/{s}"]}
+                for c in CORRUPTIONS
+                for s in SEVERITIES
+            ]
+            stem = self.identity.stem().rstrip("_")
+            atomic_write_csv(Path(context.results_dir) / "corruptions" / f"{stem}.csv", CELL_COLUMNS, rows)
+        shown = f"mCE {self.values[MCE]:.1f}%" if MCE in self.values else "no mCE reference"
+        logger.info(
+            f"{self.sidecar.name} / {self.sidecar.regime or '?'} on corrupted {name}: top1 {mean:.2f}% "
+            f"(clean {clean:.2f}%, drop {clean - mean:.2f}), {shown} ({len(self.images)} images × 75 cells)"
+        )
+        return Measured(self.values, units={CORRUPTION_DROP: "points"}, model=self.sidecar.model, run_dir=self.export)

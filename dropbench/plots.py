@@ -133,3 +133,30 @@ def plot_curves(logs: dict[str, list[dict]], out: str | Path, title: str = "") -
     if title:
         fig.suptitle(title)
     return save_png(fig, out)
+
+
+def plot_corruption_examples(clean: np.ndarray, cells: dict[str, np.ndarray], out: str | Path) -> list[Path]:
+    """``out`` (PNG): one image clean and under each corruption (rows) at each severity (columns), from ``cells``
+    (``"<corruption>/<severity>"`` → image); ``out`` with ``.csv``: each cell's mean absolute change in pixel value."""
+    from dropbench.core.io import atomic_write_csv
+
+    corruptions = list(dict.fromkeys(key.split("/")[0] for key in cells))
+    severities = sorted({int(key.split("/")[1]) for key in cells})
+    shape = (len(corruptions), len(severities) + 1)
+    fig, axes = plt.subplots(*shape, figsize=(1.1 * shape[1], 1.1 * shape[0]), dpi=110)
+    rows = []
+    for r, corruption in enumerate(corruptions):
+        for c, image in enumerate([clean, *(cells[f"{corruption}/{s}"] for s in severities)]):
+            ax = axes[r, c]
+            ax.imshow(image, cmap="gray", vmin=0, vmax=255)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title("clean" if c == 0 else f"severity {severities[c - 1]}", fontsize=7)
+            if c == 0:
+                ax.set_ylabel(corruption.replace("_", " "), fontsize=6, rotation=0, ha="right", va="center")
+            else:
+                change = float(np.abs(image.astype(float) - clean.astype(float)).mean())
+                rows.append({"corruption": corruption, "severity": severities[c - 1], "mean_abs_change": change})
+    png = save_png(fig, out)
+    return [png, atomic_write_csv(Path(out).with_suffix(".csv"), ["corruption", "severity", "mean_abs_change"], rows)]

@@ -259,6 +259,20 @@ def test_finetuning_on_optdigits_logs_each_epoch_and_writes_a_record(cli, pretra
     config = json.loads((work_dir / "config.json").read_text())
     assert config["config_hash"] == record["config_hash"] and config["dataset"]["epochs"] == 3
 
+    # its calibration: the ECE recomputed by hand from the reliability diagram's bins (the measured half of the
+    # 600 test images), before and after temperature scaling
+    records = _records(results)
+    assert {"ece", "nll", "brier", "ece_ts", "nll_ts", "brier_ts", "temperature"} <= set(records)
+    assert records["ece"]["unit"] == "%" and records["nll"]["unit"] == "nats" and records["temperature"]["value"] > 0
+    with (work_dir / "reliability.csv").open() as f:
+        bins = list(csv.DictReader(f))
+    for when, metric in (("before", "ece"), ("after", "ece_ts")):
+        own = [b for b in bins if b["scaling"] == when and int(b["count"])]
+        total = sum(int(b["count"]) for b in own)
+        gap = sum(int(b["count"]) * abs(float(b["accuracy"]) - float(b["confidence"])) for b in own)
+        assert total == 300 and records[metric]["value"] == pytest.approx(100 * gap / total, abs=1e-4)
+    assert (work_dir / "reliability.png").stat().st_size > 0
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["swin_micro", "convnext_micro", "mixer_micro"])

@@ -54,3 +54,28 @@ def test_compare_strict_turns_a_record_it_cannot_read_into_an_error(cli, tmp_pat
     assert code == 0 and "warning: skipping" in err and "half.json" in err
     code, out, err = cli("compare", "--results", tmp_path, "--strict")
     assert code == 2 and err.startswith("error: --strict: skipping") and "half.json" in err and err.count("\n") == 1
+
+
+def test_a_linear_probe_on_features_that_are_not_finite_fails_and_records_nothing(cli, tmp_path):
+    """An export whose weights hold a NaN (a diverged run exported by other tools) gives NaN features: the probe
+    stops in one line before fitting anything."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from .conftest import make_untrained_export
+
+    export = make_untrained_export("vit_micro", tmp_path / "export")
+    weights = export / "backbone.safetensors"
+    with safe_open(weights, "pt") as file:
+        metadata, tensors = file.metadata(), {key: file.get_tensor(key) for key in file.keys()}
+    norm = next(key for key in tensors if key.endswith("norm.weight"))
+    tensors[norm][0] = float("nan")
+    save_file(tensors, weights, metadata=metadata)
+    results = tmp_path / "results"
+    code, _, err = cli(
+        "transfer", "cls", "--backbone", export, "--dataset", "optdigits", "--protocol", "linear",
+        "--work-dir", tmp_path / "work", "--results", results, "train_subset=64", "test_subset=32",
+    )  # fmt: skip
+    assert code == 1 and "are not finite" in err and "nothing is recorded" in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert _records(results) == []

@@ -281,6 +281,20 @@ def test_the_slurm_dry_run_shows_multi_node_pretraining_as_one_torchrun_per_node
     assert code == 2 and "slurm.cls.nodes" in err
 
 
+def test_the_slurm_dry_run_shows_one_array_per_stage_and_which_task_each_run_is(cli, tmp_path):
+    code, out, err = cli(
+        "suite", _suite(tmp_path, seeds=[0, 1, 2], transfers=[DET, CLS]), "--executor", "slurm", "--dry-run"
+    )
+    assert code == 0, err
+    lines = out.strip().splitlines()[1:]
+    for seed in range(3):
+        assert f"seed{seed}/pretrain" in lines[seed] and f"$ array 0 task {seed}: [" in lines[seed]
+        assert f"$ array 1 task {seed}, after array 0 task {seed}: [" in lines[3 + seed] and "/det-" in lines[3 + seed]
+        assert f"$ array 2 task {seed}, after array 0 task {seed}: [" in lines[6 + seed] and "/cls-" in lines[6 + seed]
+    assert lines[-1].startswith("slurm: 9 run(s) to submit in 3 sbatch call(s); array 0: 3 pretrain; array 1: 3 det")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_slurm_gets_one_array_per_stage_each_transfer_task_after_its_own_pretraining(tmp_path):
     path = _suite(tmp_path, backbones=["vit_micro", "vit_tiny"], seeds=[0, 1], transfers=[DET, CLS])
     runs = load_suite(path).runs
@@ -702,7 +716,7 @@ def test_the_slurm_executor_runs_transfers_after_their_pretraining_and_reports_f
     assert outcomes["broken_vit-no_dropout-seed0/pretrain"].startswith(
         "failed (exit code 1: AssertionError: Input height"
     )
-    for transfer in ("seg-upernet_cpu", "det-bad"):  # they wait on afterok forever unless the runner cancels them
+    for transfer in ("seg-upernet_cpu", "det-bad"):  # aftercorr holds them forever unless the runner cancels them
         assert outcomes[f"broken_vit-no_dropout-seed0/{transfer}"].startswith("skipped")
     summary = out[out.index("suite 'tiny': ") :]
     assert summary.splitlines()[0] == "suite 'tiny': 2 done, 0 finished earlier, 2 failed, 2 skipped"

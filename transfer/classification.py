@@ -36,6 +36,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from dropbench.core.calibration import UNITS as CALIBRATION_UNITS
+from dropbench.core.calibration import calibrate
 from dropbench.core.checkpoint import (
     check_same_run,
     load_checkpoint,
@@ -56,6 +58,7 @@ from dropbench.core.loop import (
     build_scheduler,
     epoch_seed,
     evaluate,
+    predict_logits,
     stop_on_divergence,
     train_one_epoch,
 )
@@ -77,6 +80,7 @@ TASK = "classification"
 CONFIG_FILE = "config.json"
 LOG_FILE = "log.csv"
 FEATURES_FILE = "features.safetensors"
+RELIABILITY_FIGURE = "reliability.png"  # the fine-tuned classifier's, with its csv
 CHECKPOINT_FILE = "checkpoint.pt"  # the fine-tuning after its last finished epoch
 PROBE_FILE = "linear_probe.json"
 CHOSEN_C = "chosen_c"  # the linear probe's L2 strength, recorded beside its accuracy
@@ -501,7 +505,13 @@ def _finetune(
             f"{epoch_seconds:.1f}s"
         )
         sys.stdout.flush()
-    return {key: metrics[key] for key in ("top1", "mean_per_class_accuracy")}
+    # the fine-tuned classifier's calibration on the test images, T fitted on a seeded half of them (as dropbench eval)
+    logits, labels = predict_logits(run.model, run.test_loader, device, autocast)
+    calibration, bins = calibrate(logits, labels)
+    from dropbench.plots import plot_reliability  # matplotlib, for this figure only
+
+    plot_reliability(bins, work_dir / RELIABILITY_FIGURE, f"fine-tuned on {config.name}")
+    return {key: metrics[key] for key in ("top1", "mean_per_class_accuracy")} | calibration
 
 
 # ---------------------------------------------------------------------------------------------------- the command
@@ -655,6 +665,7 @@ class ClassificationTransfer(RecordedRun):
         _write_run_config(work_dir, self.backbone, protocol, config, input_size, data, self.sidecar, digest)
         if protocol == "finetune":
             measured = _finetune(run, data, config, work_dir, dev, autocast, run_tag(self.identity), self.resume)
+            metric_names += list(CALIBRATION_UNITS)
         elif protocol == "linear":
             measured, report = _linear_probe(model, data, config, self.backbone, input_size, work_dir, dev, autocast)
             measured = measured | {CHOSEN_C: report["chosen_c"]}  # chosen on held-out training images, never on test
@@ -664,6 +675,9 @@ class ClassificationTransfer(RecordedRun):
             measured = _on_features(protocol, cached, data.num_classes, config, work_dir, extraction)
             metric_names = list(measured)
         self.metrics = {m: measured[m] for m in metric_names}
-        shown = "  ".join(f"{m} {v:.2f}%" for m, v in self.metrics.items())
+        units = {CHOSEN_C: "C", **CALIBRATION_UNITS}
+        shown = "  ".join(
+            f"{m} {v:.2f}" + ("%" if units.get(m, "%") == "%" else f" {units[m]}") for m, v in self.metrics.items()
+        )
         logger.info(f"{self.sidecar.name} / {self.sidecar.regime or '?'} → {config.name} {protocol}: {shown}")
-        return Measured(self.metrics, units={CHOSEN_C: "C"}, model=self.sidecar.model, run_dir=work_dir)
+        return Measured(self.metrics, units=units, model=self.sidecar.model, run_dir=work_dir)

@@ -34,8 +34,14 @@ PERCENT = "%"
 NATS = "nats"  # a mean cross-entropy
 TRAIN_LOSS = "train_loss"  # pretraining's final training loss, measured with dropout off
 CALIBRATION_METRICS = ("ece", "nll", "brier")  # each also after temperature scaling, as <name>_ts
+CORRUPTION_DROP = "corruption_drop"  # clean top-1 minus the mean top-1 over the corruptions, on the same images
+MCE = "mce"  # mean corruption error against a reference's errors
+# metrics whose values are mostly below 1, printed with a third decimal (a loss of ~0.3 nats)
+FINE_METRICS = frozenset({TRAIN_LOSS, "nll", "nll_ts", "brier", "brier_ts"})
 # metrics whose best value is the lowest
-LOWER_IS_BETTER = frozenset({TRAIN_LOSS, *CALIBRATION_METRICS, *(f"{name}_ts" for name in CALIBRATION_METRICS)})
+LOWER_IS_BETTER = frozenset(
+    {TRAIN_LOSS, CORRUPTION_DROP, MCE, *CALIBRATION_METRICS, *(f"{name}_ts" for name in CALIBRATION_METRICS)}
+)
 RECORDS_FOLDER = "records"
 SUPERSEDED_FOLDER = "superseded"
 DIGEST_CHARS = 16
