@@ -59,6 +59,12 @@ class RunSummary:
     final_train_loss: float | None = None  # measured with dropout off (``TRAIN_LOSS``); None: not measured
 
 
+def broadcasts_buffers(model: nn.Module) -> bool:
+    """Whether DDP must broadcast the model's buffers every forward: only for batch-norm statistics. The scheduled
+    rates are buffers too (tens of them), but every rank sets them alike from the same schedule."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
 def pretrain(
     backbone: BackboneConfig,
     regime: Regime,
@@ -194,8 +200,7 @@ def _train(
         train_model = DistributedDataParallel(
             run.model,
             device_ids=[dev.index] if dev.type == "cuda" else None,
-            # The scheduled rates are buffers every rank sets alike: broadcast only batch-norm statistics.
-            broadcast_buffers=any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in run.model.modules()),
+            broadcast_buffers=broadcasts_buffers(run.model),
         )
     if recipe.compile_backend:
         train_model = torch.compile(train_model, backend=recipe.compile_backend)

@@ -52,16 +52,17 @@ def check_cuda_ops(on_cuda: bool | None = None, compiled: str | None = None, fie
         raise UserInputError(field, f"{problem}; {FIX}")
 
 
-def ops_problem_on(device: torch.device) -> str | None:
-    """What goes wrong running NMS and RoIAlign on two boxes on ``device`` (fp32, and on a GPU fp16 too, the
-    precision of mixed-precision training), or None: a matching CUDA version does not mean kernels for this GPU's
-    architecture were built ("no kernel image is available")."""
+def ops_problem_on(device: torch.device, dtypes: tuple[torch.dtype, ...] | None = None) -> str | None:
+    """What goes wrong running NMS and RoIAlign on two boxes on ``device`` in each of ``dtypes`` (default: fp32,
+    and on a GPU fp16 too, the precision of mixed-precision training), or None: a matching CUDA version does not
+    mean kernels for this GPU's architecture were built ("no kernel image is available")."""
     from mmcv.ops import RoIAlign, nms
 
-    dtypes = (torch.float32, torch.float16) if device.type == "cuda" else (torch.float32,)
+    if dtypes is None:
+        dtypes = (torch.float32, torch.float16) if device.type == "cuda" else (torch.float32,)
     for dtype in dtypes:
-        boxes = torch.tensor([[0.0, 0.0, 8.0, 8.0], [1.0, 1.0, 9.0, 9.0]], device=device, dtype=dtype)
         try:
+            boxes = torch.tensor([[0.0, 0.0, 8.0, 8.0], [1.0, 1.0, 9.0, 9.0]], device=device, dtype=dtype)
             nms(boxes, torch.tensor([0.9, 0.8], device=device, dtype=dtype), iou_threshold=0.5)
             features = torch.rand(1, 2, 16, 16, device=device, dtype=dtype)
             rois = torch.cat([torch.zeros(2, 1, device=device, dtype=dtype), boxes], dim=1)
