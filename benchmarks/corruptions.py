@@ -11,15 +11,15 @@ import time
 from pathlib import Path
 
 from dropbench.compare import read_records, render, summarise
-from dropbench.core.corruptions import corrupted_set
-from dropbench.evaluation import CORRUPTION_CACHE, CORRUPTION_SEED, _corruption_inputs, evaluate_export
+from dropbench.core.corruptions import CACHE, SEED, corrupted_set
+from dropbench.evaluation import corruption_test_images, evaluate_export
 from dropbench.plots import plot_corruption_examples
 
 
 def draw_examples(data: str, images: int, out: Path) -> None:
     """The first of the evaluated images clean and in every cell (read from the cache the evaluation made)."""
-    clean, _, _ = _corruption_inputs(data, images, None)
-    cells = corrupted_set(clean, data, CORRUPTION_CACHE, CORRUPTION_SEED)
+    clean, _ = corruption_test_images(data, images)
+    cells = corrupted_set(clean, data, CACHE, SEED)
     plot_corruption_examples(clean[0], {key: array[0] for key, array in cells.items()}, out)
 
 

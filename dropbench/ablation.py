@@ -25,6 +25,7 @@ from dropbench.compare import (
     swept_fields,
 )
 from dropbench.core.errors import UserInputError, did_you_mean
+from dropbench.core.identity import EXPORT_EPOCH
 from dropbench.core.io import atomic_write_csv
 from dropbench.core.sweeps import is_geometric
 
@@ -82,7 +83,7 @@ def plot_ablation(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import NullFormatter
+    from matplotlib.ticker import MaxNLocator, NullFormatter
 
     from dropbench.plots import save_png
 
@@ -99,13 +100,16 @@ def plot_ablation(
         metric = " / ".join(str(part) for part in key)
         fig, (ax, ax_delta) = plt.subplots(2, 1, figsize=(6.4, 6.0), dpi=130, sharex=True)
         labels = list(dict.fromkeys(own["x"])) if categorical else []
-        for series, group in own.groupby(others, sort=False, dropna=False) if others else [((), own)]:
+        rows = _series_rows(own, x_field)  # a regime (or backbone) of its own where x is no field of it
+        keys = rows + others
+        for series, group in own.groupby(keys, sort=False, dropna=False) if keys else [((), own)]:
             group = group.sort_values("x", key=lambda v: v.map(str) if categorical else v)
-            label = _series_label(others, series)
+            label = _series_label(keys, series, rows)
             x = np.asarray([labels.index(v) for v in group["x"]] if categorical else group["x"], dtype=float)
             _draw(ax, x, group["mean"], group["ci_low"], group["ci_high"], label)
             _draw(ax_delta, x, group["delta"], group["delta_low"], group["delta_high"], label)
-        _band(ax, _of_column(base, key), f"{baseline} (baseline)", "tab:gray")
+        if "regime" not in rows:  # the baseline is not itself a series over x: its band
+            _band(ax, _of_column(base, key), f"{baseline} (baseline)", "tab:gray")
         for regime, rows in reference.items():
             rows = _of_column(rows, key)
             if not rows.empty:
@@ -115,13 +119,15 @@ def plot_ablation(
         ax.set_ylabel(METRIC_LABELS.get(key[-1], key[-1]))
         ax_delta.set_ylabel(f"Δ vs {baseline}\n({LEVEL:.0%} paired t interval)")
         ax.set_title(f"{metric}\nmean, {LEVEL:.0%} t interval over seeds; {n_text}", fontsize=8)
-        ax_delta.set_xlabel(x_field)
+        ax_delta.set_xlabel("pretraining epoch of the export" if x_field == EXPORT_EPOCH else x_field)
         if categorical:
             ax_delta.set_xticks(range(len(labels)), [str(v) for v in labels])
         elif is_geometric(list(own["x"].unique())):
             ax_delta.set_xscale("log")
             ax_delta.set_xticks(sorted(own["x"].unique()), [f"{v:g}" for v in sorted(own["x"].unique())])
             ax_delta.xaxis.set_minor_formatter(NullFormatter())
+        elif all(float(v).is_integer() for v in own["x"]):
+            ax_delta.xaxis.set_major_locator(MaxNLocator(integer=True))
         for axis in (ax, ax_delta):
             axis.grid(alpha=0.3)
         ax.legend(fontsize=7, frameon=False)
@@ -154,9 +160,18 @@ def _band(ax, rows: pd.DataFrame, label: str, color: str) -> None:
         ax.axhspan(low, high, color=color, alpha=0.2)
 
 
-def _series_label(others: list[str], values) -> str:
+def _series_rows(points: pd.DataFrame, x_field: str) -> list[str]:
+    """The row fields that split the points into series: the backbone or regime, where the points have several and
+    x is not a field of theirs (a recipe sweep, or the epochs of exports over pretraining time)."""
+    return [c for c in ("backbone", "regime") if not x_field.startswith(f"{c}.") and points[c].nunique() > 1]
+
+
+def _series_label(keys: list[str], values, rows: list[str] = ()) -> str:
     values = values if isinstance(values, tuple) else (values,)
-    return ", ".join(f"{name.rsplit('.', 1)[-1]}={value}" for name, value in zip(others, values, strict=True))
+    return ", ".join(
+        str(value) if name in rows else f"{name.rsplit('.', 1)[-1]}={value}"
+        for name, value in zip(keys, values, strict=True)
+    )
 
 
 def _noise_text(own: pd.DataFrame, floors: pd.DataFrame) -> str:

@@ -26,6 +26,7 @@ import pandas as pd
 from scipy import stats as scipy_stats
 
 from dropbench.core.configs import PAPER_RESULTS
+from dropbench.core.corruptions import CLEAN_TOP1, CORRUPTED_TOP1
 from dropbench.core.errors import UserInputError
 from dropbench.core.identity import (
     CORRUPTION_DROP,
@@ -407,7 +408,7 @@ REFERENCE_REGIMES = ("random_init",)  # reference rows: shown in the table, not 
 PRETRAINING = "from_scratch"  # the protocol of a pretraining's own records
 PROTOCOL_HEADLINE = {
     PRETRAINING: ("top1", TRAIN_LOSS),  # its accuracy, and the training loss the paper's claim is about
-    "corruptions": ("top1", CORRUPTION_DROP, MCE),  # mean corrupted top-1, its drop from clean, mCE
+    "corruptions": (CORRUPTED_TOP1, CORRUPTION_DROP, MCE),  # the mean over the cells, its drop from clean, mCE
 }
 
 
@@ -422,7 +423,8 @@ def _headline(stats: pd.DataFrame) -> pd.DataFrame:
 
 # Short column headers, as transfer papers print them; a metric not named here keeps its record name.
 METRIC_LABELS = {"box_AP": "AP^box", "mask_AP": "AP^mask", "top1": "top-1", "top5": "top-5", TRAIN_LOSS: "train loss ↓"}
-METRIC_LABELS |= {CORRUPTION_DROP: "drop from clean ↓", MCE: "mCE ↓", "top1_clean": "clean top-1"}
+METRIC_LABELS |= {CORRUPTED_TOP1: "corrupted top-1", CORRUPTION_DROP: "drop from clean ↓", MCE: "mCE ↓"}
+METRIC_LABELS |= {CLEAN_TOP1: "clean top-1"}
 
 
 def select_metrics(stats: pd.DataFrame, metrics: str = "headline") -> pd.DataFrame:

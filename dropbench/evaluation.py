@@ -19,12 +19,21 @@ import numpy as np
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, ImageNetInfo, resolve_data_config
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from dropbench.core.calibration import UNITS as CALIBRATION_UNITS
 from dropbench.core.calibration import calibrate
-from dropbench.core.corruptions import CORRUPTIONS, SEVERITIES, corrupted_set, corruption_errors
-from dropbench.core.corruptions import mean_corruption_error as mce_against
+from dropbench.core.corruptions import (
+    CACHE,
+    CELL_COLUMNS,
+    CLEAN_TOP1,
+    CORRUPTED_TOP1,
+    CORRUPTIONS,
+    SEED,
+    SEVERITIES,
+    mce_of,
+    measure_corruptions,
+    test_subset,
+)
 from dropbench.core.embedded import EMBEDDED_ARRAYS
 from dropbench.core.errors import UserInputError
 from dropbench.core.export import ExportSidecar, load_exported_model
@@ -109,9 +118,6 @@ def imagenet_class_indices(classes: list[str]) -> list[int]:
 
 
 CORRUPTIONS_PROTOCOL = "corruptions"
-CORRUPTION_SEED = 0  # which test images, and every corruption's draws
-CORRUPTION_CACHE = Path("data") / "corruptions"
-CELL_COLUMNS = ["dataset", "corruption", "severity", "images", "top1"]
 
 
 def evaluate_export(
@@ -123,7 +129,7 @@ def evaluate_export(
     device: str | None = None,
     corruptions: int = 0,
     mce_reference: Path | None = None,
-    cache_dir: Path = CORRUPTION_CACHE,
+    cache_dir: Path = CACHE,
 ) -> dict[str, float]:
     """Top-1 and top-5 (percent) of the export's classifier and its calibration, or with ``corruptions`` > 0 its
     top-1 under corruptions on that many test images; one record per metric unless ``results_dir`` is None."""
@@ -134,8 +140,9 @@ def evaluate_export(
     content = {"input_size": size, **{k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}}
     workers = min(workers, 8)
     if corruptions:
-        images, labels, reference = _corruption_inputs(data, corruptions, mce_reference)
-        content |= {"corruptions": corruptions, "corruption_seed": CORRUPTION_SEED, "mce_reference": reference}
+        images, labels = corruption_test_images(data, corruptions)
+        cells, digest = _mce_reference(mce_reference, data, corruptions) if mce_reference else (None, None)
+        content |= {"corruptions": corruptions, "corruption_seed": SEED, "mce_reference": digest}
         identity = _eval_identity(sidecar, data, CORRUPTIONS_PROTOCOL, Part.of(content))
         stage = CorruptionEvaluation(
             identity,
@@ -150,7 +157,7 @@ def evaluate_export(
             labels=labels,
             transform=transform,
             cache_dir=Path(cache_dir),
-            reference=_read_cells(mce_reference) if mce_reference else None,
+            reference=cells,
         )
     else:
         dataset, name, subset = _dataset(data, transform)
@@ -173,8 +180,8 @@ def _eval_identity(sidecar: ExportSidecar, dataset: str, protocol: str, part: Pa
     return dataclasses.replace(identity, stage=StageName.EVAL)
 
 
-def _corruption_inputs(data: str, count: int, reference: Path | None) -> tuple:
-    """``(images, labels, reference digest)``: ``count`` test images drawn with the corruption seed."""
+def corruption_test_images(data: str, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``count`` test images (and labels) a corruption evaluation measures, drawn with the corruption seed."""
     if data not in EMBEDDED_ARRAYS:
         raise UserInputError(
             "--corruptions", f"corruptions are generated on {' or '.join(EMBEDDED_ARRAYS)}; '{data}' is neither"
@@ -182,14 +189,16 @@ def _corruption_inputs(data: str, count: int, reference: Path | None) -> tuple:
     images, labels = load_embedded(data, "test")
     if not 0 < count <= len(images):
         raise UserInputError("--corruptions", f"{count} images: choose 1 to {len(images)}")
-    chosen = np.sort(np.random.default_rng(CORRUPTION_SEED).choice(len(images), count, replace=False))
-    digest = None
-    if reference is not None:
-        cells = _read_cells(reference)
-        if {row["dataset"] for row in cells} != {data} or {int(row["images"]) for row in cells} != {count}:
-            raise UserInputError("--mce-reference", f"'{reference}' was not measured on {count} {data} images")
-        digest = hashlib.sha256(Path(reference).read_bytes()).hexdigest()[:16]
-    return images[chosen], labels[chosen], digest
+    chosen = test_subset(count, len(images))
+    return images[chosen], labels[chosen]
+
+
+def _mce_reference(path: Path, data: str, count: int) -> tuple[list[dict], str]:
+    """The reference's cells, measured on the same images, and the digest of its file."""
+    cells = _read_cells(path)
+    if {row["dataset"] for row in cells} != {data} or {int(row["images"]) for row in cells} != {count}:
+        raise UserInputError("--mce-reference", f"'{path}' was not measured on {count} {data} images")
+    return cells, hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 def _read_cells(path: Path) -> list[dict]:
@@ -205,12 +214,6 @@ def _read_cells(path: Path) -> list[dict]:
             "--mce-reference", f"'{path}' is not a corruption evaluation's csv (columns {', '.join(CELL_COLUMNS)})"
         )
     return rows
-
-
-def _top1(model, images: np.ndarray, labels: np.ndarray, transform, batch_size: int, dev, workers: int) -> float:
-    loader = DataLoader(ArrayImageDataset(images, labels, transform), batch_size, num_workers=workers)
-    logits, targets = predict_logits(model, loader, dev, autocast_for(dev, True))
-    return 100.0 * logits.argmax(dim=1).eq(targets).double().mean().item()
 
 
 @dataclass
@@ -263,36 +266,25 @@ class CorruptionEvaluation(Evaluation):
     images: np.ndarray | None = None
     labels: np.ndarray | None = None
     transform: object = None
-    cache_dir: Path = CORRUPTION_CACHE
+    cache_dir: Path = CACHE
     reference: list[dict] | None = None
 
     def execute(self, context: RunContext) -> Measured:
         dev = torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        model, name = self.model.to(dev), self.identity.dataset
-        makers = max(1, min(self.workers, os.cpu_count() or 1))
-        with tqdm(total=len(CORRUPTIONS) * len(SEVERITIES), desc=f"corrupting {len(self.images)} {name}") as bar:
-            cells = corrupted_set(self.images, name, self.cache_dir, CORRUPTION_SEED, makers, lambda *_: bar.update())
-        measure = dict(transform=self.transform, batch_size=self.batch_size, dev=dev, workers=0)
-        clean = _top1(model, self.images, self.labels, **measure)
-        top1 = {cell: _top1(model, images, self.labels, **measure) for cell, images in tqdm(cells.items(), "cells")}
-        mean = float(np.mean(list(top1.values())))
-        self.values = {"top1": mean, "top1_clean": clean, CORRUPTION_DROP: clean - mean}
-        for corruption in CORRUPTIONS:
-            self.values[f"top1_{corruption}"] = float(np.mean([top1[f"{corruption}/{s}"] for s in SEVERITIES]))
+        name, makers = self.identity.dataset, max(1, min(self.workers, os.cpu_count() or 1))
+        measure = dict(batch_size=self.batch_size, device=dev, makers=makers)
+        self.values, rows = measure_corruptions(
+            self.model.to(dev), self.images, self.labels, self.transform, name, self.cache_dir, **measure
+        )
         if self.reference is not None:
-            reference = {f"{r['corruption']}/{r['severity']}": float(r["top1"]) for r in self.reference}
-            self.values[MCE] = mce_against(corruption_errors(top1), corruption_errors(reference))
+            self.values[MCE] = mce_of(rows, self.reference)
         if context.results_dir is not None:
-            rows = [
-                {"dataset": name, "corruption": c, "severity": s, "images": len(self.images), "top1": top1[f"{c}/{s}"]}
-                for c in CORRUPTIONS
-                for s in SEVERITIES
-            ]
             stem = self.identity.stem().rstrip("_")
             atomic_write_csv(Path(context.results_dir) / "corruptions" / f"{stem}.csv", CELL_COLUMNS, rows)
         shown = f"mCE {self.values[MCE]:.1f}%" if MCE in self.values else "no mCE reference"
         logger.info(
-            f"{self.sidecar.name} / {self.sidecar.regime or '?'} on corrupted {name}: top1 {mean:.2f}% "
-            f"(clean {clean:.2f}%, drop {clean - mean:.2f}), {shown} ({len(self.images)} images × 75 cells)"
+            f"{self.sidecar.name} / {self.sidecar.regime or '?'} on corrupted {name}: "
+            f"top1 {self.values[CORRUPTED_TOP1]:.2f}% (clean {self.values[CLEAN_TOP1]:.2f}%, drop "
+            f"{self.values[CORRUPTION_DROP]:.2f}), {shown} ({len(self.images)} images × 75 cells)"
         )
         return Measured(self.values, units={CORRUPTION_DROP: "points"}, model=self.sidecar.model, run_dir=self.export)

@@ -11,7 +11,7 @@ from dropbench.core.configs import known_configs, load_yaml, resolve_config
 from dropbench.core.embedded import ARRAY_TRAIN_IMAGES
 from dropbench.core.errors import UserInputError, did_you_mean
 from dropbench.core.fields import renamed_fields
-from dropbench.core.identity import Part, RunIdentity, StageName, settings_digest
+from dropbench.core.identity import EXPORT_EPOCH, Part, RunIdentity, StageName, settings_digest
 from dropbench.core.models import BackboneConfig
 from dropbench.core.settings import (
     NON_NEGATIVE,
@@ -146,6 +146,9 @@ class Recipe(Settings):
     log_every: int = setting(50, check=POSITIVE_INT, result=False)
     # also checkpoint every N updates inside an epoch, to resume there (0: epoch ends only)
     recovery_every: int = setting(0, check=NON_NEGATIVE_INT, result=False, resumable=True)
+    # also export the model after these epochs (exports/epoch<N>/), each transferred by a suite: transfer over
+    # pretraining time; the last epoch's is the run's own export
+    export_epochs: tuple[int, ...] = setting((), result=False, resumable=True)
     # torch.compile the training step: false, true (inductor) or a backend name (e.g. aot_eager, eager)
     compile: bool | str = setting(False, result=False, resumable=True)
     # any of tensorboard, wandb, mlflow (dropbench.core.tracking)
@@ -182,6 +185,11 @@ class Recipe(Settings):
                 f"{self.train_subset} training images and {held_out} held out exceed the {ARRAY_TRAIN_IMAGES} there "
                 f"are: lower train_subset or val_subset",
             )
+        epochs = list(self.export_epochs)
+        if any(not isinstance(e, int) or isinstance(e, bool) or not 1 <= e <= self.epochs for e in epochs):
+            raise UserInputError(f"{prefix}export_epochs", f"{epochs}: each must be an epoch from 1 to {self.epochs}")
+        if epochs != sorted(set(epochs)):
+            raise UserInputError(f"{prefix}export_epochs", f"{epochs}: list each epoch once, in order")
         if self.compile is not False and self.compile_backend not in _compile_backends():
             raise UserInputError(
                 f"{prefix}compile",
@@ -228,7 +236,8 @@ def pretrain_identity(backbone: BackboneConfig, regime: Regime, recipe: Recipe, 
         task="classification",
         dataset=dataset,
         protocol="from_scratch",
-        sweep={f"{part}.{key}": value for part, config in parts.items() for key, value in config.variant.items()},
+        sweep={f"{part}.{key}": value for part, config in parts.items() for key, value in config.variant.items()}
+        | ({EXPORT_EPOCH: recipe.epochs} if recipe.export_epochs else {}),  # the last of the exports over time
         parts={
             "backbone": Part.of(backbone.settings()),
             "regime": Part.of(regime.settings()),

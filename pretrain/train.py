@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,7 +28,7 @@ from dropbench.core.errors import UserInputError
 from dropbench.core.export import SIDECAR_FILE, ExportSidecar, export_backbone
 from dropbench.core.identity import NATS, TRAIN_LOSS, RunIdentity
 from dropbench.core.io import atomic_write_json
-from dropbench.core.layout import CHECKPOINT_FILE, EXPORT_DIR
+from dropbench.core.layout import CHECKPOINT_FILE, EXPORT_DIR, epoch_export_dir
 from dropbench.core.lifecycle import Measured, RecordedRun, RunContext
 from dropbench.core.loop import StepHooks, autocast_for, epoch_seed, evaluate, stop_on_divergence, train_one_epoch
 from dropbench.core.models import BackboneConfig
@@ -129,7 +130,14 @@ class Pretraining(RecordedRun):
             atomic_write_json(out / CONFIG_FILE, config | {"config_hash": self.identity.digest})
         epochs = recipe.epochs if regime.train else 0  # random_init: the initialisation, evaluated and exported
         place = Place(out, json.dumps(config, sort_keys=True), context.started, processes, dev)
-        log_rows = _train(run, recipe, epochs, place, checkpoint, self.diagnostics)
+
+        def export_after(epoch: int, row: dict) -> None:  # before that epoch's checkpoint: a resume writes it again
+            fields = {"dataset": run.splits.name, "epochs": epoch, "val_top1": row["val_top1"]}
+            at_epoch, classes = self.identity.at_epoch(epoch), run.splits.num_classes
+            sidecar = ExportSidecar.of_run(self.backbone, at_epoch, classes, **fields)
+            export_backbone(run.model, out / epoch_export_dir(epoch), sidecar)
+
+        log_rows = _train(run, recipe, epochs, place, checkpoint, self.diagnostics, export_after)
         final = log_rows[-1] if log_rows else {}
         final_train_loss = _final_train_loss(run, recipe, processes, dev)
         self.summary = RunSummary(
@@ -191,8 +199,10 @@ def _train(
     place: Place,
     checkpoint: dict | None,
     diagnostics: DiagnosticsConfig | None,
+    export_after: Callable[[int, dict], None],
 ) -> list[dict]:
-    """The epoch loop from the checkpoint's epoch (or 0) to ``epochs``; returns the log's rows."""
+    """The epoch loop from the checkpoint's epoch (or 0) to ``epochs``; returns the log's rows. After each epoch
+    of ``recipe.export_epochs`` but the last, ``export_after(epoch, log row)`` exports the model."""
     processes, dev = place.processes, place.device
     resumed = restore(run, checkpoint)
     train_model: nn.Module = run.model
@@ -257,6 +267,8 @@ def _train(
         rng_states = gather_rng_states()
         if processes.main:
             reporter.end_epoch(row, epoch, recipe.epochs)
+            if epoch + 1 in recipe.export_epochs and epoch + 1 < epochs:
+                export_after(epoch + 1, row)
             state = checkpoint_state(run, place, epoch + 1, update, rng_states, reporter.initial_weights)
             save_checkpoint(place.out / CHECKPOINT_FILE, state)
         if processes.world > 1:

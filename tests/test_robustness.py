@@ -82,9 +82,10 @@ def _cells(results) -> dict[str, float]:
 def test_eval_under_corruptions_matches_a_top1_computed_here_and_its_own_mce_is_100(
     cli, exports, tmp_path, monkeypatch
 ):
+    from dropbench.core.corruptions import SEED
     from dropbench.core.export import load_exported_model
     from dropbench.core.transforms import build_transform
-    from dropbench.evaluation import CORRUPTION_SEED, eval_transform_settings
+    from dropbench.evaluation import eval_transform_settings
 
     monkeypatch.chdir(tmp_path)  # the corrupted set is cached under ./data/corruptions
     export, count = exports["vit_micro"], 24
@@ -94,13 +95,13 @@ def test_eval_under_corruptions_matches_a_top1_computed_here_and_its_own_mce_is_
     records = [json.loads(p.read_text()) for p in (tmp_path / "r" / "records").glob("*.json")]
     values = {r["metric"]: r["value"] for r in records}
     assert {r["protocol"] for r in records} == {"corruptions"} and len(records) == 3 + len(CORRUPTIONS)
-    assert values["top1"] == pytest.approx(np.mean(list(cells.values())))
-    assert values["corruption_drop"] == pytest.approx(values["top1_clean"] - values["top1"])
+    assert values["corrupted_top1"] == pytest.approx(np.mean(list(cells.values())))
+    assert values["corruption_drop"] == pytest.approx(values["clean_top1"] - values["corrupted_top1"])
 
     # one cell, corrupted and classified here with the export's own model and evaluation transform
     images, labels = load_embedded("mnist", "test")
-    chosen = np.sort(np.random.default_rng(CORRUPTION_SEED).choice(len(images), count, replace=False))
-    corrupted = corrupt_images(images[chosen], "motion_blur", 4, CORRUPTION_SEED)
+    chosen = np.sort(np.random.default_rng(SEED).choice(len(images), count, replace=False))
+    corrupted = corrupt_images(images[chosen], "motion_blur", 4, SEED)
     model, sidecar = load_exported_model(export)
     settings = eval_transform_settings(sidecar, model)
     transform = build_transform(settings, sidecar.image_size, False, mean=settings["mean"], std=settings["std"])
@@ -195,3 +196,25 @@ def test_class_folders_that_are_no_imagenet_classes_are_refused(cli, tmp_path):
     export = _thousand_class_export(tmp_path / "export")
     code, _, err = cli("eval", "--backbone", export, "--data", tmp_path / "set", "--results", tmp_path / "r")
     assert code == 2 and "'cats'" in err and "val/<class>/" in err
+
+
+@pytest.mark.slow
+def test_a_fine_tuned_classifier_is_measured_under_corruptions_on_its_test_images(cli, exports, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    tiny = ["train_subset=64", "test_subset=40", "batch_size=32", "epochs=1", "warmup_epochs=0", "corruptions=12"]
+    args = ["transfer", "cls", "--backbone", exports["vit_micro"], "--dataset", "sklearn_digits"]
+    results = tmp_path / "results"
+    code, _, err = cli(*args, "--protocol", "finetune", "--work-dir", "work", "--results", results, *tiny)
+    assert code == 0, err
+    records = [json.loads(p.read_text()) for p in (results / "records").glob("*.json")]
+    records = {record["metric"]: record for record in records}
+    with open(tmp_path / "work" / "corruptions.csv", newline="") as file:
+        cells = [float(row["top1"]) for row in csv.DictReader(file)]
+    assert len(cells) == 75 and records["corrupted_top1"]["value"] == pytest.approx(np.mean(cells))
+    assert records["corruption_drop"]["unit"] == "points" and records["top1"]["protocol"] == "finetune"
+    assert records["corruption_drop"]["value"] == pytest.approx(
+        records["clean_top1"]["value"] - records["corrupted_top1"]["value"]
+    )
+    assert all(records[f"top1_{c}"]["value"] >= 0 for c in CORRUPTIONS)
+    code, _, err = cli(*args, "--protocol", "linear", "--work-dir", "w2", "--results", results, *tiny)
+    assert code == 2 and "dataset.corruptions" in err and "'linear'" in err

@@ -79,7 +79,7 @@ def test_a_field_that_says_nothing_changes_results_and_features_and_is_fixed_on_
 
 
 def test_the_recipe_says_what_a_resumed_run_may_change():
-    assert EXECUTION_SETTINGS == {"recipe.recovery_every", "recipe.compile", "recipe.loggers"}
+    assert EXECUTION_SETTINGS == {"recipe.recovery_every", "recipe.compile", "recipe.loggers", "recipe.export_epochs"}
     assert Recipe.names_where("resumable") < set(Recipe.keys()) - set(Recipe.load("cpu").settings())
 
 

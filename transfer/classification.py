@@ -46,9 +46,11 @@ from dropbench.core.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from dropbench.core.corruptions import CACHE as CORRUPTION_CACHE
+from dropbench.core.corruptions import CELL_COLUMNS, measure_corruptions, test_subset
 from dropbench.core.errors import RunFailed, UserInputError
 from dropbench.core.export import WEIGHTS_FILE, ExportSidecar, load_exported_model, read_sidecar, safetensors_writer
-from dropbench.core.identity import Part, RunIdentity, settings_digest
+from dropbench.core.identity import CORRUPTION_DROP, Part, RunIdentity, settings_digest
 from dropbench.core.io import atomic_write, atomic_write_csv, atomic_write_json
 from dropbench.core.lifecycle import Measured, RecordedRun, RunContext
 from dropbench.core.loop import (
@@ -81,6 +83,7 @@ CONFIG_FILE = "config.json"
 LOG_FILE = "log.csv"
 FEATURES_FILE = "features.safetensors"
 RELIABILITY_FIGURE = "reliability.png"  # the fine-tuned classifier's, with its csv
+CORRUPTIONS_FILE = "corruptions.csv"  # its top-1 in each corruption x severity (dataset.corruptions)
 CHECKPOINT_FILE = "checkpoint.pt"  # the fine-tuning after its last finished epoch
 PROBE_FILE = "linear_probe.json"
 CHOSEN_C = "chosen_c"  # the linear probe's L2 strength, recorded beside its accuracy
@@ -382,6 +385,7 @@ class _FineTuning:
     test_loader: DataLoader
     loader_generator: torch.Generator
     iters_per_epoch: int
+    eval_transform: Callable
 
 
 def _prepare_finetune(backbone: Path, data: ClsData, config: ClsConfig, input_size: int, device) -> _FineTuning:
@@ -427,8 +431,31 @@ def _prepare_finetune(backbone: Path, data: ClsData, config: ClsConfig, input_si
         pin_memory=use_cuda,
     )
     return _FineTuning(
-        model, optimizer, scheduler, criterion, mixup, train_loader, test_loader, loader_generator, iters_per_epoch
+        model,
+        optimizer,
+        scheduler,
+        criterion,
+        mixup,
+        train_loader,
+        test_loader,
+        loader_generator,
+        iters_per_epoch,
+        eval_tf,
     )
+
+
+def _corruption_test_images(data: ClsData, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The test images a fine-tuned classifier is measured on under corruptions, as one RGB array."""
+    if count > len(data.test):
+        raise UserInputError("dataset.corruptions", f"{count} exceeds the {len(data.test)} test images; lower it")
+    chosen = test_subset(count, len(data.test))
+    images = [np.asarray(data.test[int(i)][0].convert("RGB")) for i in chosen]
+    sizes = sorted({image.shape[:2] for image in images})
+    if len(sizes) > 1:
+        raise UserInputError(
+            "dataset.corruptions", f"the test images differ in size ({sizes[0]} and {sizes[-1]}); they need one"
+        )
+    return np.stack(images), data.test_labels[chosen]
 
 
 def _resume_finetune(run: _FineTuning, work_dir: Path, this_run: dict) -> dict | None:
@@ -449,7 +476,15 @@ def _resume_finetune(run: _FineTuning, work_dir: Path, this_run: dict) -> dict |
 
 
 def _finetune(
-    run: _FineTuning, data: ClsData, config: ClsConfig, work_dir: Path, device, autocast, this_run: dict, resume: bool
+    run: _FineTuning,
+    data: ClsData,
+    config: ClsConfig,
+    work_dir: Path,
+    device,
+    autocast,
+    this_run: dict,
+    resume: bool,
+    corrupted: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict:
     """Train and evaluate each epoch; after each, ``checkpoint.pt`` holds all a resumed run needs to continue with
     the same updates, data order and RNG draws as an uninterrupted one."""
@@ -511,7 +546,16 @@ def _finetune(
     from dropbench.plots import plot_reliability  # matplotlib, for this figure only
 
     plot_reliability(bins, work_dir / RELIABILITY_FIGURE, f"fine-tuned on {config.name}")
-    return {key: metrics[key] for key in ("top1", "mean_per_class_accuracy")} | calibration
+    measured = {key: metrics[key] for key in ("top1", "mean_per_class_accuracy")} | calibration
+    if corrupted is not None:  # and under corruptions (dropbench.core.corruptions), each cell in corruptions.csv
+        images, labels = corrupted
+        under, rows = measure_corruptions(
+            run.model, images, labels, run.eval_transform, config.name, CORRUPTION_CACHE,
+            batch_size=config.feature_batch_size, device=device,
+        )  # fmt: skip
+        atomic_write_csv(work_dir / CORRUPTIONS_FILE, CELL_COLUMNS, rows)
+        measured |= under
+    return measured
 
 
 # ---------------------------------------------------------------------------------------------------- the command
@@ -655,6 +699,9 @@ class ClassificationTransfer(RecordedRun):
         if protocol == "fewshot":
             fewshot_indices(data.train_labels, config.fewshot_shots, config.seed, 0)  # every class has enough
         autocast = autocast_for(dev, config.amp)
+        if config.corruptions and protocol != "finetune":
+            raise UserInputError("dataset.corruptions", f"measured for fine-tuned classifiers, not by '{protocol}'")
+        corrupted = _corruption_test_images(data, config.corruptions) if config.corruptions else None
         if protocol == "finetune":
             run = _prepare_finetune(self.backbone, data, config, input_size, dev)
         else:
@@ -664,8 +711,9 @@ class ClassificationTransfer(RecordedRun):
         digest = self.identity.digest
         _write_run_config(work_dir, self.backbone, protocol, config, input_size, data, self.sidecar, digest)
         if protocol == "finetune":
-            measured = _finetune(run, data, config, work_dir, dev, autocast, run_tag(self.identity), self.resume)
-            metric_names += list(CALIBRATION_UNITS)
+            tag = run_tag(self.identity)
+            measured = _finetune(run, data, config, work_dir, dev, autocast, tag, self.resume, corrupted)
+            metric_names = [m for m in measured if m != "mean_per_class_accuracy" or m in metric_names]
         elif protocol == "linear":
             measured, report = _linear_probe(model, data, config, self.backbone, input_size, work_dir, dev, autocast)
             measured = measured | {CHOSEN_C: report["chosen_c"]}  # chosen on held-out training images, never on test
@@ -675,7 +723,7 @@ class ClassificationTransfer(RecordedRun):
             measured = _on_features(protocol, cached, data.num_classes, config, work_dir, extraction)
             metric_names = list(measured)
         self.metrics = {m: measured[m] for m in metric_names}
-        units = {CHOSEN_C: "C", **CALIBRATION_UNITS}
+        units = {CHOSEN_C: "C", CORRUPTION_DROP: "points", **CALIBRATION_UNITS}
         shown = "  ".join(
             f"{m} {v:.2f}" + ("%" if units.get(m, "%") == "%" else f" {units[m]}") for m, v in self.metrics.items()
         )

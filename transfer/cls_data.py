@@ -20,6 +20,7 @@ from dropbench.core.errors import UserInputError, did_you_mean
 from dropbench.core.readers import ArrayImageDataset, image_folders, read_idx
 from dropbench.core.settings import (
     NON_NEGATIVE,
+    NON_NEGATIVE_INT,
     OPTIONAL_POSITIVE_INT,
     POSITIVE_INT,
     Check,
@@ -121,6 +122,8 @@ class ClsConfig(Settings):
     fewshot_shots: int = setting(5, check=POSITIVE_INT, omit_at_default=True, **TRAINING)
     fewshot_subsamples: int = setting(5, check=POSITIVE_INT, omit_at_default=True, **TRAINING)
     fewshot_c: float = setting(1.0, check=within(0, 1e12, low_open=True), omit_at_default=True, **TRAINING)
+    # a fine-tuned classifier is also measured on this many test images under ImageNet-C's corruptions (0: not)
+    corruptions: int = setting(0, check=NON_NEGATIVE_INT, omit_at_default=True, **TRAINING)
 
     def feature_inputs(self) -> dict:
         """What the extracted features depend on, besides the weights and the input size."""

@@ -40,6 +40,8 @@ CORRUPTIONS = (
 )
 SEVERITIES = (1, 2, 3, 4, 5)
 MIN_SIDE = 32  # imagecorruptions refuses smaller images
+SEED = 0  # which test images a protocol measures, and every corruption's draws
+CACHE = Path("data") / "corruptions"  # the corrupted sets, relative to the working folder
 CACHE_VERSION = 1
 
 
@@ -99,6 +101,11 @@ class _SkimageSeeded(types.ModuleType):
         import skimage
 
         return getattr(skimage, name)
+
+
+def test_subset(count: int, total: int) -> np.ndarray:
+    """Which ``count`` of ``total`` test images a corruption protocol measures (sorted, drawn with ``SEED``)."""
+    return np.sort(np.random.default_rng(SEED).choice(total, count, replace=False))
 
 
 def image_seed(seed: int, corruption: str, severity: int, index: int) -> int:
@@ -185,3 +192,55 @@ def mean_corruption_error(errors: dict[str, float], reference: dict[str, float])
     if missing:
         raise KeyError(f"the reference has no error for {', '.join(missing)}")
     return 100.0 * float(np.mean([errors[c] / reference[c] for c in CORRUPTIONS]))
+
+
+CORRUPTED_TOP1 = "corrupted_top1"  # the mean top-1 over the 75 cells
+CLEAN_TOP1 = "clean_top1"  # the top-1 on the same images, uncorrupted
+CELL_COLUMNS = ["dataset", "corruption", "severity", "images", "top1"]
+
+
+def measure_corruptions(
+    model, images: np.ndarray, labels: np.ndarray, transform, name: str, cache_dir: Path, *, batch_size: int,
+    device, makers: int = 2,
+) -> tuple[dict[str, float], list[dict]]:  # fmt: skip
+    """``model``'s top-1 on ``images`` clean and in every cell: ``(metrics, each cell's row for the csv)``. The
+    metrics are ``corrupted_top1``, ``clean_top1``, ``corruption_drop`` and ``top1_<corruption>`` (the mean over
+    its severities)."""
+    from tqdm import tqdm
+
+    from dropbench.core.identity import CORRUPTION_DROP
+
+    with tqdm(total=len(CORRUPTIONS) * len(SEVERITIES), desc=f"corrupting {len(images)} {name}") as bar:
+        cells = corrupted_set(images, name, cache_dir, SEED, makers, lambda *_: bar.update())
+    clean = _top1(model, images, labels, transform, batch_size, device)
+    top1 = {cell: _top1(model, array, labels, transform, batch_size, device) for cell, array in tqdm(cells.items())}
+    mean = float(np.mean(list(top1.values())))
+    metrics = {CORRUPTED_TOP1: mean, CLEAN_TOP1: clean, CORRUPTION_DROP: clean - mean}
+    for corruption in CORRUPTIONS:
+        metrics[f"top1_{corruption}"] = float(np.mean([top1[f"{corruption}/{s}"] for s in SEVERITIES]))
+    rows = [
+        {"dataset": name, "corruption": c, "severity": s, "images": len(images), "top1": top1[f"{c}/{s}"]}
+        for c in CORRUPTIONS
+        for s in SEVERITIES
+    ]
+    return metrics, rows
+
+
+def mce_of(rows: list[dict], reference: list[dict]) -> float:
+    """The mCE of a run's cell rows against a reference's (both as ``measure_corruptions`` writes them)."""
+
+    def top1(cells: list[dict]) -> dict[str, float]:
+        return {f"{r['corruption']}/{r['severity']}": float(r["top1"]) for r in cells}
+
+    return mean_corruption_error(corruption_errors(top1(rows)), corruption_errors(top1(reference)))
+
+
+def _top1(model, images: np.ndarray, labels: np.ndarray, transform, batch_size: int, device) -> float:
+    from torch.utils.data import DataLoader
+
+    from dropbench.core.loop import autocast_for, predict_logits
+    from dropbench.core.readers import ArrayImageDataset
+
+    loader = DataLoader(ArrayImageDataset(images, labels, transform), batch_size)
+    logits, targets = predict_logits(model, loader, device, autocast_for(device, True))
+    return 100.0 * logits.argmax(dim=1).eq(targets).double().mean().item()

@@ -34,6 +34,7 @@ PERCENT = "%"
 NATS = "nats"  # a mean cross-entropy
 TRAIN_LOSS = "train_loss"  # pretraining's final training loss, measured with dropout off
 CALIBRATION_METRICS = ("ece", "nll", "brier")  # each also after temperature scaling, as <name>_ts
+EXPORT_EPOCH = "recipe.export_epoch"  # the sweep field of an export written during pretraining (transfer over time)
 CORRUPTION_DROP = "corruption_drop"  # clean top-1 minus the mean top-1 over the corruptions, on the same images
 MCE = "mce"  # mean corruption error against a reference's errors
 # metrics whose values are mostly below 1, printed with a third decimal (a loss of ~0.3 nats)
@@ -132,6 +133,16 @@ class RunIdentity(RunFields):
         if self.transfer_seed is not None:
             names.append(f"tseed{self.transfer_seed}")
         return "__".join(_safe(name) for name in [*names, self.digest[:12]]) + "__"
+
+    def at_epoch(self, epoch: int) -> "RunIdentity":
+        """The identity of the export a pretraining wrote after ``epoch`` (recipe ``export_epochs``): the run's, with
+        the epoch in its sweep and in its recipe part. Its transfers are a recipe variant of their own, paired by
+        seed with the same epoch of the other regimes."""
+        recipe = self.parts["recipe"]
+        digest = settings_digest({"recipe": recipe.digest, "export_epoch": epoch})
+        overrides = " ".join(text for text in (recipe.overrides, f"export_epoch={epoch}") if text)
+        parts = {**self.parts, "recipe": Part(digest, overrides)}
+        return dataclasses.replace(self, sweep={**self.sweep, EXPORT_EPOCH: epoch}, parts=parts)
 
     def transfer(self, task: str, dataset: str, protocol: str, transfer_seed: int, task_part: Part) -> "RunIdentity":
         """The identity of a transfer of this (pretraining) run's export."""

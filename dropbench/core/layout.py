@@ -3,3 +3,8 @@ from ``core.export`` (which needs torch and timm) so that planning a suite does 
 
 CHECKPOINT_FILE = "checkpoint.pt"
 EXPORT_DIR = "export"
+EPOCH_EXPORTS_DIR = "exports"  # exports/epoch<N>/: the model after epoch N (recipe export_epochs)
+
+
+def epoch_export_dir(epoch: int) -> str:
+    return f"{EPOCH_EXPORTS_DIR}/epoch{epoch}"

@@ -60,7 +60,8 @@ def load_mnist(split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 class ArrayImageDataset(Dataset):
-    """Grayscale images held in memory, served as RGB PIL images through a timm transform."""
+    """Images held in memory (N × H × W grey or N × H × W × 3 RGB, uint8), served as RGB PIL images through a
+    timm transform."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Callable | None = None):
         self.images, self.labels, self.transform = images, labels.astype(np.int64), transform
@@ -70,7 +71,7 @@ class ArrayImageDataset(Dataset):
         return len(self.images)
 
     def __getitem__(self, index: int):
-        image = Image.fromarray(self.images[index], mode="L").convert("RGB")
+        image = Image.fromarray(self.images[index]).convert("RGB")
         if self.transform is not None:
             image = self.transform(image)
         return image, int(self.labels[index])

@@ -10,7 +10,7 @@ from dropbench.core.embedded import EMBEDDED_ARRAYS
 from dropbench.core.errors import UserInputError
 from dropbench.core.fields import non_empty_list
 from dropbench.core.identity import RunIdentity
-from dropbench.core.layout import EXPORT_DIR
+from dropbench.core.layout import EXPORT_DIR, epoch_export_dir
 from dropbench.suite.executors import executor_classes
 from dropbench.suite.schema import (
     SUITE_KEYS,
@@ -111,6 +111,7 @@ def load_suite(path: str | Path) -> Suite:
                 run = _pretraining_run(point, pretraining, runs_dir, results_dir)
                 source = _Source(run.work_dir.parent, run.work_dir / EXPORT_DIR, run.identity, run.name)
                 sources.append((run, source, backbone_tasks[index]))
+                sources += [(None, s, backbone_tasks[index]) for s in _epoch_sources(point, pretraining, run)]
     for index, (export, sidecar) in enumerate(export_section(raw)):
         check_transfer_pairings(sidecar.model, sidecar.kwargs, tasks, f"exports[{index}]")
         identity = sidecar.pretraining_identity()
@@ -182,6 +183,25 @@ def _pretraining_run(point: _Point, pretraining: Pretraining, runs_dir: Path, re
     )
 
 
+def _epoch_sources(point: _Point, pretraining: Pretraining, run: Run) -> list["_Source"]:
+    """The exports a pretraining writes before its last epoch (recipe ``export_epochs``), each transferred from a
+    folder of its own beside the grid point's: ``<point>@epoch<N>/``."""
+    recipe = pretraining.recipes[(point.recipe.config.name, point.seed)]
+    if not point.regime.config.train:
+        return []
+    point_dir = run.work_dir.parent
+    return [
+        _Source(
+            point_dir.with_name(f"{point_dir.name}@epoch{epoch}"),
+            run.work_dir / epoch_export_dir(epoch),
+            run.identity.at_epoch(epoch),
+            run.name,
+        )
+        for epoch in recipe.export_epochs
+        if epoch < recipe.epochs
+    ]
+
+
 @dataclass(frozen=True)
 class _Source:
     """Where a grid point's transfers read their export: a pretraining run of the suite, or an imported export."""
@@ -224,7 +244,10 @@ def describe(suite: Suite, commands: list[tuple[Run, str]] | None = None) -> str
     finished = {run.name for run in suite.runs if run.finished()}
     pretraining = sum(run.kind == PRETRAIN_KIND for run in suite.runs)
     each = f"each with {tasks} transfer(s)"
-    if pretraining and len(suite.runs) != pretraining * (1 + tasks):  # some backbones list their own transfers
+    exports = {run.command[run.command.index("--backbone") + 1] for run in suite.runs if run.kind != PRETRAIN_KIND}
+    if pretraining and len(exports) > pretraining:  # exports over pretraining time (recipe export_epochs)
+        each = f"{len(exports)} exports over their epochs, each with up to {tasks} transfer(s)"
+    elif pretraining and len(suite.runs) != pretraining * (1 + tasks):  # some backbones list their own transfers
         each = f"each with up to {tasks} transfer(s)"
     recipes = f" × {suite.recipe_variants} recipe(s)" if suite.recipe_variants > 1 else ""
     grid = f"{backbones} backbone(s) × {regimes} regime(s){recipes} × {seeds} seed(s)"

@@ -2,7 +2,8 @@
 
 Every pretraining to run goes in one array. Each transfer (one task at one transfer seed, the same command at
 every grid point) goes in one array too, whose task *i* reads the export of pretraining task *i*: Slurm's
-``aftercorr`` starts it the moment that one pretraining has succeeded, as a job of its own would. The transfers of
+``aftercorr`` starts it the moment that one pretraining has succeeded, as a job of its own would (a transfer of
+the exports written during pretraining goes in one array per export epoch). The transfers of
 exports that exist already go in one array per kind, with nothing to wait for. A transfer whose pretraining does
 not sit at its own index (backbones that list their own transfers) is submitted alone, ``afterok`` that task.
 """
@@ -33,8 +34,11 @@ class Batch:
 
 
 def transfer_entry(run: Run) -> str:
-    """What a transfer is at every grid point: its folder name (task, and transfer seed when the suite has several)."""
-    return run.name.rpartition("/")[2]
+    """What a transfer is at every grid point: its folder name (task, and transfer seed when the suite has several),
+    and the epoch of the export it reads where that is not the last (``cls-optdigits-linear@epoch2``)."""
+    point, _, entry = run.name.rpartition("/")
+    epoch = point.partition("@")[2]
+    return f"{entry}@{epoch}" if epoch else entry
 
 
 def plan_batches(runs: Sequence[Run], waiting_elsewhere: frozenset[str] = frozenset()) -> list[Batch]:

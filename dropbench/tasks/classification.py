@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from dropbench.core.configs import parse_key_values, shipped_path
+from dropbench.core.corruptions import CORRUPTED_TOP1
 from dropbench.core.errors import UserInputError, did_you_mean
 from dropbench.core.fields import config_field, option_items, require, yaml_value
-from dropbench.core.identity import RunIdentity
+from dropbench.core.identity import CORRUPTION_DROP, MCE, RunIdentity
 from dropbench.tasks.registry import SuiteOptions, TaskIdentity, TransferTask, register, results_dir
 from dropbench.transfer import CLS_PROTOCOLS
 
@@ -96,6 +97,6 @@ CLASSIFICATION_TASK = register(
         add_arguments=_add_arguments,
         load=_load,
         suite_keys=("dataset", "protocol", "overrides"),
-        headline_metrics=("top1",),
+        headline_metrics=("top1", CORRUPTED_TOP1, CORRUPTION_DROP, MCE),  # the last three where measured
     )
 )
