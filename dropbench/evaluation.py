@@ -21,7 +21,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, ImageNetInfo,
 from torch.utils.data import DataLoader, Dataset
 
 from dropbench.core.calibration import UNITS as CALIBRATION_UNITS
-from dropbench.core.calibration import calibrate
+from dropbench.core.calibration import calibrate, plot_reliability
 from dropbench.core.corruptions import (
     CACHE,
     CELL_COLUMNS,
@@ -49,7 +49,6 @@ from dropbench.core.readers import (
     load_embedded,
 )
 from dropbench.core.transforms import build_transform
-from dropbench.plots import plot_reliability
 
 logger = logging.getLogger(__name__)
 

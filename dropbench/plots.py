@@ -89,34 +89,6 @@ def plot_diagnostics(run_dirs: list[Path], out_dir: Path) -> list[Path]:
     return written
 
 
-def plot_reliability(bins: dict[str, list[dict]], out: str | Path, title: str = "") -> list[Path]:
-    """``out`` (PNG): accuracy against confidence per bin, before and after temperature scaling, with the diagonal a
-    calibrated classifier lies on and each bin's share of the images; ``out`` with ``.csv``: the bins it draws."""
-    from dropbench.core.io import atomic_write_csv
-
-    fig, (ax, share) = plt.subplots(2, 1, figsize=(5.2, 5.6), dpi=120, sharex=True, height_ratios=(3, 1))
-    ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="calibrated")
-    rows = []
-    for (label, own), colour in zip(bins.items(), ("tab:red", "tab:blue"), strict=False):
-        middles = [(b["low"] + b["high"]) / 2 for b in own]
-        accuracy = [b["accuracy"] for b in own]
-        ax.plot(middles, accuracy, marker="o", markersize=3, color=colour, label=f"{label} temperature scaling")
-        total = max(sum(b["count"] for b in own), 1)
-        share.bar(middles, [b["count"] / total for b in own], width=0.9 / len(own), color=colour, alpha=0.5)
-        rows += [{"scaling": label, **b} for b in own]
-    ax.set_ylabel("accuracy")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend(frameon=False, fontsize=8)
-    share.set_xlabel("confidence (top-class probability)")
-    share.set_ylabel("images")
-    if title:
-        ax.set_title(title, fontsize=8)
-    png = save_png(fig, out)
-    return [png, atomic_write_csv(Path(out).with_suffix(".csv"), ["scaling", *rows[0]], rows)]
-
-
 def plot_curves(logs: dict[str, list[dict]], out: str | Path, title: str = "") -> Path:
     """Train loss and val top-1 per epoch, one line per run (``logs``: label → rows of a run's log.csv)."""
     fig, (loss_ax, top1_ax) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=120)

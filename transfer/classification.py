@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from dropbench.core.calibration import UNITS as CALIBRATION_UNITS
-from dropbench.core.calibration import calibrate
+from dropbench.core.calibration import calibrate, plot_reliability
 from dropbench.core.checkpoint import (
     check_same_run,
     load_checkpoint,
@@ -543,8 +543,6 @@ def _finetune(
     # the fine-tuned classifier's calibration on the test images, T fitted on a seeded half of them (as dropbench eval)
     logits, labels = predict_logits(run.model, run.test_loader, device, autocast)
     calibration, bins = calibrate(logits, labels)
-    from dropbench.plots import plot_reliability  # matplotlib, for this figure only
-
     plot_reliability(bins, work_dir / RELIABILITY_FIGURE, f"fine-tuned on {config.name}")
     measured = {key: metrics[key] for key in ("top1", "mean_per_class_accuracy")} | calibration
     if corrupted is not None:  # and under corruptions (dropbench.core.corruptions), each cell in corruptions.csv

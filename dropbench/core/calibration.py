@@ -1,10 +1,13 @@
-"""How well a classifier's probabilities match its accuracy: expected calibration error (15 equal-width confidence
-bins, torchmetrics' ``multiclass_calibration_error``), negative log-likelihood and Brier score, before and after
-temperature scaling (Guo et al. 2017: one scalar T dividing the logits, fitted by NLL on held-out logits).
+"""How well a classifier's probabilities match its accuracy: expected calibration error (15 equal-width
+confidence bins, torchmetrics' ``multiclass_calibration_error``), negative log-likelihood and Brier score, before
+and after temperature scaling (Guo et al. 2017: one scalar T dividing the logits, fitted by NLL on held-out
+logits), and the reliability diagram that draws them.
 
 ``calibration_split`` halves a labelled set with a fixed seed: T is fitted on one half and every calibration number
 is measured on the other, so T is never fitted on the images it is judged on.
 """
+
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -12,6 +15,7 @@ from torch import nn
 from torchmetrics.functional.classification import multiclass_calibration_error
 
 from dropbench.core.identity import NATS, PERCENT
+from dropbench.core.io import atomic_write, atomic_write_csv
 
 ECE_BINS = 15
 SPLIT_SEED = 0
@@ -91,3 +95,36 @@ def reliability_bins(logits: torch.Tensor, labels: torch.Tensor, bins: int = ECE
             }
         )
     return rows
+
+
+def plot_reliability(bins: dict[str, list[dict]], out: str | Path, title: str = "") -> list[Path]:
+    """``out`` (PNG): accuracy against confidence per bin, before and after temperature scaling, with the diagonal a
+    calibrated classifier lies on and each bin's share of the images; ``out`` with ``.csv``: the bins it draws."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, share) = plt.subplots(2, 1, figsize=(5.2, 5.6), dpi=120, sharex=True, height_ratios=(3, 1))
+    ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="calibrated")
+    rows = []
+    for (label, own), colour in zip(bins.items(), ("tab:red", "tab:blue"), strict=False):
+        middles = [(b["low"] + b["high"]) / 2 for b in own]
+        accuracy = [b["accuracy"] for b in own]
+        ax.plot(middles, accuracy, marker="o", markersize=3, color=colour, label=f"{label} temperature scaling")
+        total = max(sum(b["count"] for b in own), 1)
+        share.bar(middles, [b["count"] / total for b in own], width=0.9 / len(own), color=colour, alpha=0.5)
+        rows += [{"scaling": label, **b} for b in own]
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False, fontsize=8)
+    share.set_xlabel("confidence (top-class probability)")
+    share.set_ylabel("images")
+    if title:
+        ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    png = atomic_write(out, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+    return [png, atomic_write_csv(Path(out).with_suffix(".csv"), ["scaling", *rows[0]], rows)]
