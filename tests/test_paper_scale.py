@@ -140,7 +140,8 @@ def test_classification_transfers_at_224_px(cli, paper_exports, tmp_path_factory
     )
     assert code == 0, err
     records = _records(tmp_path / "results")
-    assert set(records) == ({"top1", "chosen_c"} if protocol == "linear" else {"top1"})
+    calibration = {"ece", "nll", "brier", "ece_ts", "nll_ts", "brier_ts", "temperature"}
+    assert set(records) == ({"top1", "chosen_c"} if protocol == "linear" else {"top1", *calibration})
     assert 0 <= records["top1"]["value"] <= 100
     run = json.loads((tmp_path / "run" / "config.json").read_text())
     assert run["input_size"] == 224 and run["train_images"] == 12
