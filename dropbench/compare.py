@@ -454,11 +454,15 @@ def _group(row) -> str:
     return f"{row['dataset']} {row['protocol']}"
 
 
+UNRANKED = frozenset({"temperature", "chosen_c"})  # settings a run chose, neither better high nor low
+
+
 def best_means(stats: pd.DataFrame) -> pd.Series:
     """Per cell, the best mean of its column within its backbone and recipe: the highest, or the lowest for a
-    metric where lower is better (a loss)."""
+    metric where lower is better (a loss); none for a value the run chose (``UNRANKED``)."""
     grouped = stats.groupby(["backbone", "recipe", *COLUMN])["mean"]
-    return grouped.transform("max").where(~stats["metric"].isin(LOWER_IS_BETTER), grouped.transform("min"))
+    best = grouped.transform("max").where(~stats["metric"].isin(LOWER_IS_BETTER), grouped.transform("min"))
+    return best.where(~stats["metric"].isin(UNRANKED))
 
 
 def comparison_table(stats: pd.DataFrame, bold: tuple[str, str] = BOLD["md"]) -> pd.DataFrame:
