@@ -173,6 +173,15 @@ def _variant_labels(names: pd.Series, digests: list[str], overrides: list[str]) 
     return [labels[key] for key in zip(frame["name"], frame["digest"], strict=True)]
 
 
+def _task_digest(digest: str, stage: str, parts) -> str:
+    """What tells a record's protocol variants apart: a transfer's task part, or an evaluation's (its number of
+    corrupted images, its mCE reference); none for a pretraining, or an evaluation recorded without parts."""
+    if stage == StageName.TRANSFER:
+        return digest
+    has_task = isinstance(parts, dict) and isinstance(parts.get("task"), dict)
+    return digest if stage == StageName.EVAL and has_task else ""
+
+
 def label_variants(records: pd.DataFrame) -> pd.DataFrame:
     """``records`` with backbone, recipe, regime and protocol replaced by their variant labels; the paper's
     published numbers keep their names, their recipe marked ``(paper)``."""
@@ -183,7 +192,8 @@ def label_variants(records: pd.DataFrame) -> pd.DataFrame:
         found = [_part(parts, part, str(h)) for parts, h in zip(own["parts"], own["config_hash"], strict=True)]
         digests = [digest for digest, _ in found]
         if part == "task":  # a pretraining record has no task part: its protocol has no variants
-            digests = [d if stage == StageName.TRANSFER else "" for d, stage in zip(digests, own["stage"], strict=True)]
+            stages_and_parts = zip(digests, own["stage"], own["parts"], strict=True)
+            digests = [_task_digest(d, stage, parts) for d, stage, parts in stages_and_parts]
         labelled.loc[~published, column] = _variant_labels(own[column], digests, [text for _, text in found])
     labelled.loc[published, "recipe"] = labelled.loc[published, "recipe"] + " (paper)"
     return labelled

@@ -30,6 +30,7 @@ from dropbench.core.corruptions import (
     CORRUPTIONS,
     SEED,
     SEVERITIES,
+    corruption_errors,
     mce_of,
     measure_corruptions,
     test_subset,
@@ -138,6 +139,8 @@ def evaluate_export(
     transform = build_transform(settings, size, is_training=False, mean=settings["mean"], std=settings["std"])
     content = {"input_size": size, **{k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}}
     workers = min(workers, 8)
+    if mce_reference is not None and not corruptions:
+        raise UserInputError("--mce-reference", "normalises a corruption evaluation's mCE: give --corruptions N too")
     if corruptions:
         images, labels = corruption_test_images(data, corruptions)
         cells, digest = _mce_reference(mce_reference, data, corruptions) if mce_reference else (None, None)
@@ -195,8 +198,16 @@ def corruption_test_images(data: str, count: int) -> tuple[np.ndarray, np.ndarra
 def _mce_reference(path: Path, data: str, count: int) -> tuple[list[dict], str]:
     """The reference's cells, measured on the same images, and the digest of its file."""
     cells = _read_cells(path)
-    if {row["dataset"] for row in cells} != {data} or {int(row["images"]) for row in cells} != {count}:
+    if {row["dataset"] for row in cells} != {data} or {row["images"] for row in cells} != {count}:
         raise UserInputError("--mce-reference", f"'{path}' was not measured on {count} {data} images")
+    errors = corruption_errors({f"{row['corruption']}/{row['severity']}": row["top1"] for row in cells})
+    flawless = [corruption for corruption, error in errors.items() if error <= 0]
+    if flawless:
+        raise UserInputError(
+            "--mce-reference",
+            f"'{path}' has no error under {flawless[0]}, and the mCE divides by it; choose a reference that errs "
+            "under every corruption",
+        )
     return cells, hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
@@ -212,7 +223,10 @@ def _read_cells(path: Path) -> list[dict]:
         raise UserInputError(
             "--mce-reference", f"'{path}' is not a corruption evaluation's csv (columns {', '.join(CELL_COLUMNS)})"
         )
-    return rows
+    try:
+        return [row | {"images": int(row["images"]), "top1": float(row["top1"])} for row in rows]
+    except ValueError:
+        raise UserInputError("--mce-reference", f"'{path}' holds a cell whose images or top1 is no number") from None
 
 
 @dataclass

@@ -237,7 +237,7 @@ def pretrain_identity(backbone: BackboneConfig, regime: Regime, recipe: Recipe, 
         dataset=dataset,
         protocol="from_scratch",
         sweep={f"{part}.{key}": value for part, config in parts.items() for key, value in config.variant.items()}
-        | ({EXPORT_EPOCH: recipe.epochs} if recipe.export_epochs else {}),  # the last of the exports over time
+        | ({EXPORT_EPOCH: recipe.epochs} if recipe.export_epochs and regime.train else {}),  # the last export
         parts={
             "backbone": Part.of(backbone.settings()),
             "regime": Part.of(regime.settings()),

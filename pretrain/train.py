@@ -89,6 +89,7 @@ def pretrain(
     stage = Pretraining(identity, backbone, regime, recipe, data, Path(out), resume, device, diagnostics, data_name)
     done = stage.run(results_dir, force)
     if done.finished_earlier:
+        _check_epoch_exports(Path(out), recipe, recipe.epochs if regime.train else 0)
         return _finished_summary(Path(out), recipe, done.records)
     stage.summary.records = done.records
     return stage.summary
@@ -123,6 +124,7 @@ class Pretraining(RecordedRun):
             )
         config = run_config(self.backbone, regime, recipe, run.splits.name)
         checkpoint = read_run_checkpoint(out, self.resume, config)
+        _check_epoch_exports(out, recipe, checkpoint["epoch"] if checkpoint else 0)
         if checkpoint:
             context.started = checkpoint["started"]  # the first attempt's
         if processes.main:
@@ -158,6 +160,16 @@ class Pretraining(RecordedRun):
         if final_train_loss is not None:
             metrics[TRAIN_LOSS] = final_train_loss
         return Measured(metrics, units={TRAIN_LOSS: NATS}, model=self.backbone.model, run_dir=out)
+
+
+def _check_epoch_exports(out: Path, recipe: Recipe, epochs_done: int) -> None:
+    """Refuse ``export_epochs`` that name an epoch the run has passed without exporting it (listed after it ran)."""
+    for epoch in recipe.export_epochs:
+        if epoch <= epochs_done and epoch < recipe.epochs and not (out / epoch_export_dir(epoch)).is_dir():
+            raise UserInputError(
+                "recipe.export_epochs",
+                f"'{out}' is past epoch {epoch} and has no export of it; leave the epoch out, or run afresh (--force)",
+            )
 
 
 def _check_run_folder(out: Path, resume: bool, force: bool, digest: str) -> None:

@@ -3,6 +3,7 @@ transfers each export as a recipe variant of its own, and ``plot ablation --x ex
 metric against the epoch with the paired Δ at each epoch."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +59,26 @@ def test_export_epochs_outside_the_run_or_out_of_order_are_refused(cli, tmp_path
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
 
 
+def test_random_init_trains_no_epoch_so_names_no_export_epoch():
+    from dropbench.core.models import BackboneConfig
+    from dropbench.pretrain.config import Recipe, Regime, pretrain_identity
+
+    backbone, recipe = BackboneConfig.load("vit_micro"), Recipe.load("cpu", {"export_epochs": [1, 2]})
+    assert pretrain_identity(backbone, Regime.load("no_dropout"), recipe, "mnist").sweep == {"recipe.export_epoch": 5}
+    assert pretrain_identity(backbone, Regime.load("random_init"), recipe, "mnist").sweep == {}
+
+
+@pytest.mark.slow
+def test_a_finished_run_given_an_epoch_it_did_not_export_is_refused(cli, tmp_path):
+    args = ["pretrain", "--backbone", "vit_micro", "--regime", "no_dropout", "--recipe", "cpu", "--data", "mnist"]
+    args += ["--out", str(tmp_path / "run"), "--results", str(tmp_path / "results")]
+    args += [f"{key}={value}" for key, value in TINY.items()]
+    code, _, err = cli(*args)
+    assert code == 0, err
+    code, _, err = cli(*args, "export_epochs=[1]")
+    assert code == 2 and "recipe.export_epochs" in err and "past epoch 1" in err, err
+
+
 @pytest.mark.slow
 def test_a_suite_over_pretraining_time_runs_through_compare_and_plot(cli, tmp_path):
     code, out, err = cli("suite", _suite(tmp_path, [1, 2]), "--jobs", "2")
@@ -98,3 +119,8 @@ def test_a_suite_over_pretraining_time_runs_through_compare_and_plot(cli, tmp_pa
             assert row.delta == pytest.approx(deltas.mean())
             assert (row.delta_low, row.delta_high) == pytest.approx(paired_t_interval(deltas))
     assert (tmp_path / "f" / "ablation_classification__optdigits__linear__top1.png").stat().st_size > 10_000
+
+    # a run made before an epoch was listed (here: its export removed) is refused, not skipped, by the next plan
+    shutil.rmtree(run / "exports" / "epoch1")
+    code, _, err = cli("suite", _suite(tmp_path, [1, 2]), "--dry-run")
+    assert code == 2 and "export_epochs" in err and "after epoch 1" in err, err

@@ -132,6 +132,15 @@ def test_a_reference_of_other_images_is_refused_before_anything_runs(cli, tmp_pa
     assert code == 2 and "cannot read" in err
     code, _, err = cli("eval", "--backbone", export, "--data", "/tmp", "--corruptions", "20")
     assert code == 2 and "--corruptions" in err
+    code, _, err = cli("eval", "--backbone", export, "--data", "mnist", "--mce-reference", reference)
+    assert code == 2 and "give --corruptions N too" in err
+    flawless = [f"mnist,{c},{s},20,{100.0 if c == 'brightness' else 90.0}" for c in CORRUPTIONS for s in SEVERITIES]
+    reference.write_text("dataset,corruption,severity,images,top1\n" + "\n".join(flawless) + "\n")
+    code, _, err = cli(*args, 20, "--mce-reference", reference)
+    assert code == 2 and "no error under brightness" in err
+    reference.write_text(reference.read_text().replace(",90.0", ",ninety", 1))
+    code, _, err = cli(*args, 20, "--mce-reference", reference)
+    assert code == 2 and "no number" in err
     assert not (tmp_path / "r").exists()
 
 
@@ -215,6 +224,25 @@ def test_a_fine_tuned_classifier_is_measured_under_corruptions_on_its_test_image
     assert records["corruption_drop"]["value"] == pytest.approx(
         records["clean_top1"]["value"] - records["corrupted_top1"]["value"]
     )
-    assert all(records[f"top1_{c}"]["value"] >= 0 for c in CORRUPTIONS)
+    with open(tmp_path / "work" / "corruptions.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    for corruption in CORRUPTIONS:
+        own = [float(row["top1"]) for row in rows if row["corruption"] == corruption]
+        assert len(own) == 5 and records[f"top1_{corruption}"]["value"] == pytest.approx(np.mean(own))
     code, _, err = cli(*args, "--protocol", "linear", "--work-dir", "w2", "--results", results, *tiny)
     assert code == 2 and "dataset.corruptions" in err and "'linear'" in err
+
+
+@pytest.mark.slow
+def test_corruption_evaluations_of_other_settings_are_kept_apart_in_the_table(cli, exports, tmp_path, monkeypatch):
+    """Two numbers of corrupted images are two experiments: two columns, never one cell of n = 2."""
+    monkeypatch.chdir(tmp_path)
+    for count in ("8", "10"):
+        code, _, err = cli(
+            "eval", "--backbone", exports["vit_micro"], "--data", "mnist", "--corruptions", count, "--results", "r"
+        )
+        assert code == 0, err
+    code, table, err = cli("compare", "--results", "r", "--format", "csv")
+    assert code == 0, err
+    rows = [row for row in csv.DictReader(table.splitlines()) if row["metric"] == "corrupted_top1"]
+    assert len(rows) == 2 and len({row["protocol"] for row in rows}) == 2 and {row["n"] for row in rows} == {"1"}

@@ -549,7 +549,7 @@ def _finetune(
         images, labels = corrupted
         under, rows = measure_corruptions(
             run.model, images, labels, run.eval_transform, config.name, CORRUPTION_CACHE,
-            batch_size=config.feature_batch_size, device=device,
+            batch_size=config.feature_batch_size, device=device, amp=config.amp,
         )  # fmt: skip
         atomic_write_csv(work_dir / CORRUPTIONS_FILE, CELL_COLUMNS, rows)
         measured |= under

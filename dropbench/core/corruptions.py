@@ -201,7 +201,7 @@ CELL_COLUMNS = ["dataset", "corruption", "severity", "images", "top1"]
 
 def measure_corruptions(
     model, images: np.ndarray, labels: np.ndarray, transform, name: str, cache_dir: Path, *, batch_size: int,
-    device, makers: int = 2,
+    device, makers: int = 2, amp: bool = True,
 ) -> tuple[dict[str, float], list[dict]]:  # fmt: skip
     """``model``'s top-1 on ``images`` clean and in every cell: ``(metrics, each cell's row for the csv)``. The
     metrics are ``corrupted_top1``, ``clean_top1``, ``corruption_drop`` and ``top1_<corruption>`` (the mean over
@@ -212,8 +212,8 @@ def measure_corruptions(
 
     with tqdm(total=len(CORRUPTIONS) * len(SEVERITIES), desc=f"corrupting {len(images)} {name}") as bar:
         cells = corrupted_set(images, name, cache_dir, SEED, makers, lambda *_: bar.update())
-    clean = _top1(model, images, labels, transform, batch_size, device)
-    top1 = {cell: _top1(model, array, labels, transform, batch_size, device) for cell, array in tqdm(cells.items())}
+    clean = _top1(model, images, labels, transform, batch_size, device, amp)
+    top1 = {c: _top1(model, array, labels, transform, batch_size, device, amp) for c, array in tqdm(cells.items())}
     mean = float(np.mean(list(top1.values())))
     metrics = {CORRUPTED_TOP1: mean, CLEAN_TOP1: clean, CORRUPTION_DROP: clean - mean}
     for corruption in CORRUPTIONS:
@@ -235,12 +235,12 @@ def mce_of(rows: list[dict], reference: list[dict]) -> float:
     return mean_corruption_error(corruption_errors(top1(rows)), corruption_errors(top1(reference)))
 
 
-def _top1(model, images: np.ndarray, labels: np.ndarray, transform, batch_size: int, device) -> float:
+def _top1(model, images: np.ndarray, labels: np.ndarray, transform, batch_size: int, device, amp: bool) -> float:
     from torch.utils.data import DataLoader
 
     from dropbench.core.loop import autocast_for, predict_logits
     from dropbench.core.readers import ArrayImageDataset
 
     loader = DataLoader(ArrayImageDataset(images, labels, transform), batch_size)
-    logits, targets = predict_logits(model, loader, device, autocast_for(device, True))
+    logits, targets = predict_logits(model, loader, device, autocast_for(device, amp))
     return 100.0 * logits.argmax(dim=1).eq(targets).double().mean().item()

@@ -189,6 +189,16 @@ def _epoch_sources(point: _Point, pretraining: Pretraining, run: Run) -> list["_
     recipe = pretraining.recipes[(point.recipe.config.name, point.seed)]
     if not point.regime.config.train:
         return []
+    if run.finished():  # a run made before these epochs were listed holds no export of them
+        missing = [
+            e for e in recipe.export_epochs if e < recipe.epochs and not (run.work_dir / epoch_export_dir(e)).is_dir()
+        ]
+        if missing:
+            raise UserInputError(
+                "pretrain.overrides.export_epochs",
+                f"{run.name} has finished without an export after epoch {missing[0]}; leave the epoch out, or run "
+                "that pretraining afresh (its command with --force)",
+            )
     point_dir = run.work_dir.parent
     return [
         _Source(
