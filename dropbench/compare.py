@@ -27,6 +27,7 @@ from scipy import stats as scipy_stats
 
 from dropbench.core.configs import PAPER_RESULTS
 from dropbench.core.corruptions import CLEAN_TOP1, CORRUPTED_TOP1
+from dropbench.core.corruptions import PROTOCOL as CORRUPTIONS_PROTOCOL
 from dropbench.core.errors import UserInputError
 from dropbench.core.identity import (
     CORRUPTION_DROP,
@@ -418,7 +419,7 @@ REFERENCE_REGIMES = ("random_init",)  # reference rows: shown in the table, not 
 PRETRAINING = "from_scratch"  # the protocol of a pretraining's own records
 PROTOCOL_HEADLINE = {
     PRETRAINING: ("top1", TRAIN_LOSS),  # its accuracy, and the training loss the paper's claim is about
-    "corruptions": (CORRUPTED_TOP1, CORRUPTION_DROP, MCE),  # the mean over the cells, its drop from clean, mCE
+    CORRUPTIONS_PROTOCOL: (CORRUPTED_TOP1, CORRUPTION_DROP, MCE),  # the mean over the cells, its drop from clean, mCE
 }
 
 

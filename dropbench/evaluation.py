@@ -30,10 +30,14 @@ from dropbench.core.corruptions import (
     CORRUPTIONS,
     SEED,
     SEVERITIES,
+    cell_top1,
     corruption_errors,
     mce_of,
     measure_corruptions,
     test_subset,
+)
+from dropbench.core.corruptions import (
+    PROTOCOL as CORRUPTIONS_PROTOCOL,
 )
 from dropbench.core.embedded import EMBEDDED_ARRAYS
 from dropbench.core.errors import UserInputError
@@ -117,9 +121,6 @@ def imagenet_class_indices(classes: list[str]) -> list[int]:
     return [synsets[name] for name in classes]
 
 
-CORRUPTIONS_PROTOCOL = "corruptions"
-
-
 def evaluate_export(
     backbone: Path,
     data: str,
@@ -133,14 +134,14 @@ def evaluate_export(
 ) -> dict[str, float]:
     """Top-1 and top-5 (percent) of the export's classifier and its calibration, or with ``corruptions`` > 0 its
     top-1 under corruptions on that many test images; one record per metric unless ``results_dir`` is None."""
+    if mce_reference is not None and not corruptions:
+        raise UserInputError("--mce-reference", "normalises a corruption evaluation's mCE: give --corruptions N too")
     model, sidecar = load_exported_model(backbone)
     settings = eval_transform_settings(sidecar, model)
     size = sidecar.image_size
     transform = build_transform(settings, size, is_training=False, mean=settings["mean"], std=settings["std"])
     content = {"input_size": size, **{k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}}
     workers = min(workers, 8)
-    if mce_reference is not None and not corruptions:
-        raise UserInputError("--mce-reference", "normalises a corruption evaluation's mCE: give --corruptions N too")
     if corruptions:
         images, labels = corruption_test_images(data, corruptions)
         cells, digest = _mce_reference(mce_reference, data, corruptions) if mce_reference else (None, None)
@@ -200,7 +201,7 @@ def _mce_reference(path: Path, data: str, count: int) -> tuple[list[dict], str]:
     cells = _read_cells(path)
     if {row["dataset"] for row in cells} != {data} or {row["images"] for row in cells} != {count}:
         raise UserInputError("--mce-reference", f"'{path}' was not measured on {count} {data} images")
-    errors = corruption_errors({f"{row['corruption']}/{row['severity']}": row["top1"] for row in cells})
+    errors = corruption_errors(cell_top1(cells))
     flawless = [corruption for corruption, error in errors.items() if error <= 0]
     if flawless:
         raise UserInputError(

@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from dropbench.core.errors import UserInputError  # noqa: E402
-from dropbench.core.io import atomic_write  # noqa: E402
+from dropbench.core.io import save_png  # noqa: E402
 
 
 def plot_schedules(schedules: dict[str, np.ndarray], iters_per_epoch: int, out: str | Path) -> Path:
@@ -27,14 +27,6 @@ def plot_schedules(schedules: dict[str, np.ndarray], iters_per_epoch: int, out: 
     ax.grid(alpha=0.3)
     ax.legend(frameon=False)
     return save_png(fig, out)
-
-
-def save_png(fig: plt.Figure, path: str | Path) -> Path:
-    """Write the figure atomically as a PNG and release it."""
-    fig.tight_layout()
-    written = atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
-    plt.close(fig)
-    return written
 
 
 DIAGNOSTIC_TITLES = {

@@ -4,6 +4,7 @@
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 from dropbench.core import training_fields as shared
@@ -12,6 +13,7 @@ from dropbench.core.embedded import ARRAY_TRAIN_IMAGES
 from dropbench.core.errors import UserInputError, did_you_mean
 from dropbench.core.fields import renamed_fields
 from dropbench.core.identity import EXPORT_EPOCH, Part, RunIdentity, StageName, settings_digest
+from dropbench.core.layout import epoch_export_dir
 from dropbench.core.models import BackboneConfig
 from dropbench.core.settings import (
     NON_NEGATIVE,
@@ -156,6 +158,17 @@ class Recipe(Settings):
     dataset_name: str | None = setting(None, result=False)  # the records' dataset name (default: from the data)
     # what was given on top of the recipe file (command line, suite): labels a variant in the table
     overrides: dict = dataclasses.field(default_factory=dict, compare=False, repr=False, metadata={"key": False})
+
+    @property
+    def earlier_export_epochs(self) -> tuple[int, ...]:
+        """The epochs of ``export_epochs`` before the last, each exported to ``exports/epoch<N>/``."""
+        return tuple(epoch for epoch in self.export_epochs if epoch < self.epochs)
+
+    def missing_epoch_exports(self, run_dir: Path, epochs_done: int) -> list[int]:
+        """The earlier export epochs a run in ``run_dir`` has passed (``epochs_done``) without an export of them:
+        epochs listed after it ran them."""
+        done = [epoch for epoch in self.earlier_export_epochs if epoch <= epochs_done]
+        return [epoch for epoch in done if not (run_dir / epoch_export_dir(epoch)).is_dir()]
 
     @classmethod
     def load(

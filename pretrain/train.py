@@ -164,12 +164,12 @@ class Pretraining(RecordedRun):
 
 def _check_epoch_exports(out: Path, recipe: Recipe, epochs_done: int) -> None:
     """Refuse ``export_epochs`` that name an epoch the run has passed without exporting it (listed after it ran)."""
-    for epoch in recipe.export_epochs:
-        if epoch <= epochs_done and epoch < recipe.epochs and not (out / epoch_export_dir(epoch)).is_dir():
-            raise UserInputError(
-                "recipe.export_epochs",
-                f"'{out}' is past epoch {epoch} and has no export of it; leave the epoch out, or run afresh (--force)",
-            )
+    missing = recipe.missing_epoch_exports(out, epochs_done)
+    if missing:
+        raise UserInputError(
+            "recipe.export_epochs",
+            f"'{out}' is past epoch {missing[0]} and has no export of it; leave the epoch out, or run afresh (--force)",
+        )
 
 
 def _check_run_folder(out: Path, resume: bool, force: bool, digest: str) -> None:
@@ -279,7 +279,7 @@ def _train(
         rng_states = gather_rng_states()
         if processes.main:
             reporter.end_epoch(row, epoch, recipe.epochs)
-            if epoch + 1 in recipe.export_epochs and epoch + 1 < epochs:
+            if epoch + 1 in recipe.earlier_export_epochs:
                 export_after(epoch + 1, row)
             state = checkpoint_state(run, place, epoch + 1, update, rng_states, reporter.initial_weights)
             save_checkpoint(place.out / CHECKPOINT_FILE, state)

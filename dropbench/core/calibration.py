@@ -15,7 +15,7 @@ from torch import nn
 from torchmetrics.functional.classification import multiclass_calibration_error
 
 from dropbench.core.identity import NATS, PERCENT
-from dropbench.core.io import atomic_write, atomic_write_csv
+from dropbench.core.io import atomic_write_csv, save_png
 
 ECE_BINS = 15
 SPLIT_SEED = 0
@@ -124,7 +124,5 @@ def plot_reliability(bins: dict[str, list[dict]], out: str | Path, title: str = 
     share.set_ylabel("images")
     if title:
         ax.set_title(title, fontsize=8)
-    fig.tight_layout()
-    png = atomic_write(out, lambda tmp: fig.savefig(tmp, format="png"))
-    plt.close(fig)
+    png = save_png(fig, out)
     return [png, atomic_write_csv(Path(out).with_suffix(".csv"), ["scaling", *rows[0]], rows)]

@@ -188,12 +188,10 @@ def corruption_errors(top1: dict[str, float]) -> dict[str, float]:
 def mean_corruption_error(errors: dict[str, float], reference: dict[str, float]) -> float:
     """mCE (percent): the mean over corruptions of the summed error divided by the reference's (Hendrycks &
     Dietterich's CE_c, normalised by a reference model's errors as theirs are by AlexNet's)."""
-    missing = sorted(set(CORRUPTIONS) - set(reference))
-    if missing:
-        raise KeyError(f"the reference has no error for {', '.join(missing)}")
     return 100.0 * float(np.mean([errors[c] / reference[c] for c in CORRUPTIONS]))
 
 
+PROTOCOL = "corruptions"  # the protocol of an export's evaluation under corruptions
 CORRUPTED_TOP1 = "corrupted_top1"  # the mean top-1 over the 75 cells
 CLEAN_TOP1 = "clean_top1"  # the top-1 on the same images, uncorrupted
 CELL_COLUMNS = ["dataset", "corruption", "severity", "images", "top1"]
@@ -226,13 +224,14 @@ def measure_corruptions(
     return metrics, rows
 
 
+def cell_top1(rows: list[dict]) -> dict[str, float]:
+    """``{"<corruption>/<severity>": top1}`` from cell rows as ``measure_corruptions`` writes them."""
+    return {f"{row['corruption']}/{row['severity']}": float(row["top1"]) for row in rows}
+
+
 def mce_of(rows: list[dict], reference: list[dict]) -> float:
     """The mCE of a run's cell rows against a reference's (both as ``measure_corruptions`` writes them)."""
-
-    def top1(cells: list[dict]) -> dict[str, float]:
-        return {f"{r['corruption']}/{r['severity']}": float(r["top1"]) for r in cells}
-
-    return mean_corruption_error(corruption_errors(top1(rows)), corruption_errors(top1(reference)))
+    return mean_corruption_error(corruption_errors(cell_top1(rows)), corruption_errors(cell_top1(reference)))
 
 
 def _top1(model, images: np.ndarray, labels: np.ndarray, transform, batch_size: int, device, amp: bool) -> float:

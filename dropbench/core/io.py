@@ -73,3 +73,13 @@ def atomic_write_csv(path: str | os.PathLike, columns: list[str], rows: list[dic
     writer.writeheader()
     writer.writerows(rows)
     return atomic_write_text(path, buffer.getvalue())
+
+
+def save_png(fig, path: str | os.PathLike) -> Path:
+    """Write a matplotlib figure atomically as a PNG and release it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    written = atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+    return written

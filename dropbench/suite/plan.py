@@ -190,9 +190,7 @@ def _epoch_sources(point: _Point, pretraining: Pretraining, run: Run) -> list["_
     if not point.regime.config.train:
         return []
     if run.finished():  # a run made before these epochs were listed holds no export of them
-        missing = [
-            e for e in recipe.export_epochs if e < recipe.epochs and not (run.work_dir / epoch_export_dir(e)).is_dir()
-        ]
+        missing = recipe.missing_epoch_exports(run.work_dir, recipe.epochs)
         if missing:
             raise UserInputError(
                 "pretrain.overrides.export_epochs",
@@ -207,8 +205,7 @@ def _epoch_sources(point: _Point, pretraining: Pretraining, run: Run) -> list["_
             run.identity.at_epoch(epoch),
             run.name,
         )
-        for epoch in recipe.export_epochs
-        if epoch < recipe.epochs
+        for epoch in recipe.earlier_export_epochs
     ]
 
 
