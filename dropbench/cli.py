@@ -172,18 +172,10 @@ def _import(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from dropbench.evaluation import evaluate_export
+    """``dropbench eval``: the ``eval`` task (``dropbench transfer eval``) with no work folder, which it needs not."""
+    from dropbench.tasks import transfer_task
 
-    evaluate_export(
-        Path(args.backbone),
-        args.data,
-        Path(args.results) if args.results else None,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        device=args.device,
-        corruptions=args.corruptions,
-        mce_reference=Path(args.mce_reference) if args.mce_reference else None,
-    )
+    transfer_task("eval").run(argparse.Namespace(**vars(args), seed=None, work_dir=None, force=True, resume=False))
 
 
 def _compare(args: argparse.Namespace) -> None:
@@ -338,27 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
         "eval", help="top-1/top-5 and calibration of an export's classifier, or its top-1 under corruptions"
     )
     evaluation.add_argument("--backbone", required=True, help="an export folder")
-    evaluation.add_argument(
-        "--data",
-        required=True,
-        help="'mnist', 'fashion_mnist', a folder with val/<class>/*, or an ImageNet-V2/R/A/Sketch folder",
-    )
     evaluation.add_argument("--results", default="results", help="records go to RESULTS/records ('' for none)")
-    evaluation.add_argument("--batch-size", type=int, default=128)
-    evaluation.add_argument("--workers", type=int, default=4)
-    evaluation.add_argument("--device")
-    evaluation.add_argument(
-        "--corruptions",
-        type=int,
-        default=0,
-        metavar="N",
-        help="instead, top-1 on N test images under 15 corruptions x 5 severities (ImageNet-C's; mnist, fashion_mnist)",
-    )
-    evaluation.add_argument(
-        "--mce-reference",
-        metavar="CSV",
-        help="with --corruptions: an earlier run's RESULTS/corruptions/<run>.csv; its errors normalise the mCE",
-    )
+    transfer_tasks()["eval"].add_arguments(evaluation)
     evaluation.set_defaults(run=_eval)
 
     compare = commands.add_parser("compare", help="the comparison table from result records")

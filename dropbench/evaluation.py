@@ -5,10 +5,13 @@ written as records of stage ``eval``.
 
 ``--corruptions N`` measures it instead on N test images under ImageNet-C's 15 corruptions × 5 severities
 (``dropbench.core.corruptions``), as protocol ``corruptions``: the mean top-1 over the 75 cells, each corruption's,
-the drop from the clean top-1 on the same images, and the mCE against a reference run's errors where one is given."""
+the drop from the clean top-1 on the same images, and the mCE against a reference run's errors where one is given.
+An ImageNet-C folder (``<corruption>/<severity>/<class>/``) is measured so as it is, without --corruptions.
+
+It is the registry's ``eval`` task (``dropbench.tasks.evaluation``), which a suite runs on every export: the
+options give the settings (``eval_settings``), which give the records' identity (``EvalSettings.part``)."""
 
 import csv
-import dataclasses
 import hashlib
 import logging
 import os
@@ -42,7 +45,7 @@ from dropbench.core.corruptions import (
 from dropbench.core.embedded import EMBEDDED_ARRAYS
 from dropbench.core.errors import UserInputError
 from dropbench.core.export import ExportSidecar, load_exported_model
-from dropbench.core.identity import CORRUPTION_DROP, MCE, Part, StageName
+from dropbench.core.identity import CORRUPTION_DROP, MCE, Part, RunIdentity
 from dropbench.core.io import atomic_write_csv
 from dropbench.core.lifecycle import Measured, RecordedRun, RunContext
 from dropbench.core.loop import accuracy_metrics, autocast_for, predict_logits
@@ -81,22 +84,106 @@ def eval_transform_settings(sidecar: ExportSidecar, model: torch.nn.Module) -> d
     return {key: config[key] for key in ("crop_pct", "interpolation", "mean", "std")}
 
 
-def _dataset(data: str, transform) -> tuple[torch.utils.data.Dataset, str, list[int] | None]:
-    """``(dataset, its name, the ImageNet-1k classes it holds where they are a subset)``."""
+@dataclass(frozen=True)
+class EvalSettings:
+    """What an evaluation measures, from its options alone: the export's own settings (its input size and
+    evaluation transform) are the export's, which the records' pretraining identity names.
+
+    ``data`` is an embedded set, a folder with ``val/<class>/``, a folder of ImageNet-1k class folders
+    (ImageNet-V2, -R, -A, -Sketch) or an ImageNet-C folder (``<corruption>/<severity>/<class>/``)."""
+
+    data: str
+    dataset: str  # as the records name it
+    protocol: str  # "val", or "corruptions"
+    corruptions: int = 0  # generated corruptions of that many test images (embedded sets)
+    mce_reference: Path | None = None
+    reference: list[dict] | None = field(default=None, compare=False, repr=False)  # its cells
+    reference_digest: str | None = None
+    class_subset: list[int] | None = None  # the ImageNet-1k classes a folder holds, where they are a subset
+    imagenet_c: bool = False  # a folder in ImageNet-C's layout
+    batch_size: int = 128
+    workers: int = 4
+    device: str | None = None
+
+    def part(self) -> Part:
+        """The records' task part: what tells this evaluation's variants apart."""
+        content: dict = {"class_subset": self.class_subset} if self.class_subset is not None else {}
+        if self.protocol == CORRUPTIONS_PROTOCOL:
+            images = "imagenet-c folder" if self.imagenet_c else self.corruptions
+            content |= {"corruptions": images, "corruption_seed": SEED, "mce_reference": self.reference_digest}
+        return Part.of(content)
+
+
+def eval_settings(
+    data: str,
+    corruptions: int = 0,
+    mce_reference: Path | None = None,
+    batch_size: int = 128,
+    workers: int = 4,
+    device: str | None = None,
+) -> EvalSettings:
+    """An evaluation's options checked before any export is read (a suite's plan checks them so)."""
+    if mce_reference is not None and not corruptions and not imagenet_c_layout(Path(data)):
+        raise UserInputError("--mce-reference", "normalises a corruption evaluation's mCE: give --corruptions N too")
+    common = dict(batch_size=batch_size, workers=min(workers, 8), device=device)
+    if imagenet_c_layout(Path(data)):
+        if corruptions:
+            raise UserInputError("--corruptions", f"'{data}' holds its corrupted images already; leave it out")
+        name = Path(data).resolve().name
+        cells, digest = _mce_reference(mce_reference, name, None) if mce_reference else (None, None)
+        subset = _class_subset(_class_names(Path(data) / CORRUPTIONS[0] / str(SEVERITIES[0])))
+        return EvalSettings(data, name, CORRUPTIONS_PROTOCOL, 0, mce_reference, cells, digest, subset, True, **common)
+    if corruptions:
+        corruption_test_images(data, corruptions)
+        cells, digest = _mce_reference(mce_reference, data, corruptions) if mce_reference else (None, None)
+        return EvalSettings(data, data, CORRUPTIONS_PROTOCOL, corruptions, mce_reference, cells, digest, **common)
+    name, subset = _describe_data(data)
+    return EvalSettings(data, name, "val", class_subset=subset, **common)
+
+
+def imagenet_c_layout(root: Path) -> bool:
+    """Whether a folder is in ImageNet-C's layout: a folder per corruption, a folder per severity in each."""
+    return (root / CORRUPTIONS[0] / str(SEVERITIES[0])).is_dir()
+
+
+def _class_names(folder: Path) -> list[str]:
+    with os.scandir(folder) as entries:
+        return sorted(entry.name for entry in entries if entry.is_dir())
+
+
+def _class_subset(classes: list[str]) -> list[int] | None:
+    targets = imagenet_class_indices(classes)
+    return sorted(targets) if len(targets) < IMAGENET_CLASSES else None
+
+
+def _describe_data(data: str) -> tuple[str, list[int] | None]:
+    """``(the set's name, the ImageNet-1k classes it holds where they are a subset)``, from its folders alone."""
     if data in EMBEDDED_ARRAYS:
-        return ArrayImageDataset(*load_embedded(data, "test"), transform=transform), data, None
+        return data, None
     root = Path(data)
     if not root.is_dir():
-        raise UserInputError("--data", f"'{data}' is neither one of {EMBEDDED_ARRAYS} nor a folder")
+        raise UserInputError(
+            "--data", f"'{data}' is neither one of {EMBEDDED_ARRAYS} nor a folder; give a set name or a folder"
+        )
+    if (root / "val").is_dir():
+        return IMAGENET_1K if imagenet_1k_layout(root / "val") else root.resolve().name, None
+    # a test set of ImageNet-1k classes with its class folders at the top: ImageNet-V2, -R, -A, -Sketch
+    return root.resolve().name, _class_subset(_class_names(root))
+
+
+def _dataset(data: str, transform, check_images: bool = True) -> Dataset:
+    """The labelled images of an evaluation's ``data``; class folders of ImageNet-1k classes are labelled with
+    their ImageNet-1k index."""
+    if data in EMBEDDED_ARRAYS:
+        return ArrayImageDataset(*load_embedded(data, "test"), transform=transform)
+    root = Path(data)
     if (root / "val").is_dir():
         (val,) = image_folders(root, ("val",), "--data")
         val.transform = transform
-        return val, IMAGENET_1K if imagenet_1k_layout(root / "val") else root.resolve().name, None
-    # a test set of ImageNet-1k classes with its class folders at the top: ImageNet-V2, -R, -A, -Sketch
-    (folder,) = image_folders(root.resolve().parent, (root.resolve().name,), "--data")
-    targets = imagenet_class_indices(folder.classes)
-    folder.transform, folder.target_transform = transform, targets.__getitem__
-    return folder, root.resolve().name, sorted(targets) if len(targets) < IMAGENET_CLASSES else None
+        return val
+    (folder,) = image_folders(root.resolve().parent, (root.resolve().name,), "--data", check_images)
+    folder.transform, folder.target_transform = transform, imagenet_class_indices(folder.classes).__getitem__
+    return folder
 
 
 IMAGENET_CLASSES = 1000
@@ -132,62 +219,52 @@ def evaluate_export(
     mce_reference: Path | None = None,
     cache_dir: Path = CACHE,
 ) -> dict[str, float]:
-    """Top-1 and top-5 (percent) of the export's classifier and its calibration, or with ``corruptions`` > 0 its
-    top-1 under corruptions on that many test images; one record per metric unless ``results_dir`` is None."""
-    if mce_reference is not None and not corruptions:
-        raise UserInputError("--mce-reference", "normalises a corruption evaluation's mCE: give --corruptions N too")
+    """Top-1 and top-5 (percent) of the export's classifier and its calibration, or with ``corruptions`` > 0 (or
+    an ImageNet-C folder) its top-1 under corruptions; one record per metric unless ``results_dir`` is None."""
+    from dropbench.core.export import read_sidecar
+    from dropbench.tasks.evaluation import EVAL_TASK
+
+    settings = eval_settings(data, corruptions, mce_reference, batch_size, workers, device)
+    identity = EVAL_TASK.run_identity(settings, read_sidecar(backbone).pretraining_identity(), None)
+    return measure_export(Path(backbone), settings, identity, results_dir, cache_dir)
+
+
+def measure_export(
+    backbone: Path, settings: EvalSettings, identity: RunIdentity, results_dir: Path | None, cache_dir: Path = CACHE
+) -> dict[str, float]:
+    """Run the evaluation ``settings`` describe on the export, as ``identity``; its values."""
     model, sidecar = load_exported_model(backbone)
-    settings = eval_transform_settings(sidecar, model)
-    size = sidecar.image_size
-    transform = build_transform(settings, size, is_training=False, mean=settings["mean"], std=settings["std"])
-    content = {"input_size": size, **{k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}}
-    workers = min(workers, 8)
-    if corruptions:
-        images, labels = corruption_test_images(data, corruptions)
-        cells, digest = _mce_reference(mce_reference, data, corruptions) if mce_reference else (None, None)
-        content |= {"corruptions": corruptions, "corruption_seed": SEED, "mce_reference": digest}
-        identity = _eval_identity(sidecar, data, CORRUPTIONS_PROTOCOL, Part.of(content))
-        stage = CorruptionEvaluation(
-            identity,
-            model,
-            sidecar,
-            None,
-            Path(backbone),
-            batch_size,
-            workers,
-            device,
-            images=images,
-            labels=labels,
-            transform=transform,
-            cache_dir=Path(cache_dir),
-            reference=cells,
-        )
+    transform_settings = eval_transform_settings(sidecar, model)
+    mean, std = transform_settings["mean"], transform_settings["std"]
+    transform = build_transform(transform_settings, sidecar.image_size, is_training=False, mean=mean, std=std)
+    common = (identity, model, sidecar, Path(backbone), settings, transform)
+    if settings.protocol == CORRUPTIONS_PROTOCOL:
+        _check_head(sidecar, settings.imagenet_c, settings.class_subset)
+        stage = CorruptionEvaluation(*common, cache_dir=Path(cache_dir))
     else:
-        dataset, name, subset = _dataset(data, transform)
-        if subset is not None or getattr(dataset, "target_transform", None) is not None:
-            if sidecar.num_classes != IMAGENET_CLASSES:
-                raise UserInputError("--data", f"ImageNet-1k classes, the export's head has {sidecar.num_classes}")
-        elif len(getattr(dataset, "classes", [])) > sidecar.num_classes:
+        stage = Evaluation(*common)
+        dataset = stage.dataset()
+        _check_head(sidecar, getattr(dataset, "target_transform", None) is not None, settings.class_subset)
+        if len(getattr(dataset, "classes", [])) > sidecar.num_classes:
             classes = len(dataset.classes)
             raise UserInputError("--data", f"{classes} classes, the export's head has {sidecar.num_classes}")
-        content |= {"class_subset": subset} if subset is not None else {}
-        identity = _eval_identity(sidecar, name, "val", Part.of(content))
-        stage = Evaluation(identity, model, sidecar, dataset, Path(backbone), batch_size, workers, device, subset)
     # an evaluation is measured again whenever it is asked for: its records replace the earlier ones
     stage.run(results_dir, force=True)
     return stage.values
 
 
-def _eval_identity(sidecar: ExportSidecar, dataset: str, protocol: str, part: Part):
-    identity = sidecar.pretraining_identity().transfer("classification", dataset, protocol, 0, part)
-    return dataclasses.replace(identity, stage=StageName.EVAL)
+def _check_head(sidecar: ExportSidecar, imagenet_classes: bool, subset: list[int] | None) -> None:
+    if (imagenet_classes or subset is not None) and sidecar.num_classes != IMAGENET_CLASSES:
+        raise UserInputError("--data", f"ImageNet-1k classes, the export's head has {sidecar.num_classes}")
 
 
 def corruption_test_images(data: str, count: int) -> tuple[np.ndarray, np.ndarray]:
     """The ``count`` test images (and labels) a corruption evaluation measures, drawn with the corruption seed."""
     if data not in EMBEDDED_ARRAYS:
         raise UserInputError(
-            "--corruptions", f"corruptions are generated on {' or '.join(EMBEDDED_ARRAYS)}; '{data}' is neither"
+            "--corruptions",
+            f"corruptions are generated on {' or '.join(EMBEDDED_ARRAYS)}; '{data}' is neither (an ImageNet-C "
+            "folder needs no --corruptions)",
         )
     images, labels = load_embedded(data, "test")
     if not 0 < count <= len(images):
@@ -196,11 +273,13 @@ def corruption_test_images(data: str, count: int) -> tuple[np.ndarray, np.ndarra
     return images[chosen], labels[chosen]
 
 
-def _mce_reference(path: Path, data: str, count: int) -> tuple[list[dict], str]:
-    """The reference's cells, measured on the same images, and the digest of its file."""
+def _mce_reference(path: Path, data: str, count: int | None) -> tuple[list[dict], str]:
+    """The reference's cells, measured on the same images (``count`` of them; None: an ImageNet-C folder's, which
+    are compared cell by cell once its folders are read), and the digest of its file."""
     cells = _read_cells(path)
-    if {row["dataset"] for row in cells} != {data} or {row["images"] for row in cells} != {count}:
-        raise UserInputError("--mce-reference", f"'{path}' was not measured on {count} {data} images")
+    if {row["dataset"] for row in cells} != {data} or (count is not None and {r["images"] for r in cells} != {count}):
+        what = f"{count} {data} images" if count is not None else f"'{data}'"
+        raise UserInputError("--mce-reference", f"'{path}' was not measured on {what}")
     errors = corruption_errors(cell_top1(cells))
     flawless = [corruption for corruption, error in errors.items() if error <= 0]
     if flawless:
@@ -236,23 +315,31 @@ class Evaluation(RecordedRun):
 
     model: torch.nn.Module
     sidecar: ExportSidecar
-    dataset: Dataset
     export: Path
-    batch_size: int
-    workers: int
-    device: str | None
-    # the classes the set holds, where it holds some of the head's: the logits are restricted to them (ImageNet-R
-    # and -A hold 200 of ImageNet-1k's, and timm's validate.py restricts them so with --class-map)
-    class_subset: list[int] | None = None
+    settings: EvalSettings
+    transform: object
     values: dict[str, float] = field(default_factory=dict)
 
-    def execute(self, context: RunContext) -> Measured:
-        dev = torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        loader = DataLoader(self.dataset, self.batch_size, num_workers=self.workers, pin_memory=dev.type == "cuda")
+    def dataset(self) -> Dataset:
+        return _dataset(self.settings.data, self.transform)
+
+    def predict(self, dataset: Dataset, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and labels; where the set holds some of the head's classes the logits are restricted to them
+        (ImageNet-R and -A hold 200 of ImageNet-1k's, and timm's validate.py restricts them so with --class-map)."""
+        batch, workers = self.settings.batch_size, self.settings.workers
+        loader = DataLoader(dataset, batch, num_workers=workers, pin_memory=dev.type == "cuda")
         logits, labels = predict_logits(self.model.to(dev), loader, dev, autocast_for(dev, True))
-        if self.class_subset is not None:
-            subset = torch.tensor(self.class_subset)
+        if self.settings.class_subset is not None:
+            subset = torch.tensor(self.settings.class_subset)
             logits, labels = logits[:, subset], torch.searchsorted(subset, labels)
+        return logits, labels
+
+    def device(self) -> torch.device:
+        return torch.device(self.settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    def execute(self, context: RunContext) -> Measured:
+        dataset = self.dataset()
+        logits, labels = self.predict(dataset, self.device())
         top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(labels[:, None]).any(dim=1)
         calibration, bins = calibrate(logits, labels)
         self.values = {
@@ -268,37 +355,72 @@ class Evaluation(RecordedRun):
         logger.info(
             f"{self.sidecar.name} / {self.sidecar.regime or '?'} on {self.identity.dataset}: "
             f"top1 {self.values['top1']:.2f}%  top5 {self.values['top5']:.2f}%  ECE {calibration['ece']:.2f}% → "
-            f"{calibration['ece_ts']:.2f}% at T {calibration['temperature']:.2f}  ({len(self.dataset)} images)"
+            f"{calibration['ece_ts']:.2f}% at T {calibration['temperature']:.2f}  ({len(dataset)} images)"
         )
         return Measured(self.values, units=CALIBRATION_UNITS, model=self.sidecar.model, run_dir=self.export)
 
 
 @dataclass
 class CorruptionEvaluation(Evaluation):
-    """The export's classifier on the corrupted copies of a set of test images, each cell's top-1 in a csv."""
+    """The export's classifier on corrupted copies of test images (generated ones, or an ImageNet-C folder's),
+    each cell's top-1 in a csv."""
 
-    images: np.ndarray | None = None
-    labels: np.ndarray | None = None
-    transform: object = None
     cache_dir: Path = CACHE
-    reference: list[dict] | None = None
 
     def execute(self, context: RunContext) -> Measured:
-        dev = torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        name, makers = self.identity.dataset, max(1, min(self.workers, os.cpu_count() or 1))
-        measure = dict(batch_size=self.batch_size, device=dev, makers=makers)
-        self.values, rows = measure_corruptions(
-            self.model.to(dev), self.images, self.labels, self.transform, name, self.cache_dir, **measure
-        )
-        if self.reference is not None:
-            self.values[MCE] = mce_of(rows, self.reference)
+        dev, settings = self.device(), self.settings
+        if settings.imagenet_c:
+            self.values, rows = self._measure_folders(dev)
+            images = f"{rows[0]['images']} images"
+        else:
+            chosen, labels = corruption_test_images(settings.data, settings.corruptions)
+            makers = max(1, min(settings.workers, os.cpu_count() or 1))
+            measure = dict(batch_size=settings.batch_size, device=dev, makers=makers)
+            self.values, rows = measure_corruptions(
+                self.model.to(dev), chosen, labels, self.transform, settings.dataset, self.cache_dir, **measure
+            )
+            images = f"{len(chosen)} images"
+        if settings.reference is not None:
+            self.values[MCE] = mce_of(rows, settings.reference)
         if context.results_dir is not None:
             stem = self.identity.stem().rstrip("_")
             atomic_write_csv(Path(context.results_dir) / "corruptions" / f"{stem}.csv", CELL_COLUMNS, rows)
         shown = f"mCE {self.values[MCE]:.1f}%" if MCE in self.values else "no mCE reference"
+        clean = self.values.get(CLEAN_TOP1)
+        clean = f" (clean {clean:.2f}%, drop {self.values[CORRUPTION_DROP]:.2f})" if clean is not None else ""
         logger.info(
-            f"{self.sidecar.name} / {self.sidecar.regime or '?'} on corrupted {name}: "
-            f"top1 {self.values[CORRUPTED_TOP1]:.2f}% (clean {self.values[CLEAN_TOP1]:.2f}%, drop "
-            f"{self.values[CORRUPTION_DROP]:.2f}), {shown} ({len(self.images)} images × 75 cells)"
+            f"{self.sidecar.name} / {self.sidecar.regime or '?'} on corrupted {settings.dataset}: "
+            f"top1 {self.values[CORRUPTED_TOP1]:.2f}%{clean}, {shown} ({images} × 75 cells)"
         )
         return Measured(self.values, units={CORRUPTION_DROP: "points"}, model=self.sidecar.model, run_dir=self.export)
+
+    def _measure_folders(self, dev: torch.device) -> tuple[dict[str, float], list[dict]]:
+        """Each cell of an ImageNet-C folder (``<corruption>/<severity>/<class>/``): its top-1, as
+        ``measure_corruptions`` gives it for generated cells (ImageNet-C has no clean images: no drop)."""
+        from tqdm import tqdm
+
+        root = Path(self.settings.data)
+        missing = [f"{c}/{s}" for c in CORRUPTIONS for s in SEVERITIES if not (root / c / str(s)).is_dir()]
+        if missing:
+            raise UserInputError("--data", f"'{root}' has no {missing[0]}/ folder: ImageNet-C has 15 × 5 cells")
+        cells = [(c, s) for c in CORRUPTIONS for s in SEVERITIES]  # 75 × 50,000 files: no header read up front
+        folders = {f"{c}/{s}": _dataset(str(root / c / str(s)), self.transform, False) for c, s in cells}
+        if self.settings.reference is not None:
+            expected = {f"{r['corruption']}/{r['severity']}": r["images"] for r in self.settings.reference}
+            differing = [cell for cell, folder in folders.items() if len(folder) != expected[cell]]
+            if differing:
+                raise UserInputError("--mce-reference", f"its {differing[0]} cell holds other images than '{root}'s")
+        top1 = {}
+        for cell, folder in tqdm(folders.items(), desc=f"corrupted {self.settings.dataset}"):
+            logits, labels = self.predict(folder, dev)
+            top1[cell] = 100.0 * logits.argmax(dim=1).eq(labels).double().mean().item()
+        metrics = {CORRUPTED_TOP1: float(np.mean(list(top1.values())))}
+        for corruption in CORRUPTIONS:
+            metrics[f"top1_{corruption}"] = float(np.mean([top1[f"{corruption}/{s}"] for s in SEVERITIES]))
+        rows = [
+            {"dataset": self.settings.dataset, "corruption": c, "severity": s, "images": len(folders[f"{c}/{s}"])}
+            | {"top1": top1[f"{c}/{s}"]}
+            for c in CORRUPTIONS
+            for s in SEVERITIES
+        ]
+        return metrics, rows

@@ -13,8 +13,13 @@ import torch
 # benchmarks/gpu_smoke.py's. DROPBENCH_TESTS_ON_GPU=1 leaves the GPUs visible.
 if os.environ.get("DROPBENCH_TESTS_ON_GPU") != "1":
     os.environ["CUDA_VISIBLE_DEVICES"] = ""
-os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
-torch.set_num_threads(os.cpu_count() or 1)
+# Under pytest-xdist (make test) each worker gets its share of the cores, for itself and the runs it starts.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+_THREADS = max(1, (os.cpu_count() or 1) // _WORKERS)
+if _WORKERS > 1:
+    os.environ["OMP_NUM_THREADS"] = str(_THREADS)
+os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
+torch.set_num_threads(_THREADS)
 
 MICRO_BACKBONES = ["vit_micro", "swin_micro", "convnext_micro", "mixer_micro"]
 
@@ -66,17 +71,19 @@ def exports(tmp_path_factory) -> dict[str, Path]:
     return made
 
 
-def make_untrained_export(name: str, folder: Path, regime: str = "no_dropout") -> Path:
-    """A freshly initialised backbone (a micro config or any timm name) in the export format."""
+def make_untrained_export(name: str, folder: Path, regime: str = "no_dropout", classes: int = 10) -> Path:
+    """A freshly initialised backbone (a micro config or any timm name) with a ``classes``-way head, in the export
+    format."""
     from dropbench.core.export import ExportSidecar, export_backbone
     from dropbench.core.models import BackboneConfig
 
     backbone = BackboneConfig.load(name)
     sidecar = ExportSidecar(
-        backbone.model, backbone.kwargs, 10, backbone.input_size, name, regime, "cpu", seed=0, config_hash="0" * 16
-    )
+        backbone.model, backbone.kwargs, classes, backbone.input_size, name, regime, "cpu", seed=0,
+        config_hash="0" * 16,
+    )  # fmt: skip
     torch.manual_seed(0)
-    return export_backbone(backbone.create_model(10), folder, sidecar)
+    return export_backbone(backbone.create_model(classes), folder, sidecar)
 
 
 def kill_once_written(arguments: list[str], checkpoint: Path, cwd: Path) -> None:

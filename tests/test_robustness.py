@@ -144,19 +144,6 @@ def test_a_reference_of_other_images_is_refused_before_anything_runs(cli, tmp_pa
     assert not (tmp_path / "r").exists()
 
 
-def _thousand_class_export(folder):
-    from dropbench.core.export import ExportSidecar, export_backbone
-    from dropbench.core.models import BackboneConfig
-
-    backbone = BackboneConfig.load("vit_micro")
-    sidecar = ExportSidecar(
-        backbone.model, backbone.kwargs, 1000, backbone.input_size, "vit_micro", "no_dropout", "cpu", seed=0,
-        config_hash="0" * 16,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    return export_backbone(backbone.create_model(1000), folder, sidecar)
-
-
 @pytest.mark.parametrize("layout", ["imagenet-r", "imagenetv2"])
 def test_a_set_of_some_imagenet_classes_is_scored_on_those_classes_alone(cli, tmp_path, layout):
     """ImageNet-R's folders are WordNet ids of 200 classes, ImageNet-V2's the indices 0-999: the logits are restricted
@@ -178,7 +165,7 @@ def test_a_set_of_some_imagenet_classes_is_scored_on_those_classes_alone(cli, tm
             path = root / (synsets[index] if layout == "imagenet-r" else str(index)) / f"{k}.png"
             Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(path)
             files.append((path, index))
-    export = _thousand_class_export(tmp_path / "export")
+    export = make_untrained_export("vit_micro", tmp_path / "export", classes=1000)
     code, _, err = cli("eval", "--backbone", export, "--data", root, "--results", tmp_path / "r", "--workers", "0")
     assert code == 0, err
     values = {
@@ -202,7 +189,7 @@ def test_a_set_of_some_imagenet_classes_is_scored_on_those_classes_alone(cli, tm
 def test_class_folders_that_are_no_imagenet_classes_are_refused(cli, tmp_path):
     (tmp_path / "set" / "cats").mkdir(parents=True)
     Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(tmp_path / "set" / "cats" / "a.png")
-    export = _thousand_class_export(tmp_path / "export")
+    export = make_untrained_export("vit_micro", tmp_path / "export", classes=1000)
     code, _, err = cli("eval", "--backbone", export, "--data", tmp_path / "set", "--results", tmp_path / "r")
     assert code == 2 and "'cats'" in err and "val/<class>/" in err
 

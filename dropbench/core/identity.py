@@ -144,12 +144,20 @@ class RunIdentity(RunFields):
         parts = {**self.parts, "recipe": Part(digest, overrides)}
         return dataclasses.replace(self, sweep={**self.sweep, EXPORT_EPOCH: epoch}, parts=parts)
 
-    def transfer(self, task: str, dataset: str, protocol: str, transfer_seed: int, task_part: Part) -> "RunIdentity":
-        """The identity of a transfer of this (pretraining) run's export."""
+    def transfer(
+        self,
+        task: str,
+        dataset: str,
+        protocol: str,
+        transfer_seed: int,
+        task_part: Part,
+        stage: StageName = StageName.TRANSFER,
+    ) -> "RunIdentity":
+        """The identity of a transfer (or with ``stage`` eval, an evaluation) of this (pretraining) run's export."""
         parts = {**{k: v for k, v in self.parts.items() if k != "task"}, "task": task_part}
         return dataclasses.replace(
             self,
-            stage=StageName.TRANSFER,
+            stage=stage,
             task=task,
             dataset=dataset,
             protocol=protocol,

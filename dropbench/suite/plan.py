@@ -118,9 +118,13 @@ def load_suite(path: str | Path) -> Suite:
         point = runs_dir / f"{identity.backbone}-{identity.regime}-seed{identity.seed}"
         sources.append((None, _Source(point, export, identity, None), tasks))
     runs = []
+    per_export = sum(len(transfer_seeds) if task.transfer_seed is None else 1 for task in tasks)
     for pretraining_run, source, source_tasks in sources:
         runs += [pretraining_run] if pretraining_run else []
-        runs += [_transfer_run(source, results_dir, t, s, seeded) for t in source_tasks for s in transfer_seeds]
+        for task in source_tasks:
+            task_seeds = transfer_seeds if task.transfer_seed is None else [task.transfer_seed]
+            named = seeded and task.transfer_seed is None
+            runs += [_transfer_run(source, results_dir, task, s, named) for s in task_seeds]
     return Suite(
         name=name,
         path=path,
@@ -128,9 +132,7 @@ def load_suite(path: str | Path) -> Suite:
         data=pretraining.data if pretraining else "",
         runs_dir=runs_dir,
         results_dir=results_dir,
-        grid=(len(grid.backbones), len(grid.regimes), len(seeds), len(tasks) * len(transfer_seeds))
-        if grid
-        else (0, 0, 0, len(tasks) * len(transfer_seeds)),
+        grid=(len(grid.backbones), len(grid.regimes), len(seeds), per_export) if grid else (0, 0, 0, per_export),
         sections=parsed_sections,
         regimes={name: variant.config for name, variant in grid.regimes.items()} if grid else {},
         recipes=pretraining.recipes if pretraining else {},
@@ -222,7 +224,7 @@ class _Source:
 def _transfer_run(source: _Source, results_dir: Path, task: SuiteTask, transfer_seed: int, seeded: bool) -> Run:
     """A transfer of the source's export, in a folder named after the task (and the seed when ``seeded``)."""
     folder = f"{task.name}-tseed{transfer_seed}" if seeded else task.name
-    work_dir = source.point / folder
+    work_dir, definition = source.point / folder, transfer_task(task.kind)
     return Run(
         name=f"{source.point.name}/{folder}",
         kind=task.kind,
@@ -238,7 +240,7 @@ def _transfer_run(source: _Source, results_dir: Path, task: SuiteTask, transfer_
         log=source.point / f"{folder}.log",
         results_dir=results_dir,
         identity=source.identity.transfer(
-            transfer_task(task.kind).task, task.dataset, task.protocol, transfer_seed, task.part
+            definition.task, task.dataset, task.protocol, transfer_seed, task.part, definition.stage
         ),
         after=source.after,
     )

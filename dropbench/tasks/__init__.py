@@ -1,5 +1,6 @@
 """Transfer tasks: the registry (``registry``) and the package's own tasks, registered on import in the order
-transfer papers print them (detection, segmentation, classification), which the table's columns follow."""
+transfer papers print them (detection, segmentation, classification), which the table's columns follow, then the
+evaluation of an export as it is."""
 
 import importlib
 
@@ -18,7 +19,7 @@ from dropbench.tasks.registry import (
     transfer_tasks,
 )
 
-for _module in ("dense", "classification"):
+for _module in ("dense", "classification", "evaluation"):
     importlib.import_module(f"dropbench.tasks.{_module}")
 
 __all__ = [

@@ -31,9 +31,11 @@ class TaskIdentity:
     part: Part
     transfer_seed: int | None = None  # a seed the task's own config holds (None: --seed)
 
-    def of(self, task: str, source: RunIdentity, transfer_seed: int) -> RunIdentity:
+    def of(
+        self, task: str, source: RunIdentity, transfer_seed: int, stage: StageName = StageName.TRANSFER
+    ) -> RunIdentity:
         """The identity of ``task``'s transfer of ``source``'s export (its pretraining's or its import's)."""
-        return source.transfer(task, self.dataset, self.protocol, transfer_seed, self.part)
+        return source.transfer(task, self.dataset, self.protocol, transfer_seed, self.part, stage)
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ class SuiteTask:
     arguments: tuple[str, ...]  # the command's own options (all but --backbone, --work-dir, --results, --seed)
     trailing: tuple[str, ...] = ()  # key=value options, last on the command line
     settings: Any = field(default=None, compare=False, repr=False)  # what the task loaded, for check_backbone
+    transfer_seed: int | None = None  # the one seed of a task that takes none (None: the suite's transfer seeds)
 
 
 class _OptionsParser(argparse.ArgumentParser):
@@ -105,6 +108,8 @@ class TransferTask:
     # Refuse a backbone (timm name, kwargs) that the task cannot take, before anything runs (a UserInputError).
     check_backbone: Callable[[str, dict, SuiteTask], None] | None = None
     origin: str = ""  # the module that defines it (default: execute's), for register
+    stage: StageName = StageName.TRANSFER  # what its records are: a transfer, or an evaluation of the export as it is
+    seeded: bool = True  # False: it takes no transfer seed, and a suite runs it once per export
 
     def run(self, args: argparse.Namespace) -> None:
         """``dropbench transfer <kind>``: the settings its options give, the run's identity from them, the run."""
@@ -112,11 +117,16 @@ class TransferTask:
 
         source = read_sidecar(args.backbone).pretraining_identity()
         settings = self.load(args)
+        self.execute(settings, self.run_identity(settings, source, args.seed), args)
+
+    def run_identity(self, settings: Any, source: RunIdentity, seed: int | None) -> RunIdentity:
+        """The identity of this task's run on ``source``'s export with ``settings`` (at transfer seed ``seed``,
+        unless the settings fix it)."""
         found = self.identity(settings)
-        seed = found.transfer_seed if found.transfer_seed is not None else args.seed
+        seed = found.transfer_seed if found.transfer_seed is not None else seed
         if seed is None:
             raise UserInputError("--seed", f"the {self.kind} task's settings give no transfer seed; pass --seed")
-        self.execute(settings, found.of(self.task, source, seed), args)
+        return found.of(self.task, source, seed, self.stage)
 
     def from_suite(self, index: int, entry: dict) -> SuiteTask:
         """A suite's ``transfers[index]``: its options parsed and loaded as a command line's, its identity fields
@@ -135,6 +145,7 @@ class TransferTask:
             options.arguments,
             options.trailing,
             settings=settings,
+            transfer_seed=found.transfer_seed if not self.seeded else None,
         )
 
     def parse_options(self, options: Sequence[str], field_name: str) -> argparse.Namespace:
