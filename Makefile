@@ -30,11 +30,15 @@ $(STAMP): pyproject.toml $(CONSTRAINTS) requirements/install_mmcv.sh
 demo: $(STAMP)
 	$(BIN)/dropbench demo
 
+# One worker per core (pytest-xdist), each test module on one worker: a module's fixtures are made once, and the
+# one-node Slurm of tests/test_suite.py starts once. `pytest` alone runs in one process.
+XDIST := -n auto --dist loadscope
+
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(XDIST)
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow and not long and not paper"
+	$(BIN)/python -m pytest $(XDIST) -m "not slow and not long and not paper"
 
 test-long: $(STAMP)
 	$(BIN)/python -m pytest -m long

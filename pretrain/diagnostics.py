@@ -137,6 +137,7 @@ class GradientDiagnostics:
         device: torch.device,
         seed: int,
         autocast,
+        workers: int = 0,
     ):
         self.config, self.model, self.criterion, self.device, self.autocast = (
             config,
@@ -148,12 +149,17 @@ class GradientDiagnostics:
         self.initial = flat_parameters(model)
         generator = torch.Generator().manual_seed(seed + 7_919)
         order = torch.randperm(len(train_images), generator=generator).tolist()
-        k_images = min(config.batches * batch_size, len(train_images))
-        self.batch_loader = DataLoader(Subset(train_images, order[:k_images]), batch_size=batch_size)
-        self.full_loader = DataLoader(
-            Subset(train_images, order[: min(config.full, len(train_images))]), batch_size=batch_size
-        )
-        if len(self.batch_loader) < 2:
+        self.k_batches = -(-min(config.batches * batch_size, len(train_images)) // batch_size)
+        # ĝ's images and the K mini-batches' are one draw: the K batches are the first K of ĝ's, read once
+        chosen = order[: max(config.full, self.k_batches * batch_size)]
+        self.full_count = min(config.full, len(train_images))
+        # a generator of its own: an iterator draws its workers' seed from it, and the global RNG (the dropout masks
+        # of the K gradients) is then the same at a measurement that decodes the images and at one that reuses them
+        own = torch.Generator().manual_seed(seed)
+        self.loader = DataLoader(Subset(train_images, chosen), batch_size, num_workers=workers, generator=own)
+        self.cached: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.kept: bool | None = None  # whether the decoded images fit in CACHE_BYTES (known at the first measurement)
+        if self.k_batches < 2:
             raise UserInputError("--diagnostics batches", "the training set is too small for 2 mini-batches")
 
     def due(self, update: int) -> bool:
@@ -164,9 +170,21 @@ class GradientDiagnostics:
             logits = self.model(images.to(self.device))
         return self.criterion(logits.float(), targets.to(self.device))
 
-    def _full_gradient(self) -> torch.Tensor:
+    def _fixed_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The fixed images, batched: decoded once and kept when they fit in ``CACHE_BYTES`` (the embedded sets'
+        always do), else decoded again at each measurement by the recipe's loader workers (ImageNet's at 224 px)."""
+        if self.cached is not None:
+            return self.cached
+        if self.kept is None:
+            image, _ = self.loader.dataset[0]
+            self.kept = len(self.loader.dataset) * image.numel() * image.element_size() <= CACHE_BYTES
+        batches = list(self.loader)
+        self.cached = batches if self.kept else None
+        return batches
+
+    def _full_gradient(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         total, count = None, 0
-        for images, targets in self.full_loader:
+        for images, targets in _first_images(batches, self.full_count):
             gradient = flat_gradient(self.model, self._loss(images, targets)) * len(targets)
             total = gradient if total is None else total + gradient
             count += len(targets)
@@ -178,10 +196,11 @@ class GradientDiagnostics:
         buffers = {name: b.detach().clone() for name, b in self.model.named_buffers()}  # e.g. BatchNorm stats
         with _PreservedRng():
             try:
+                batches = self._fixed_batches()
                 self.model.eval()  # dropout and stochastic depth off for ĝ
-                stats = DirectionStats(reference=self._full_gradient())
+                stats = DirectionStats(reference=self._full_gradient(batches))
                 self.model.train()  # the regime's current rates for the mini-batch gradients
-                for images, targets in self.batch_loader:
+                for images, targets in batches[: self.k_batches]:
                     stats.add(flat_gradient(self.model, self._loss(images, targets)))
             finally:
                 self.model.train(was_training)
@@ -190,6 +209,20 @@ class GradientDiagnostics:
                         b.copy_(buffers[name])
         distance = float((flat_parameters(self.model) - self.initial).double().norm())
         return {"model_distance": distance, "gdv": stats.gdv, "gde": stats.gde}
+
+
+CACHE_BYTES = 512 << 20  # the fixed images kept decoded in memory up to this size
+
+
+def _first_images(batches: list[tuple[torch.Tensor, torch.Tensor]], count: int) -> Iterable[tuple[torch.Tensor, ...]]:
+    """The batches up to ``count`` images, the last one cut there."""
+    seen = 0
+    for images, targets in batches:
+        if seen >= count:
+            return
+        keep = min(len(targets), count - seen)
+        yield images[:keep], targets[:keep]
+        seen += keep
 
 
 def gradient_norm(model: nn.Module) -> float:

@@ -174,6 +174,7 @@ def _diagnostics_probe(run, recipe, dev, checkpoint, diagnostics, autocast) -> G
         dev,
         recipe.seed,
         autocast,
+        recipe.workers,
     )
     if checkpoint:
         if "initial_weights" not in checkpoint:

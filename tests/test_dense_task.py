@@ -75,8 +75,13 @@ def test_a_third_dense_task_plans_runs_and_records_through_the_command_line(cli,
     assert {record.metric for record in records} == {"box_AP", "box_AP50", "box_AP75"}
     assert all(record.identity() == run.identity for record in records)
     assert all(0 <= record.value <= 100 and record.task == "box_detection" for record in records)
-    (dumped,) = run.work_dir.glob("*.py")  # mmengine's copy of the config it ran
+    (dumped,) = run.work_dir.glob("*.py")  # mmengine's copy of the config it ran, unformatted but the same config
     assert "FasterRCNN" in dumped.read_text() and "mask_head=None" in dumped.read_text()
+    from mmengine.config import Config
+
+    reloaded = Config.fromfile(str(dumped))
+    assert reloaded.model.type == "FasterRCNN" and reloaded.model.roi_head.mask_head is None
+    assert reloaded.train_cfg.max_iters == 2
 
     code, out, err = cli("compare", "--results", tmp_path / "results")
     assert code == 0, err

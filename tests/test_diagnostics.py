@@ -162,3 +162,60 @@ def test_a_run_killed_mid_epoch_resumes_its_diagnostics_where_they_were(runs, tm
     expected = load_file(runs["standard_dropout"] / "export" / "backbone.safetensors")
     for name, tensor in load_file(run / "export" / "backbone.safetensors").items():
         assert torch.equal(tensor, expected[name]), name
+
+
+class _CountedImages(torch.utils.data.Dataset):
+    """Random images that count how often each is read."""
+
+    def __init__(self, count: int):
+        generator = torch.Generator().manual_seed(0)
+        self.images = torch.randn(count, 3, 32, 32, generator=generator)
+        self.labels = torch.randint(0, 10, (count,), generator=generator)
+        self.reads = 0
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        self.reads += 1
+        return self.images[index], self.labels[index]
+
+
+@pytest.mark.parametrize("kept", [True, False])
+def test_the_fixed_images_are_read_once_per_run_where_they_fit_and_measure_the_same_either_way(monkeypatch, kept):
+    """ĝ's images and the K mini-batches are one draw, read once per measurement, and only once in all where they
+    fit in memory; the K gradients' dropout masks are the same whether a measurement reads the images or not."""
+    from contextlib import nullcontext
+
+    import dropbench.pretrain.diagnostics as diagnostics
+
+    if not kept:
+        monkeypatch.setattr(diagnostics, "CACHE_BYTES", 0)
+    config, batch = DiagnosticsConfig(every=1, batches=3, full=40), 16  # K = 3 batches (48 images) reach past ĝ's 40
+    torch.manual_seed(0)
+    model = BackboneConfig.load("vit_micro").create_model(10, dropout=0.1)
+    images = _CountedImages(100)
+    probe = diagnostics.GradientDiagnostics(
+        config, model, images, batch, torch.nn.CrossEntropyLoss(), torch.device("cpu"), 0, nullcontext
+    )
+    torch.manual_seed(1)
+    measured = [probe.measure() for _ in range(3)]
+    assert images.reads == 48 * (1 if kept else 3) + 1  # and one image read, once, to size the set
+    assert measured[0] == measured[1] == measured[2], "the RNG the dropout masks draw from is left as it was"
+
+    # the same numbers computed here: ĝ from the first 40 images in eval mode, then 3 batches of 16 in train mode
+    order = torch.randperm(100, generator=torch.Generator().manual_seed(7_919)).tolist()
+    loss = torch.nn.CrossEntropyLoss()
+    model.eval()
+    full = sum(
+        diagnostics.flat_gradient(model, loss(model(images.images[chunk]), images.labels[chunk])) * len(chunk)
+        for chunk in (order[0:16], order[16:32], order[32:40])
+    )
+    torch.manual_seed(1)
+    model.train()
+    stats = DirectionStats(reference=full / 40)
+    for k in range(3):
+        chunk = order[16 * k : 16 * (k + 1)]
+        stats.add(diagnostics.flat_gradient(model, loss(model(images.images[chunk]), images.labels[chunk])))
+    assert measured[0]["gdv"] == pytest.approx(stats.gdv, rel=1e-6)
+    assert measured[0]["gde"] == pytest.approx(stats.gde, rel=1e-6)

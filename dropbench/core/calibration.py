@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torchmetrics.functional.classification import multiclass_calibration_error
 
 from dropbench.core.identity import NATS, PERCENT
 from dropbench.core.io import atomic_write_csv, save_png
@@ -27,6 +26,9 @@ UNITS |= {f"{name}_ts": UNITS[name] for name in ("ece", "nll", "brier")}
 def calibration_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     """ECE (percent, 15 bins, L1), NLL (nats) and Brier score (the mean over images of the squared distance between
     the probability vector and the one-hot label, summed over classes)."""
+    # imported here: torchmetrics costs every process that loads this module about a second (scipy.signal)
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
     logits, labels = logits.double(), labels.long()
     probabilities = logits.softmax(dim=1)
     classes = logits.shape[1]
