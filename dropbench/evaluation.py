@@ -37,6 +37,7 @@ from dropbench.core.corruptions import (
     corruption_errors,
     mce_of,
     measure_corruptions,
+    summarise_cells,
     test_subset,
 )
 from dropbench.core.corruptions import (
@@ -123,10 +124,11 @@ def eval_settings(
     device: str | None = None,
 ) -> EvalSettings:
     """An evaluation's options checked before any export is read (a suite's plan checks them so)."""
-    if mce_reference is not None and not corruptions and not imagenet_c_layout(Path(data)):
+    imagenet_c = imagenet_c_layout(Path(data))
+    if mce_reference is not None and not corruptions and not imagenet_c:
         raise UserInputError("--mce-reference", "normalises a corruption evaluation's mCE: give --corruptions N too")
     common = dict(batch_size=batch_size, workers=min(workers, 8), device=device)
-    if imagenet_c_layout(Path(data)):
+    if imagenet_c:
         if corruptions:
             raise UserInputError("--corruptions", f"'{data}' holds its corrupted images already; leave it out")
         name = Path(data).resolve().name
@@ -242,12 +244,12 @@ def measure_export(
         _check_head(sidecar, settings.imagenet_c, settings.class_subset)
         stage = CorruptionEvaluation(*common, cache_dir=Path(cache_dir))
     else:
-        stage = Evaluation(*common)
-        dataset = stage.dataset()
+        dataset = _dataset(settings.data, transform)
         _check_head(sidecar, getattr(dataset, "target_transform", None) is not None, settings.class_subset)
         if len(getattr(dataset, "classes", [])) > sidecar.num_classes:
             classes = len(dataset.classes)
             raise UserInputError("--data", f"{classes} classes, the export's head has {sidecar.num_classes}")
+        stage = Evaluation(*common, dataset=dataset)
     # an evaluation is measured again whenever it is asked for: its records replace the earlier ones
     stage.run(results_dir, force=True)
     return stage.values
@@ -318,10 +320,8 @@ class Evaluation(RecordedRun):
     export: Path
     settings: EvalSettings
     transform: object
+    dataset: Dataset | None = None  # the labelled images (a corruption evaluation reads its own)
     values: dict[str, float] = field(default_factory=dict)
-
-    def dataset(self) -> Dataset:
-        return _dataset(self.settings.data, self.transform)
 
     def predict(self, dataset: Dataset, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and labels; where the set holds some of the head's classes the logits are restricted to them
@@ -338,8 +338,7 @@ class Evaluation(RecordedRun):
         return torch.device(self.settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
     def execute(self, context: RunContext) -> Measured:
-        dataset = self.dataset()
-        logits, labels = self.predict(dataset, self.device())
+        logits, labels = self.predict(self.dataset, self.device())
         top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(labels[:, None]).any(dim=1)
         calibration, bins = calibrate(logits, labels)
         self.values = {
@@ -355,7 +354,7 @@ class Evaluation(RecordedRun):
         logger.info(
             f"{self.sidecar.name} / {self.sidecar.regime or '?'} on {self.identity.dataset}: "
             f"top1 {self.values['top1']:.2f}%  top5 {self.values['top5']:.2f}%  ECE {calibration['ece']:.2f}% → "
-            f"{calibration['ece_ts']:.2f}% at T {calibration['temperature']:.2f}  ({len(dataset)} images)"
+            f"{calibration['ece_ts']:.2f}% at T {calibration['temperature']:.2f}  ({len(self.dataset)} images)"
         )
         return Measured(self.values, units=CALIBRATION_UNITS, model=self.sidecar.model, run_dir=self.export)
 
@@ -400,11 +399,12 @@ class CorruptionEvaluation(Evaluation):
         from tqdm import tqdm
 
         root = Path(self.settings.data)
-        missing = [f"{c}/{s}" for c in CORRUPTIONS for s in SEVERITIES if not (root / c / str(s)).is_dir()]
+        cells = [f"{c}/{s}" for c in CORRUPTIONS for s in SEVERITIES]
+        missing = [cell for cell in cells if not (root / cell).is_dir()]
         if missing:
             raise UserInputError("--data", f"'{root}' has no {missing[0]}/ folder: ImageNet-C has 15 × 5 cells")
-        cells = [(c, s) for c in CORRUPTIONS for s in SEVERITIES]  # 75 × 50,000 files: no header read up front
-        folders = {f"{c}/{s}": _dataset(str(root / c / str(s)), self.transform, False) for c, s in cells}
+        # 75 × 50,000 files: no header is read before the run
+        folders = {cell: _dataset(str(root / cell), self.transform, False) for cell in cells}
         if self.settings.reference is not None:
             expected = {f"{r['corruption']}/{r['severity']}": r["images"] for r in self.settings.reference}
             differing = [cell for cell, folder in folders.items() if len(folder) != expected[cell]]
@@ -414,13 +414,4 @@ class CorruptionEvaluation(Evaluation):
         for cell, folder in tqdm(folders.items(), desc=f"corrupted {self.settings.dataset}"):
             logits, labels = self.predict(folder, dev)
             top1[cell] = 100.0 * logits.argmax(dim=1).eq(labels).double().mean().item()
-        metrics = {CORRUPTED_TOP1: float(np.mean(list(top1.values())))}
-        for corruption in CORRUPTIONS:
-            metrics[f"top1_{corruption}"] = float(np.mean([top1[f"{corruption}/{s}"] for s in SEVERITIES]))
-        rows = [
-            {"dataset": self.settings.dataset, "corruption": c, "severity": s, "images": len(folders[f"{c}/{s}"])}
-            | {"top1": top1[f"{c}/{s}"]}
-            for c in CORRUPTIONS
-            for s in SEVERITIES
-        ]
-        return metrics, rows
+        return summarise_cells(top1, self.settings.dataset, {cell: len(folder) for cell, folder in folders.items()})

@@ -150,17 +150,18 @@ class GradientDiagnostics:
         generator = torch.Generator().manual_seed(seed + 7_919)
         order = torch.randperm(len(train_images), generator=generator).tolist()
         self.k_batches = -(-min(config.batches * batch_size, len(train_images)) // batch_size)
-        # ĝ's images and the K mini-batches' are one draw: the K batches are the first K of ĝ's, read once
+        # one fixed draw, read once per measurement: ĝ takes its first `full` images, the K mini-batches its first K
         chosen = order[: max(config.full, self.k_batches * batch_size)]
         self.full_count = min(config.full, len(train_images))
         # a generator of its own: an iterator draws its workers' seed from it, and the global RNG (the dropout masks
         # of the K gradients) is then the same at a measurement that decodes the images and at one that reuses them
         own = torch.Generator().manual_seed(seed)
         self.loader = DataLoader(Subset(train_images, chosen), batch_size, num_workers=workers, generator=own)
-        self.cached: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-        self.kept: bool | None = None  # whether the decoded images fit in CACHE_BYTES (known at the first measurement)
         if self.k_batches < 2:
             raise UserInputError("--diagnostics batches", "the training set is too small for 2 mini-batches")
+        image, _ = train_images[chosen[0]]
+        self.kept = len(chosen) * image.numel() * image.element_size() <= CACHE_BYTES  # decoded once, for the run
+        self.cached: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def due(self, update: int) -> bool:
         return update % self.config.every == 0
@@ -175,9 +176,6 @@ class GradientDiagnostics:
         always do), else decoded again at each measurement by the recipe's loader workers (ImageNet's at 224 px)."""
         if self.cached is not None:
             return self.cached
-        if self.kept is None:
-            image, _ = self.loader.dataset[0]
-            self.kept = len(self.loader.dataset) * image.numel() * image.element_size() <= CACHE_BYTES
         batches = list(self.loader)
         self.cached = batches if self.kept else None
         return batches

@@ -18,7 +18,8 @@ _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 _THREADS = max(1, (os.cpu_count() or 1) // _WORKERS)
 if _WORKERS > 1:
     os.environ["OMP_NUM_THREADS"] = str(_THREADS)
-os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
+else:
+    os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
 torch.set_num_threads(_THREADS)
 
 MICRO_BACKBONES = ["vit_micro", "swin_micro", "convnext_micro", "mixer_micro"]

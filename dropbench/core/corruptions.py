@@ -212,12 +212,19 @@ def measure_corruptions(
         cells = corrupted_set(images, name, cache_dir, SEED, makers, lambda *_: bar.update())
     clean = _top1(model, images, labels, transform, batch_size, device, amp)
     top1 = {c: _top1(model, array, labels, transform, batch_size, device, amp) for c, array in tqdm(cells.items())}
-    mean = float(np.mean(list(top1.values())))
-    metrics = {CORRUPTED_TOP1: mean, CLEAN_TOP1: clean, CORRUPTION_DROP: clean - mean}
+    metrics, rows = summarise_cells(top1, name, dict.fromkeys(top1, len(images)))
+    metrics |= {CLEAN_TOP1: clean, CORRUPTION_DROP: clean - metrics[CORRUPTED_TOP1]}
+    return metrics, rows
+
+
+def summarise_cells(top1: dict[str, float], name: str, images: dict[str, int]) -> tuple[dict[str, float], list[dict]]:
+    """From each cell's top-1 (``{"<corruption>/<severity>": top1}``) and image count: ``corrupted_top1`` (the mean
+    over the cells), ``top1_<corruption>`` (the mean over its severities), and each cell's row for the csv."""
+    metrics = {CORRUPTED_TOP1: float(np.mean(list(top1.values())))}
     for corruption in CORRUPTIONS:
         metrics[f"top1_{corruption}"] = float(np.mean([top1[f"{corruption}/{s}"] for s in SEVERITIES]))
     rows = [
-        {"dataset": name, "corruption": c, "severity": s, "images": len(images), "top1": top1[f"{c}/{s}"]}
+        {"dataset": name, "corruption": c, "severity": s, "images": images[f"{c}/{s}"], "top1": top1[f"{c}/{s}"]}
         for c in CORRUPTIONS
         for s in SEVERITIES
     ]

@@ -82,7 +82,6 @@ EVAL_TASK = register(
         add_arguments=add_eval_arguments,
         load=_load,
         suite_keys=SUITE_KEYS,
-        default_seed=0,
         stage=StageName.EVAL,
         seeded=False,
     )
