@@ -31,8 +31,9 @@ demo: $(STAMP)
 	$(BIN)/dropbench demo
 
 # One worker per core (pytest-xdist), each test module on one worker: a module's fixtures are made once, and the
-# one-node Slurm of tests/test_suite.py starts once. `pytest` alone runs in one process.
-XDIST := -n auto --dist loadscope
+# one-node Slurm of tests/test_suite.py starts once; the modules go out in the order tests/conftest.py collects
+# them, the longest first. `pytest` alone runs in one process.
+XDIST := -n auto --dist loadscope --no-loadscope-reorder
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(XDIST)

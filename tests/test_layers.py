@@ -22,7 +22,7 @@ ALLOWED = {
 def group(module: str) -> str | None:
     """The layer group of a first-party module; None for third-party ones."""
     if module == "dropbench" or module.startswith("dropbench.core"):
-        return "base"  # the package's __init__ holds only its version
+        return "base"  # the package's __init__: its version, and wandb deferred
     for name in ("pretrain", "transfer"):
         if module == f"dropbench.{name}" or module.startswith(f"dropbench.{name}."):
             return name

@@ -2,6 +2,8 @@
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -113,3 +115,21 @@ def test_an_unknown_or_missing_tracker_is_one_line(cli, tmp_path):
     )
     assert code == 2 and "recipe.loggers" in err and "neptune" in err and err.count("\n") == 1, err
     assert not (tmp_path / "run").exists()
+
+
+def test_wandb_is_loaded_by_the_run_that_logs_to_it_not_by_every_import_of_timm():
+    pytest.importorskip("wandb")
+    script = """
+import sys
+import dropbench, timm
+assert "wandb.sdk" not in sys.modules, "timm's import of wandb ran it"
+import wandb
+assert "wandb.sdk" not in sys.modules, "import wandb alone ran it"
+from wandb.proto import wandb_internal_pb2  # a submodule first: the package runs before it
+assert callable(wandb.init) and "wandb.sdk" in sys.modules
+import dropbench
+dropbench._defer_import("no_such_module_here")
+assert "no_such_module_here" not in sys.modules
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
