@@ -3,6 +3,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -45,9 +46,7 @@ assert all((Path(__file__).parent / name).is_file() for name in LONGEST_MODULES)
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The longest modules first, then the rest by their number of tests, each module's tests in their own order."""
-    count: dict[str, int] = {}
-    for item in items:
-        count[item.path.name] = count.get(item.path.name, 0) + 1
+    count = Counter(item.path.name for item in items)
 
     def rank(item: pytest.Item) -> tuple[int, int]:
         name = item.path.name

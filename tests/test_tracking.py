@@ -126,7 +126,8 @@ assert "wandb.sdk" not in sys.modules, "timm's import of wandb ran it"
 import wandb
 assert "wandb.sdk" not in sys.modules, "import wandb alone ran it"
 from wandb.proto import wandb_internal_pb2  # a submodule first: the package runs before it
-assert callable(wandb.init) and "wandb.sdk" in sys.modules
+assert "wandb.sdk" in sys.modules, "a submodule was imported without its package"
+assert callable(wandb.init)
 import dropbench
 dropbench._defer_import("no_such_module_here")
 assert "no_such_module_here" not in sys.modules
