@@ -20,6 +20,12 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _descendants(pid: int) -> list[int]:
+    """Its children, theirs, and so on (a suite's CPU runs are children of its starter)."""
+    found = _children(pid)
+    return found + [grandchild for child in found for grandchild in _descendants(child)]
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().split()[2]
@@ -78,7 +84,7 @@ def test_sigterm_on_a_suite_stops_its_run_in_progress_and_the_next_suite_resumes
     checkpoint = tmp_path / "runs" / "vit_micro-no_dropout-seed0" / "pretrain" / "checkpoint.pt"
     while time.monotonic() < deadline and not (run and checkpoint.is_file()) and process.poll() is None:
         time.sleep(0.2)
-        run = [pid for pid in _children(process.pid) if _alive(pid)]
+        run = [pid for pid in _descendants(process.pid) if _alive(pid)]
     assert run and checkpoint.is_file(), "the suite's pretraining did not reach its first checkpoint"
     process.send_signal(signal.SIGTERM)
     out, _ = process.communicate(timeout=60)

@@ -33,7 +33,17 @@ from dropbench.suite.running import (
     skip_or_none,
     start_logged,
 )
+from dropbench.suite.starter import Starter
 from dropbench.tasks import PRETRAIN_KIND, node_wide
+
+# What a run of each kind imports before its first step, beyond the stack (``suite.starter``): CPU runs start from
+# one process that imports it once. A kind not named here (a plugin's) imports its own modules in each run.
+RUN_IMPORTS = {
+    "cls": ("dropbench.transfer.classification",),
+    "det": ("dropbench.transfer.detection",),
+    "seg": ("dropbench.transfer.segmentation",),
+    "eval": ("dropbench.evaluation",),
+}
 
 
 @dataclass(frozen=True)
@@ -146,7 +156,7 @@ def execute_local(
         due = elsewhere.get(launch.run.name, 0.0) <= time.monotonic()
         return due and _can_start(launch, running, outcomes, jobs)
 
-    with _stopped_by_signals(running, echo):
+    with Starter() as starter, _stopped_by_signals(running, echo):
         while pending or running:
             launch = next((launch for launch in pending if ready(launch)), None)
             if launch is None:
@@ -174,7 +184,15 @@ def execute_local(
             say(name, f"running, log {launch.run.log}")
             key = launch.devices or next(slot for slot in slots if slot not in running)
             env = launch.env() | lock.child_env()
-            process = start_logged(launch.argv(gpus), launch.run.log, cwd, env, pass_fds=(lock.fileno(),))
+            process = start_logged(
+                launch.argv(gpus),
+                launch.run.log,
+                cwd,
+                env,
+                pass_fds=(lock.fileno(),),
+                starter=starter if gpus == 0 else None,
+                imports=RUN_IMPORTS.get(launch.run.kind, ()),
+            )
             running[key] = (launch, process, time.perf_counter(), lock)
 
     return [outcomes[run.name] for run in suite.runs]

@@ -22,6 +22,7 @@ from dropbench.tasks import PRETRAIN_KIND, node_wide
 
 if TYPE_CHECKING:
     from dropbench.suite.plan import Run, Suite
+    from dropbench.suite.starter import Starter
 
 
 class Status(str, Enum):
@@ -113,13 +114,17 @@ def start_logged(
     env: dict[str, str] | None = None,
     shield_usr2: bool = False,
     pass_fds: Sequence[int] = (),
+    starter: Starter | None = None,
+    imports: Sequence[str] = (),
 ):
     """Start ``argv`` in ``cwd`` with stdout and stderr appended to ``log`` (``env`` added to this environment);
     returns the process (its log stream closes with it), which is SIGKILLed should this thread end first (a suite
     killed by SIGKILL leaves no run going: the next one resumes it). ``shield_usr2``: the process ignores ``USR2``,
     which Slurm sends to every process of a job before its time limit and which only the job's own handler should
     act on.
-    ``pass_fds``: open files the process inherits (the run's lock, ``core.lock``)."""
+    ``pass_fds``: open files the process inherits (the run's lock, ``core.lock``). ``starter``: a ``dropbench``
+    command is forked from it where it can (``suite.starter``; ``imports``: what the run will import), its log and
+    what it does the same."""
     log = Path(log)
     log.parent.mkdir(parents=True, exist_ok=True)
     stream = log.open("a")
@@ -129,6 +134,10 @@ def start_logged(
     stream.flush()
     environment = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     try:
+        if starter is not None and list(argv[:3]) == [sys.executable, "-m", "dropbench.cli"]:
+            started = starter.start(argv[3:], stream.fileno(), cwd, environment, pass_fds, imports)
+            if started is not None:
+                return started
         return subprocess.Popen(
             list(argv),
             cwd=cwd,
