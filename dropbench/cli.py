@@ -5,7 +5,9 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import NoReturn
 
+from dropbench.core.ending import run_to_the_end
 from dropbench.core.errors import RunFailed, UserInputError
 from dropbench.core.io import DISK_FULL, write_failed
 from dropbench.core.lock import hold_run
@@ -450,5 +452,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def run() -> NoReturn:
+    """The ``dropbench`` command: :func:`main` on the command line's arguments, then the process ends as
+    ``sys.exit`` ends it, less the interpreter's seconds-long teardown of torch (``core.ending``)."""
+    run_to_the_end(main)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

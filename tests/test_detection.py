@@ -32,6 +32,26 @@ def coco_digits(tmp_path_factory) -> Path:
     return make_from_config(embedded, tmp_path_factory.mktemp("data") / "coco_digits", "coco_digits")
 
 
+@pytest.mark.parametrize(
+    "config",
+    [*sorted(CONFIGS.glob("*.py")), *sorted((CONFIGS.parent / "segmentation").glob("*.py"))],
+    ids=lambda path: f"{path.parent.name}/{path.name}",
+)
+def test_a_shipped_config_loads_with_the_same_bases_as_mmengine_finds_them(config):
+    """``load_config`` takes ``package::_base_/...`` files without mmengine's metafile lookup: the same files, the
+    same config."""
+    from mmengine.config import Config
+
+    from dropbench.transfer.mm_runner import _base_configs_found_directly
+
+    if config.parent.name == "segmentation":
+        pytest.importorskip("mmseg")
+    with _base_configs_found_directly():
+        ours = Config.fromfile(str(config))
+    theirs = Config.fromfile(str(config))
+    assert ours.to_dict() == theirs.to_dict() and ours.text == theirs.text
+
+
 @pytest.mark.parametrize("family", MICRO_BACKBONES)
 def test_the_adapter_gives_fpn_strides_and_its_declared_channels_for_every_family(exports, family):
     adapter = TimmBackbone(str(exports[family]))

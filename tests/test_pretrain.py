@@ -119,10 +119,6 @@ def _pretrain_args(
     ]
 
 
-def _pretrain_command(run: Path, results: Path, settings: dict, data: str = "mnist") -> list[str]:
-    return [sys.executable, "-m", "dropbench.cli", *_pretrain_args(run, results, settings, data=data)]
-
-
 @pytest.fixture(scope="module")
 def mnist_shards(tmp_path_factory) -> Path:
     """SMALL's 3,072 training and 256 validation MNIST images as a folder, then as shards of 500 images."""
@@ -137,8 +133,12 @@ def mnist_shards(tmp_path_factory) -> Path:
     return root / "shards"
 
 
-def _kill_at_the_first_checkpoint(command: list[str], run: Path, env: dict) -> dict:
-    """Start the run, SIGKILL it as soon as its first checkpoint is on disk; returns the checkpoint it left."""
+def _kill_at_the_first_checkpoint(arguments: list[str], run: Path) -> dict:
+    """Start ``dropbench arguments`` in a process of its own, SIGKILL it as soon as its first checkpoint is on disk;
+    returns the checkpoint it left. The same thread count as this process, so that the killed run and the runs made
+    here in-process (the uninterrupted one, the resume) reduce in the same order."""
+    env = os.environ | {"OMP_NUM_THREADS": str(torch.get_num_threads())}
+    command = [sys.executable, "-m", "dropbench.cli", *arguments]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     deadline = time.monotonic() + 300
     while not (run / CHECKPOINT_FILE).exists():
@@ -158,17 +158,15 @@ def _same_weights(expected_run: Path, actual_run: Path) -> None:
         assert torch.equal(expected[name], actual[name]), name
 
 
-def test_resume_after_an_interruption_ends_with_the_weights_of_an_uninterrupted_run(finished_run, tmp_path):
+def test_resume_after_an_interruption_ends_with_the_weights_of_an_uninterrupted_run(cli, finished_run, tmp_path):
     run = tmp_path / "run"
-    command = _pretrain_command(run, tmp_path / "results", SMALL)
-    # The same thread count as this process, so that both runs reduce in the same order.
-    env = os.environ | {"OMP_NUM_THREADS": str(torch.get_num_threads())}
-    checkpoint = _kill_at_the_first_checkpoint(command, run, env)  # mid-epoch 2: the epoch-1 checkpoint survives
+    arguments = _pretrain_args(run, tmp_path / "results", SMALL)
+    checkpoint = _kill_at_the_first_checkpoint(arguments, run)  # mid-epoch 2: the epoch-1 checkpoint survives
     assert checkpoint["epoch"] == 1 and "within_epoch" not in checkpoint
     assert not (run / "export").exists()
 
-    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=600, env=env)
-    assert resumed.returncode == 0, resumed.stderr
+    code, _, err = cli(*arguments, "--resume")
+    assert code == 0, err
     _same_weights(finished_run, run)
     assert [r["epoch"] for r in _read_log(run)] == ["1", "2", "3", "4"]
 
@@ -181,8 +179,9 @@ def test_resume_after_an_interruption_ends_with_the_weights_of_an_uninterrupted_
         "shards",  # a WebDataset stream through timm's reader in 2 workers, seeded per epoch and worker
     ],
 )
-def test_a_run_killed_mid_epoch_resumes_at_the_next_batch_with_identical_weights(finished_run, tmp_path, path, request):
-    env = os.environ | {"OMP_NUM_THREADS": str(torch.get_num_threads())}
+def test_a_run_killed_mid_epoch_resumes_at_the_next_batch_with_identical_weights(
+    cli, finished_run, tmp_path, path, request
+):
     data = request.getfixturevalue("mnist_shards") if path == "shards" else "mnist"
     if path == "batched":
         settings, uninterrupted = SMALL, finished_run
@@ -191,17 +190,16 @@ def test_a_run_killed_mid_epoch_resumes_at_the_next_batch_with_identical_weights
         if path == "shards":
             settings |= {"train_subset": "null", "val_subset": "null"}
         uninterrupted = tmp_path / "uninterrupted"
-        command = _pretrain_command(uninterrupted, tmp_path / "results-uninterrupted", settings, data)
-        done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
-        assert done.returncode == 0, done.stderr
+        code, _, err = cli(*_pretrain_args(uninterrupted, tmp_path / "results-uninterrupted", settings, data=data))
+        assert code == 0, err
     run = tmp_path / "run"
-    command = _pretrain_command(run, tmp_path / "results", settings | {"recovery_every": 5}, data)
-    checkpoint = _kill_at_the_first_checkpoint(command, run, env)
+    arguments = _pretrain_args(run, tmp_path / "results", settings | {"recovery_every": 5}, data=data)
+    checkpoint = _kill_at_the_first_checkpoint(arguments, run)
     assert checkpoint["epoch"] == 0 and checkpoint["within_epoch"]["updates"] % 5 == 0
     assert 0 < checkpoint["within_epoch"]["updates"] < 48  # 3072 images, 64 per update: 48 updates an epoch
 
-    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=600, env=env)
-    assert resumed.returncode == 0, resumed.stderr
+    code, _, err = cli(*arguments, "--resume")
+    assert code == 0, err
     _same_weights(uninterrupted, run)
     expected_log, log = _read_log(uninterrupted), _read_log(run)
     assert [r["epoch"] for r in log] == [r["epoch"] for r in expected_log]

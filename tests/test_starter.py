@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dropbench.suite.starter import Starter
+from dropbench.suite.starter import Starter, suite_starter
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMAND = [sys.executable, "-m", "dropbench.cli"]
@@ -34,7 +34,7 @@ for fd in os.listdir("/proc/self/fd"):
     except FileNotFoundError:  # the listing's own
         pass
 state = {
-    "cwd": os.getcwd(), "argv": sys.argv[1:], "threads": torch.get_num_threads(),
+    "cwd": os.getcwd(), "argv": sys.argv[1:], "path": sys.path, "threads": torch.get_num_threads(),
     "omp": os.environ.get("OMP_NUM_THREADS"), "unbuffered": os.environ.get("PYTHONUNBUFFERED"),
     "locks": [fd for fd in fds if fd.endswith(".lock")], "sockets": [fd for fd in fds if fd.startswith("socket:")],
     "sigterm": str(signal.getsignal(signal.SIGTERM)), "sigint": str(signal.getsignal(signal.SIGINT)),
@@ -71,7 +71,8 @@ def _forked(starter: Starter, arguments, log: Path, cwd: Path, env: dict, pass_f
 
 
 def test_a_forked_run_starts_as_its_command_would_start_it(probed):
-    """Folder, arguments, threads, environment, log, signals, the lock it holds and no file of the starter's."""
+    """Folder, arguments, import path, threads, environment, log, signals, the lock it holds and no file of the
+    starter's."""
     work = probed / "work"
     work.mkdir()
     lock = (probed / ".run.lock").open("a+")
@@ -117,6 +118,30 @@ def test_a_run_is_not_forked_where_its_environment_changes_what_the_interpreter_
             assert starter.start(["schedule", "--help"], stream.fileno(), tmp_path, env) is None
 
 
+def test_suites_run_one_after_another_share_a_starter_until_the_environment_changes_or_a_suite_fails(
+    tmp_path, monkeypatch
+):
+    schedule = ["schedule", "--help"]
+    with suite_starter() as first:
+        assert _forked(first, schedule, tmp_path / "log", tmp_path, dict(os.environ)).wait() == 0
+    with suite_starter() as again:
+        assert again is first and _forked(again, schedule, tmp_path / "log", tmp_path, dict(os.environ)).wait() == 0
+    kept = first.pid
+
+    monkeypatch.setenv("PYTHONHASHSEED", "7")  # read as an interpreter starts: the kept starter cannot fork for it
+    with suite_starter() as other:
+        assert other is not first and not _alive(kept), "the starter of another environment was left running"
+        assert _forked(other, schedule, tmp_path / "log", tmp_path, dict(os.environ)).wait() == 0
+
+    arguments = [*LONG_RUN, "--out", str(tmp_path / "long"), "--results", str(tmp_path)]
+    with pytest.raises(RuntimeError), suite_starter() as failing:
+        run = _forked(failing, arguments, tmp_path / "long.log", ROOT, dict(os.environ))
+        raise RuntimeError("the suite fails while its run goes on")
+    assert run.wait() == -signal.SIGKILL and _gone([run.pid]), "a failed suite's run outlived it"
+    with suite_starter() as after:
+        assert after is not failing
+
+
 @pytest.mark.slow
 def test_a_forked_pretraining_trains_the_same_weights_as_its_command(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
@@ -142,28 +167,32 @@ def test_the_starter_ends_with_its_suite_and_takes_its_runs_with_it(tmp_path):
     starter = Starter()
     run = _forked(starter, ["schedule", "--help"], tmp_path / "log", tmp_path, env)
     run.wait()
-    zygote = starter._process.pid
+    zygote = starter.pid
     starter.close()
     assert not Path(f"/proc/{zygote}").exists()
 
     script = textwrap.dedent(f"""
         import sys, time
-        from dropbench.suite.starter import Starter
+        from dropbench.suite.starter import Starter, suite_starter
         starter = Starter()
         with open({str(tmp_path / "long.log")!r}, "a") as log:
             arguments = {LONG_RUN + ["--out", str(tmp_path / "long"), "--results", str(tmp_path)]!r}
             run = starter.start(arguments, log.fileno(), {str(ROOT)!r}, dict(__import__("os").environ))
-        print(starter._process.pid, run.pid, flush=True)
+        print(starter.pid, run.pid, flush=True)
         time.sleep(600)
     """)
     suite = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     zygote, child = (int(pid) for pid in suite.stdout.readline().split())
     os.kill(suite.pid, signal.SIGKILL)
     suite.wait()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(_alive(pid) for pid in (zygote, child)):
+    assert _gone([zygote, child]), "the starter or its run outlived the suite"
+
+
+def _gone(pids: list[int], within: float = 10.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
         time.sleep(0.1)
-    assert not _alive(zygote) and not _alive(child), "the starter or its run outlived the suite"
+    return not any(_alive(pid) for pid in pids)
 
 
 def _alive(pid: int) -> bool:

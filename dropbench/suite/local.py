@@ -33,7 +33,7 @@ from dropbench.suite.running import (
     skip_or_none,
     start_logged,
 )
-from dropbench.suite.starter import Starter
+from dropbench.suite.starter import suite_starter
 from dropbench.tasks import PRETRAIN_KIND, node_wide
 
 # What a run of each kind imports before its first step, beyond the stack (``suite.starter``): CPU runs start from
@@ -156,7 +156,7 @@ def execute_local(
         due = elsewhere.get(launch.run.name, 0.0) <= time.monotonic()
         return due and _can_start(launch, running, outcomes, jobs)
 
-    with Starter() as starter, _stopped_by_signals(running, echo):
+    with suite_starter() as starter, _stopped_by_signals(running, echo):
         while pending or running:
             launch = next((launch for launch in pending if ready(launch)), None)
             if launch is None:
