@@ -1,4 +1,3 @@
-import gc
 import importlib
 import os
 import signal
@@ -64,19 +63,15 @@ def _stack_out_of_the_collectors_way():
     """The stack the tests run on, imported once and frozen out of the cyclic collector, as a suite's starter
     freezes it (``suite.starter``): mmengine's datasets collect twice as they load, 0.4-0.5 s each with torch, timm
     and mm* in view, and a module's objects are never garbage."""
-    import timm  # noqa: F401
-    import torch._dynamo  # noqa: F401
+    from dropbench.suite.local import RUN_IMPORTS
+    from dropbench.suite.starter import STACK, freeze_imported
 
-    import dropbench.cli  # noqa: F401
-    import dropbench.pretrain.train  # noqa: F401
-
-    for optional in ("mmdet.models", "mmseg.models", "dropbench.transfer.detection", "dropbench.transfer.segmentation"):
+    for name in (*STACK, *(module for modules in RUN_IMPORTS.values() for module in modules)):
         try:
-            importlib.import_module(optional)
-        except ImportError:  # the tests that need it are skipped, saying so
+            importlib.import_module(name)
+        except ImportError:  # mm* not installed: the tests that need it are skipped, saying so
             pass
-    gc.collect()
-    gc.freeze()
+    freeze_imported()
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -173,7 +173,7 @@ def test_the_starter_ends_with_its_suite_and_takes_its_runs_with_it(tmp_path):
 
     script = textwrap.dedent(f"""
         import sys, time
-        from dropbench.suite.starter import Starter, suite_starter
+        from dropbench.suite.starter import Starter
         starter = Starter()
         with open({str(tmp_path / "long.log")!r}, "a") as log:
             arguments = {LONG_RUN + ["--out", str(tmp_path / "long"), "--results", str(tmp_path)]!r}

@@ -55,6 +55,6 @@ def end(code: int) -> NoReturn:
     os._exit(code & 0xFF)
 
 
-def run_to_the_end(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = None) -> NoReturn:
-    """``sys.exit(main(argv))`` (argv: the command line's arguments), ended by :func:`end`."""
-    end(exit_code(main, sys.argv[1:] if argv is None else argv))
+def run_to_the_end(main: Callable[[list[str]], int | None]) -> NoReturn:
+    """``sys.exit(main(sys.argv[1:]))``, ended by :func:`end`."""
+    end(exit_code(main, sys.argv[1:]))

@@ -234,7 +234,7 @@ def serve(connection: socket.socket) -> None:
     the connection."""
     for name in STACK:
         importlib.import_module(name)
-    _out_of_the_collectors_way()
+    freeze_imported()
     why = _why_not_usable()
     connection.send(b"ready" if not why else why.encode())
     if why:
@@ -265,7 +265,7 @@ def _serve_request(connection: socket.socket, own: set[int], statuses: dict[int,
         return False
     request = json.loads(message)
     _import(request["imports"])
-    _out_of_the_collectors_way()
+    freeze_imported()
     why = _why_not_usable()
     if why:  # no more forks; the runs it started go on, and their statuses are still sent
         connection.send(json.dumps({"refused": why}).encode())
@@ -289,7 +289,7 @@ def _import(names: Sequence[str]) -> None:
             continue
 
 
-def _out_of_the_collectors_way() -> None:
+def freeze_imported() -> None:
     """What the starter imported is never garbage: frozen out of the cyclic collector, a run's collections look at
     its own objects only (mmengine's datasets collect twice as they load: 0.45 s each with the stack in view, on 2
     cores), and the forked runs share those pages instead of copying them as the collector walks them."""
